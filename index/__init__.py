@@ -1,0 +1,26 @@
+"""tansaku.index: the corpus (SQLite), analyzers, BM25 matrix, encoders and FAISS index.
+
+>>> from tansaku.index import build_index, read_file, Index
+>>> idx = build_index("my-index", read_file("docs.jsonl"))   # doctest: +SKIP
+>>> Index.open("my-index").bm25.top_k(["東京"], 10)            # doctest: +SKIP
+"""
+
+from .analyzer import Analyzer, JapaneseAnalyzer, WordAnalyzer, get_analyzer
+from .bm25 import BM25Index, BM25Params
+from .builder import BuildConfig, build_index
+from .corpus import Corpus
+from .dense import DenseIndex, FaissParams
+from .encoders import Encoder, SentenceTransformerEncoder, load_encoder
+from .errors import ConfigError, IndexFormatError, IngestError, ModelLoadError, TansakuError
+from .hit import Hit
+from .records import FieldMap, Record, read_dicts, read_file
+from .sample import SAMPLE_CORPUS
+from .store import Index
+
+__all__ = [
+    "Analyzer", "BM25Index", "BM25Params", "BuildConfig", "ConfigError", "Corpus", "DenseIndex",
+    "Encoder", "FaissParams", "FieldMap", "Hit", "Index", "IndexFormatError", "IngestError",
+    "JapaneseAnalyzer", "ModelLoadError", "Record", "SAMPLE_CORPUS", "SentenceTransformerEncoder",
+    "TansakuError", "WordAnalyzer", "build_index", "get_analyzer", "load_encoder", "read_dicts",
+    "read_file",
+]

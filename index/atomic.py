@@ -1,0 +1,155 @@
+"""Crash-safe replacement of an index directory, and a single-writer lock.
+
+A build writes everything into a temporary sibling directory, fsyncs it, then
+swaps it in. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so
+the index path always names a complete index; elsewhere two renames are used
+and :func:`recover` repairs the (tiny) window between them on the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import IndexFormatError
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def _old_prefix(path: Path) -> str:
+    return f".{path.name}.old-"
+
+
+def temp_sibling(path: Path) -> Path:
+    """A new empty directory beside ``path`` named for this process."""
+    tmp = path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(path: Path) -> list[Path]:
+    """Remove temporary/old siblings left by builds whose process is gone."""
+    removed = []
+    if not path.parent.exists():
+        return removed
+    for prefix in (_tmp_prefix(path), _old_prefix(path)):
+        for entry in path.parent.glob(prefix + "*"):
+            pid_part = entry.name[len(prefix):].split("-", 1)[0]
+            if pid_part.isdigit() and _pid_alive(int(pid_part)) and int(pid_part) != os.getpid():
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file and directory under ``directory`` to disk."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can fsync a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths with renameat2; False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    res = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Make the complete directory ``tmp`` the index at ``path``; the old one is deleted."""
+    fsync_tree(tmp)
+    if not path.exists():
+        os.rename(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
+    else:
+        old = path.parent / f"{_old_prefix(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def recover(path: Path) -> None:
+    """If a two-rename swap was interrupted, put the previous complete index back."""
+    if path.exists():
+        return
+    olds = sorted(path.parent.glob(_old_prefix(path) + "*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.rename(olds[-1], path)
+
+
+@contextlib.contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Hold the index's writer lock (``.NAME.lock`` beside it); a second writer fails clearly."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise IndexFormatError(
+                f"index {path} is being written by {holder}; wait for it to finish "
+                f"(lock file {lock_path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)

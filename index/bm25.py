@@ -1,0 +1,209 @@
+"""BM25 (Okapi) as a precomputed sparse term × document weight matrix.
+
+Scores equal rank-bm25's ``BM25Okapi`` exactly (same idf with the epsilon floor
+for negative idf, same length normalisation, repeated query terms counted each
+time); like bm25s, the per-(term, document) weights are computed once at build
+time, so a query costs one gather over its terms' postings plus a top-k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import ConfigError, IndexFormatError
+
+_FILES = ("weights.npy", "tf.npy", "postings.npy", "indptr.npy", "doc_len.npy", "vocab.json")
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    """BM25Okapi parameters (rank-bm25's defaults) and the weight storage type.
+
+    ``dtype="float64"`` keeps scores identical to rank-bm25 to ~1e-12;
+    ``"float32"`` halves the weight matrix at ~1e-6 error.
+    """
+
+    k1: float = 1.5
+    b: float = 0.75
+    epsilon: float = 0.25
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise ConfigError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"BM25 dtype must be float32 or float64, got {self.dtype!r}")
+
+
+class BM25Index:
+    """Postings of every term (CSC: ``indptr[t]:indptr[t+1]`` slices ``postings``/``weights``)."""
+
+    def __init__(self, *, vocab: list[str], indptr: np.ndarray, postings: np.ndarray,
+                 tf: np.ndarray, weights: np.ndarray, doc_len: np.ndarray,
+                 params: BM25Params) -> None:
+        self.vocab = vocab
+        self.term_ids = {term: i for i, term in enumerate(vocab)}
+        self.indptr = indptr
+        self.postings = postings
+        self.tf = tf
+        self.weights = weights
+        self.doc_len = doc_len
+        self.params = params
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, tokenized_docs: Iterable[Sequence[str]],
+              params: BM25Params = BM25Params()) -> BM25Index:
+        """Index documents given as token lists (position i = document i)."""
+        vocab: dict[str, int] = {}
+        doc_indptr = [0]
+        term_chunks: list[np.ndarray] = []
+        count_chunks: list[np.ndarray] = []
+        doc_len: list[int] = []
+        for tokens in tokenized_docs:
+            counts = Counter(tokens)
+            term_chunks.append(np.fromiter((vocab.setdefault(t, len(vocab)) for t in counts),
+                                           dtype=np.int32, count=len(counts)))
+            count_chunks.append(np.fromiter(counts.values(), dtype=np.int32, count=len(counts)))
+            doc_indptr.append(doc_indptr[-1] + len(counts))
+            doc_len.append(len(tokens))
+        n_docs = len(doc_len)
+        terms = np.concatenate(term_chunks) if term_chunks else np.zeros(0, np.int32)
+        counts_arr = np.concatenate(count_chunks) if count_chunks else np.zeros(0, np.int32)
+        # Documents × terms (CSR) transposed to term-major postings (CSC) by scipy's C++ code.
+        by_doc = sp.csr_matrix((counts_arr, terms, np.asarray(doc_indptr, dtype=np.int64)),
+                               shape=(n_docs, len(vocab)))
+        by_term = by_doc.tocsc()
+        by_term.sort_indices()
+        index = cls(vocab=list(vocab), indptr=by_term.indptr.astype(np.int64),
+                    postings=by_term.indices.astype(np.int32), tf=by_term.data.astype(np.int32),
+                    weights=np.zeros(0), doc_len=np.asarray(doc_len, dtype=np.int32),
+                    params=params)
+        index.weights = index._compute_weights()
+        return index
+
+    def _compute_weights(self) -> np.ndarray:
+        """Per-posting BM25 weights from term frequencies and corpus statistics."""
+        p = self.params
+        n_docs = self.n_docs
+        df = np.diff(self.indptr)
+        idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
+        # rank-bm25 floors only negative idf, at epsilon × the mean idf over the vocabulary.
+        mean_idf = float(idf.sum() / len(idf)) if len(idf) else 0.0
+        idf[idf < 0] = p.epsilon * mean_idf
+        avgdl = float(self.doc_len.sum()) / n_docs if n_docs else 0.0
+        tf = self.tf.astype(np.float64)
+        dl = self.doc_len[self.postings].astype(np.float64)
+        norm = p.k1 * (1 - p.b + p.b * dl / avgdl) if avgdl > 0 else np.full_like(tf, p.k1)
+        term_of_posting = np.repeat(np.arange(len(df)), df)
+        weights = idf[term_of_posting] * (tf * (p.k1 + 1) / (tf + norm))
+        return weights.astype(p.dtype)
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    @property
+    def n_docs(self) -> int:
+        return int(len(self.doc_len))
+
+    @property
+    def n_postings(self) -> int:
+        return int(len(self.postings))
+
+    def _gather(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = Counter(t for t in tokens if t in self.term_ids)
+        if not counts:
+            return None
+        docs, weights = [], []
+        for term, count in counts.items():
+            t = self.term_ids[term]
+            lo, hi = self.indptr[t], self.indptr[t + 1]
+            docs.append(self.postings[lo:hi])
+            w = self.weights[lo:hi]
+            weights.append(w * count if count > 1 else w)
+        if len(docs) == 1:
+            return np.asarray(docs[0]), np.asarray(weights[0], dtype=np.float64)
+        return np.concatenate(docs), np.concatenate(weights).astype(np.float64, copy=False)
+
+    def get_scores(self, tokens: Sequence[str]) -> np.ndarray:
+        """The BM25 score of every document for an analysed query (rank-bm25's ``get_scores``)."""
+        gathered = self._gather(tokens)
+        if gathered is None:
+            return np.zeros(self.n_docs)
+        docs, weights = gathered
+        return np.bincount(docs, weights=weights, minlength=self.n_docs)
+
+    def top_k(self, tokens: Sequence[str], k: int,
+              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and scores of the best ``k`` documents matching at least one query term.
+
+        Documents sharing no term with the query are never returned, so fewer than
+        ``k`` results come back when fewer documents match. Ties break by position.
+        ``allowed`` (a boolean mask over documents) restricts the candidates.
+        """
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        gathered = self._gather(tokens)
+        if gathered is None:
+            return np.zeros(0, np.int64), np.zeros(0)
+        docs, weights = gathered
+        scores = np.bincount(docs, weights=weights, minlength=self.n_docs)
+        matched = np.zeros(self.n_docs, dtype=bool)
+        matched[docs] = True
+        if allowed is not None:
+            matched &= allowed
+        candidates = np.flatnonzero(matched)
+        cand_scores = scores[candidates]
+        if len(candidates) > k:
+            part = np.argpartition(-cand_scores, k - 1)[:k]
+            candidates, cand_scores = candidates[part], cand_scores[part]
+        order = np.lexsort((candidates, -cand_scores))
+        return candidates[order], cand_scores[order]
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """Write npy arrays + vocab.json (no pickle); returns the manifest entry."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "weights.npy", np.ascontiguousarray(self.weights))
+        np.save(directory / "tf.npy", np.ascontiguousarray(self.tf))
+        np.save(directory / "postings.npy", np.ascontiguousarray(self.postings))
+        np.save(directory / "indptr.npy", np.ascontiguousarray(self.indptr))
+        np.save(directory / "doc_len.npy", np.ascontiguousarray(self.doc_len))
+        with open(directory / "vocab.json", "w", encoding="utf-8") as fh:
+            json.dump(self.vocab, fh, ensure_ascii=False)
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {"params": asdict(self.params), "docs": self.n_docs, "terms": len(self.vocab),
+                "postings": self.n_postings,
+                "avgdl": float(self.doc_len.mean()) if self.n_docs else 0.0}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], params: BM25Params,
+             *, mmap: bool = True) -> BM25Index:
+        """Open a saved index; with ``mmap`` the arrays are paged in on demand."""
+        directory = Path(directory)
+        missing = [f for f in _FILES if not (directory / f).exists()]
+        if missing:
+            raise IndexFormatError(f"BM25 index at {directory} is incomplete: missing {missing}")
+        mode = "r" if mmap else None
+
+        def arr(name: str) -> np.ndarray:
+            return np.load(directory / name, mmap_mode=mode, allow_pickle=False)
+
+        with open(directory / "vocab.json", encoding="utf-8") as fh:
+            vocab = json.load(fh)
+        return cls(vocab=vocab, indptr=arr("indptr.npy"), postings=arr("postings.npy"),
+                   tf=arr("tf.npy"), weights=arr("weights.npy"), doc_len=arr("doc_len.npy"),
+                   params=params)

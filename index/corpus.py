@@ -1,0 +1,103 @@
+"""The document store: one SQLite file with a ``docs`` table (sqlite-utils)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from tqdm.auto import tqdm
+
+from .records import Record, unique_ids
+
+TABLE = "docs"
+_UPSERT = (
+    f"INSERT INTO {TABLE} (id, title, text, metadata) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(id) DO UPDATE SET title = excluded.title, text = excluded.text, "
+    "metadata = excluded.metadata"
+)
+
+
+class Corpus:
+    """Documents keyed by id: ``docs(id TEXT PRIMARY KEY, title, text, metadata JSON)``.
+
+    Row order (SQLite rowid) is insertion order; an upsert of an existing id keeps
+    its place.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                   check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+        conn.isolation_level = None  # explicit BEGIN/COMMIT: one transaction per ingest
+        self.db = sqlite_utils.Database(conn)
+        if not readonly and TABLE not in self.db.table_names():
+            self.db[TABLE].create(  # type: ignore[union-attr]
+                {"id": str, "title": str, "text": str, "metadata": str}, pk="id", not_null={"text"}
+            )
+
+    def __len__(self) -> int:
+        return self.db[TABLE].count
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def ingest(self, records: Iterable[Record], *, batch_size: int = 1000,
+               progress: bool = True, total: int | None = None) -> int:
+        """Upsert records by id in one transaction; any error rolls everything back.
+
+        Returns the number of records written. Duplicate ids within ``records`` are
+        an error (they are almost always a data mistake); ids already in the corpus
+        are replaced.
+        """
+        conn = self.db.conn
+        written = 0
+        it = iter(tqdm(unique_ids(records), desc="ingest", unit="doc", total=total,
+                       disable=not progress))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            while batch := list(islice(it, batch_size)):
+                conn.executemany(_UPSERT, [
+                    (r.id, r.title, r.text, json.dumps(dict(r.metadata), ensure_ascii=False))
+                    for r in batch
+                ])
+                written += len(batch)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return written
+
+    def iter_records(self) -> Iterator[Record]:
+        """All records in rowid order."""
+        cursor = self.db.conn.execute(
+            f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
+        for doc_id, title, text, metadata in cursor:
+            yield Record(doc_id, text, title or "", json.loads(metadata or "{}"))
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Record]:
+        """Records by id (missing ids are left out)."""
+        found: dict[str, Record] = {}
+        # SQLite caps bound parameters (999 on old builds); chunk to stay under it.
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for doc_id, title, text, metadata in self.db.conn.execute(
+                f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})", chunk
+            ):
+                found[doc_id] = Record(doc_id, text, title or "", json.loads(metadata or "{}"))
+        return found
+
+    def get(self, doc_id: str) -> Record | None:
+        return self.get_many([doc_id]).get(doc_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {"docs": len(self)}

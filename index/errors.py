@@ -1,0 +1,37 @@
+"""Exceptions with messages a user can act on."""
+
+from __future__ import annotations
+
+
+class TansakuError(Exception):
+    """Base class of every error tansaku raises on purpose."""
+
+
+class IngestError(TansakuError, ValueError):
+    """A record could not be ingested; the message names file, line/record and field."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        where = []
+        if source is not None:
+            where.append(str(source))
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+        self.source = source
+        self.line = line
+        self.field = field
+
+
+class ModelLoadError(TansakuError, OSError):
+    """A model could not be loaded (unknown id, no network, bad directory)."""
+
+
+class IndexFormatError(TansakuError, OSError):
+    """An index directory is missing, incomplete or of an unsupported format version."""
+
+
+class ConfigError(TansakuError, ValueError):
+    """An invalid parameter value (a k, a mode, an analyzer name...)."""

@@ -1,0 +1,198 @@
+"""Reading corpus records from JSONL, CSV/TSV files and Python iterables.
+
+Every record is validated as it is read; a bad one raises :class:`IngestError`
+naming the file, line (or record number) and field, so the caller can abort the
+ingest before anything is committed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import IngestError
+
+FORMATS = ("jsonl", "csv", "tsv")
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which input fields hold the id, title and text; every other field is metadata."""
+
+    id: str = "id"
+    text: str = "text"
+    title: str | None = "title"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated document."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    origin: str = field(default="", compare=False)  # "file:line", for error messages
+
+    @property
+    def indexed_text(self) -> str:
+        """What the analyzers and encoders see: "title text" (as the JQaRA evaluator does)."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """``jsonl``, ``csv`` or ``tsv`` from the file name (``.gz`` allowed)."""
+    name = str(path).lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".tsv", ".tab")):
+        return "tsv"
+    raise IngestError(
+        "cannot tell the format from the file name; pass --format jsonl|csv|tsv", source=str(path)
+    )
+
+
+def _scalar_or_list(value: Any) -> bool:
+    if isinstance(value, bool | int | str) or value is None:
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_scalar_or_list(v) and not isinstance(v, list) for v in value)
+    return False
+
+
+def to_record(raw: Any, fields: FieldMap, *, source: str, line: int) -> Record:
+    """Validate one raw mapping and turn it into a :class:`Record`."""
+    if not isinstance(raw, Mapping):
+        raise IngestError(f"expected a JSON object, got {type(raw).__name__}", source=source,
+                          line=line)
+    if fields.id not in raw or raw[fields.id] in (None, ""):
+        raise IngestError("missing id", source=source, line=line, field=fields.id)
+    doc_id = raw[fields.id]
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
+        raise IngestError(f"id must be a string or integer, got {type(doc_id).__name__}",
+                          source=source, line=line, field=fields.id)
+    text = raw.get(fields.text)
+    if text is None:
+        raise IngestError("missing text", source=source, line=line, field=fields.text)
+    if not isinstance(text, str):
+        raise IngestError(f"text must be a string, got {type(text).__name__}", source=source,
+                          line=line, field=fields.text)
+    if not text.strip():
+        raise IngestError("text is empty", source=source, line=line, field=fields.text)
+    title = raw.get(fields.title, "") if fields.title else ""
+    if title is None:
+        title = ""
+    if not isinstance(title, str):
+        raise IngestError(f"title must be a string, got {type(title).__name__}", source=source,
+                          line=line, field=fields.title)
+    reserved = {fields.id, fields.text, "metadata"} | ({fields.title} if fields.title else set())
+    metadata: dict[str, Any] = {}
+    explicit = raw.get("metadata")
+    if explicit is not None:
+        if not isinstance(explicit, Mapping):
+            raise IngestError("metadata must be an object", source=source, line=line,
+                              field="metadata")
+        metadata.update(explicit)
+    metadata.update({k: v for k, v in raw.items() if k not in reserved})
+    for key, value in metadata.items():
+        if not _scalar_or_list(value):
+            raise IngestError("metadata values must be scalars or lists of scalars",
+                              source=source, line=line, field=key)
+    return Record(str(doc_id), text, title, metadata, origin=f"{source}:{line}")
+
+
+def _open_text(path: Path) -> TextIO:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    # Strict UTF-8 (a BOM is tolerated): a bad byte becomes an IngestError with its line.
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
+
+
+def _read_jsonl(path: Path, fields: FieldMap) -> Iterator[Record]:
+    source = str(path)
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    decoder = codecs.getincrementaldecoder("utf-8-sig")
+    with raw:
+        for line_no, data in enumerate(raw, 1):
+            try:
+                line = decoder().decode(data, final=True)
+            except UnicodeDecodeError as exc:
+                raise IngestError(f"not valid UTF-8 (byte {exc.start})", source=source,
+                                  line=line_no) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise IngestError(f"invalid JSON: {exc.msg} (column {exc.colno})", source=source,
+                                  line=line_no) from None
+            yield to_record(obj, fields, source=source, line=line_no)
+
+
+def _read_delimited(path: Path, fields: FieldMap, delimiter: str) -> Iterator[Record]:
+    source = str(path)
+    with _open_text(path) as fh:
+        try:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            header = reader.fieldnames or []
+            for name in (fields.id, fields.text):
+                if name not in header:
+                    raise IngestError(f"no column {name!r} in header {header}", source=source,
+                                      line=1, field=name)
+            for row in reader:
+                if None in row:
+                    raise IngestError("more cells than header columns", source=source,
+                                      line=reader.line_num)
+                values = {k: v for k, v in row.items() if v is not None}
+                yield to_record(values, fields, source=source, line=reader.line_num)
+        except UnicodeDecodeError as exc:
+            raise IngestError(f"not valid UTF-8 (byte {exc.start})", source=source,
+                              line=reader.line_num + 1) from None
+        except csv.Error as exc:
+            raise IngestError(f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}",
+                              source=source, line=reader.line_num) from None
+
+
+def read_file(path: str | os.PathLike[str], fields: FieldMap = FieldMap(),
+              fmt: str | None = None) -> Iterator[Record]:
+    """Records of a JSONL/CSV/TSV file (optionally gzipped), validated one by one."""
+    path = Path(path)
+    if not path.is_file():
+        raise IngestError("no such file", source=str(path))
+    fmt = fmt or detect_format(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, fields)
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, fields, "," if fmt == "csv" else "\t")
+    raise IngestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", source=str(path))
+
+
+def read_dicts(rows: Iterable[Mapping[str, Any]], fields: FieldMap = FieldMap(),
+               source: str = "<records>") -> Iterator[Record]:
+    """Records of an iterable of dicts; errors name the record number (1-based)."""
+    for number, row in enumerate(rows, 1):
+        yield to_record(row, fields, source=source, line=number)
+
+
+def unique_ids(records: Iterable[Record]) -> Iterator[Record]:
+    """Pass records through, failing on an id seen earlier in the same batch."""
+    seen: dict[str, str] = {}
+    for record in records:
+        if record.id in seen:
+            raise IngestError(
+                f"duplicate id {record.id!r} (first at {seen[record.id]}) within one ingest",
+                source=record.origin, field="id")
+        seen[record.id] = record.origin
+        yield record

@@ -1,0 +1,102 @@
+"""An opened index directory: corpus, analyzer, BM25 matrix, FAISS index and id map."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analyzer import Analyzer, analyzer_from_config
+from .atomic import recover
+from .bm25 import BM25Index, BM25Params
+from .corpus import Corpus
+from .dense import DenseIndex, FaissParams
+from .encoders import Encoder, encoder_from_config
+from .errors import ConfigError, IndexFormatError
+from .hit import Hit
+from .manifest import read_manifest
+
+CORPUS_FILE = "corpus.sqlite"
+IDS_FILE = "ids.npy"
+BM25_DIR = "bm25"
+DENSE_DIR = "dense"
+
+
+class Index:
+    """Everything a retriever needs from one index directory (read-only).
+
+    Open with :meth:`Index.open`; build with :func:`tansaku.index.build_index`.
+    Position ``i`` in the BM25 matrix and FAISS index is document ``doc_ids[i]``.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], corpus: Corpus, analyzer: Analyzer,
+                 bm25: BM25Index, dense: DenseIndex | None, doc_ids: np.ndarray,
+                 encoder: Encoder | None = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.corpus = corpus
+        self.analyzer = analyzer
+        self.bm25 = bm25
+        self.dense = dense
+        self.doc_ids = doc_ids
+        self._encoder = encoder
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, mmap: bool = True,
+             encoder: Encoder | None = None) -> Index:
+        """Open the index at ``path``. ``encoder`` overrides the one recorded in the manifest."""
+        path = Path(path)
+        recover(path)
+        manifest = read_manifest(path)
+        try:
+            analyzer = analyzer_from_config(manifest["analyzer"])
+            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest["bm25"]["params"]),
+                                  mmap=mmap)
+            dense = None
+            if manifest.get("dense"):
+                d = manifest["dense"]
+                dense = DenseIndex.load(path / DENSE_DIR, FaissParams(**d["faiss"]),
+                                        reason=d.get("reason", ""), mmap=mmap)
+            doc_ids = np.load(path / IDS_FILE, mmap_mode="r" if mmap else None,
+                              allow_pickle=False)
+            corpus = Corpus(path / CORPUS_FILE, readonly=True)
+        except (KeyError, TypeError, FileNotFoundError) as exc:
+            raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
+        if len(doc_ids) != bm25.n_docs or (dense is not None and dense.ntotal != len(doc_ids)):
+            raise IndexFormatError(f"index {path} is inconsistent: id map and matrices disagree")
+        return cls(path, manifest, corpus, analyzer, bm25, dense, doc_ids, encoder)
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def __repr__(self) -> str:
+        dense = self.dense.params.kind if self.dense else "none"
+        return f"Index({str(self.path)!r}, docs={len(self)}, dense={dense})"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder of the dense index (loaded on first use)."""
+        if self.dense is None:
+            raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
+        if self._encoder is None:
+            self._encoder = encoder_from_config(self.manifest["dense"]["encoder"], base=self.path)
+        return self._encoder
+
+    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        return [str(self.doc_ids[int(p)]) for p in positions]
+
+    def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
+        """Hits with title, text and metadata filled in from the corpus."""
+        records = self.corpus.get_many([h.doc_id for h in hits])
+        out = []
+        for hit in hits:
+            rec = records.get(hit.doc_id)
+            out.append(hit if rec is None else hit.replace(
+                title=rec.title, text=rec.text, metadata=dict(rec.metadata)))
+        return out
+
+    def close(self) -> None:
+        self.corpus.close()

@@ -1,0 +1,111 @@
+"""The Python search API: ``tansaku.open(path).search("質問")``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tansaku.index import Index
+from tansaku.index.errors import ConfigError
+from tansaku.index.hit import Hit
+from tansaku.retrieve import MODES, FusionConfig, make_retriever
+
+from .search import SearchPipeline, SearchResult, check_ks
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search settings; any field can be overridden per call to :meth:`Searcher.search`.
+
+    ``mode`` None means hybrid when the index has a dense part, else bm25.
+    ``reranker`` is a model id or directory, or None for no rerank stage.
+    """
+
+    mode: str | None = None
+    retrieve_k: int = 100
+    rerank_k: int = 100
+    top_n: int = 10
+    reranker: str | None = None
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    nprobe: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ConfigError(f"unknown search mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        check_ks(self.retrieve_k, self.rerank_k if self.reranker else
+                 min(self.rerank_k, self.retrieve_k), self.top_n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """An opened index plus a search configuration.
+
+    >>> idx = tansaku.open("my-index")          # doctest: +SKIP
+    >>> idx.search("富士山の高さ", top_n=3)       # doctest: +SKIP
+    """
+
+    def __init__(self, index: Index, config: SearchConfig = SearchConfig(),
+                 reranker: Any | None = None) -> None:
+        self.index = index
+        self.config = config
+        self._rerankers: dict[str, Any] = {}
+        if reranker is not None:
+            self._rerankers[config.reranker or repr(reranker)] = reranker
+            self.config = replace(config, reranker=config.reranker or repr(reranker))
+
+    def __repr__(self) -> str:
+        return f"Searcher({self.index!r}, {self.config})"
+
+    def _reranker(self, spec: str | None) -> Any | None:
+        if not spec or spec.lower() == "none":
+            return None
+        if spec not in self._rerankers:
+            from tansaku.rerank import CrossEncoderReranker
+
+            self._rerankers[spec] = CrossEncoderReranker(spec)
+        return self._rerankers[spec]
+
+    def _prepare(self, hits: list[Hit]) -> list[Hit]:
+        return self.index.hydrate(hits)
+
+    def pipeline(self, **overrides: Any) -> SearchPipeline:
+        """The SearchPipeline for this configuration (with per-call overrides)."""
+        cfg = replace(self.config, **overrides) if overrides else self.config
+        mode = cfg.mode or ("hybrid" if self.index.dense is not None else "bm25")
+        retriever = make_retriever(self.index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
+        return SearchPipeline(retriever, self._reranker(cfg.reranker), retrieve_k=cfg.retrieve_k,
+                              rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=self._prepare)
+
+    def search(self, query: str, **overrides: Any) -> SearchResult:
+        """Search one query; keyword arguments override :class:`SearchConfig` fields."""
+        return self.pipeline(**overrides).search(query)
+
+    def search_batch(self, queries: list[str], **overrides: Any) -> list[SearchResult]:
+        return self.pipeline(**overrides).search_batch(queries)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_index(path: str | os.PathLike[str], *, reranker: Any | None = None,
+               **config: Any) -> Searcher:
+    """Open the index at ``path`` for searching.
+
+    ``reranker`` may be a model id/directory (loaded on first search) or a
+    ready reranker object; other keywords are :class:`SearchConfig` fields.
+    """
+    index = Index.open(Path(path))
+    if reranker is None or isinstance(reranker, str | os.PathLike):
+        spec = None if reranker is None else str(reranker)
+        return Searcher(index, SearchConfig(reranker=spec, **config))
+    return Searcher(index, SearchConfig(**config), reranker=reranker)

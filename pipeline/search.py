@@ -1,0 +1,98 @@
+"""SearchPipeline: first-stage retrieval, then (optionally) cross-encoder reranking, timed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tansaku.index.errors import ConfigError
+from tansaku.index.hit import Hit
+from tansaku.retrieve import Retriever
+
+
+def check_ks(retrieve_k: int, rerank_k: int, top_n: int) -> None:
+    """Validate the k values of a two-stage search (clear errors, never silent clamping)."""
+    for name, value in (("retrieve_k", retrieve_k), ("rerank_k", rerank_k), ("top_n", top_n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if rerank_k > retrieve_k:
+        raise ConfigError(f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The hits of one query, with per-stage timings (ms) and candidate counts."""
+
+    query: str
+    hits: list[Hit]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
+                "timings_ms": self.timings_ms, "counts": self.counts}
+
+
+class SearchPipeline:
+    """retrieve ``retrieve_k`` → rerank the best ``rerank_k`` → return ``top_n``.
+
+    ``reranker=None`` is the explicit "no rerank stage" choice. ``prepare`` (e.g.
+    joining hits with the corpus text) runs between the stages and is timed as
+    ``fetch``.
+    """
+
+    def __init__(self, retriever: Retriever, reranker: Any | None = None, *,
+                 retrieve_k: int = 100, rerank_k: int = 100, top_n: int = 10,
+                 prepare: Callable[[list[Hit]], list[Hit]] | None = None) -> None:
+        check_ks(retrieve_k, min(rerank_k, retrieve_k) if reranker is None else rerank_k, top_n)
+        self.retriever = retriever
+        self.reranker = reranker
+        self.retrieve_k = retrieve_k
+        self.rerank_k = rerank_k
+        self.top_n = top_n
+        self.prepare = prepare
+
+    def search(self, query: str, **overrides: int) -> SearchResult:
+        return self.search_batch([query], **overrides)[0]
+
+    def search_batch(self, queries: Sequence[str], *, retrieve_k: int | None = None,
+                     rerank_k: int | None = None, top_n: int | None = None) -> list[SearchResult]:
+        """Search every query; k values may be overridden for this call."""
+        retrieve_k = retrieve_k or self.retrieve_k
+        rerank_k = rerank_k or self.rerank_k
+        top_n = top_n or self.top_n
+        if self.reranker is None:
+            rerank_k = min(rerank_k, retrieve_k)
+        check_ks(retrieve_k, rerank_k, top_n)
+        for q in queries:
+            if not isinstance(q, str) or not q.strip():
+                raise ConfigError("query must be a non-empty string")
+        t0 = time.perf_counter()
+        candidate_lists = self.retriever.retrieve_batch(list(queries), retrieve_k)
+        retrieve_ms = (time.perf_counter() - t0) * 1000 / max(1, len(queries))
+        results = []
+        for query, candidates in zip(queries, candidate_lists, strict=True):
+            timings = {"retrieve": retrieve_ms}
+            counts = {"retrieved": len(candidates)}
+            if self.reranker is None:
+                hits = candidates[:top_n]
+                t0 = time.perf_counter()
+                if self.prepare:
+                    hits = self.prepare(hits)
+                timings["fetch"] = (time.perf_counter() - t0) * 1000
+            else:
+                head = candidates[:rerank_k]
+                t0 = time.perf_counter()
+                if self.prepare:
+                    head = self.prepare(head)
+                timings["fetch"] = (time.perf_counter() - t0) * 1000
+                t0 = time.perf_counter()
+                hits = self.reranker.rerank(query, head, top_n=top_n)
+                timings["rerank"] = (time.perf_counter() - t0) * 1000
+                counts["reranked"] = len(head)
+            counts["returned"] = len(hits)
+            timings["total"] = sum(timings.values())
+            results.append(SearchResult(query, hits, timings, counts))
+        return results

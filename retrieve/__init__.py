@@ -1,0 +1,29 @@
+"""tansaku.retrieve: first-stage retrievers over an index (BM25, dense, hybrid fusion)."""
+
+from tansaku.index import Index
+from tansaku.index.errors import ConfigError
+
+from .base import Retriever
+from .bm25 import BM25Retriever
+from .dense import DenseRetriever
+from .fusion import minmax, reciprocal_rank_fusion, score_fusion
+from .hybrid import FusionConfig, HybridRetriever
+
+MODES = ("bm25", "dense", "hybrid")
+
+
+def make_retriever(index: Index, mode: str = "bm25", *, fusion: FusionConfig | None = None,
+                   nprobe: int | None = None) -> Retriever:
+    """The retriever for a search ``mode``: ``bm25``, ``dense`` or ``hybrid``."""
+    if mode == "bm25":
+        return BM25Retriever(index)
+    if mode == "dense":
+        return DenseRetriever(index, nprobe=nprobe)
+    if mode == "hybrid":
+        return HybridRetriever([BM25Retriever(index), DenseRetriever(index, nprobe=nprobe)],
+                               fusion or FusionConfig())
+    raise ConfigError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+__all__ = ["BM25Retriever", "DenseRetriever", "FusionConfig", "HybridRetriever", "MODES",
+           "Retriever", "make_retriever", "minmax", "reciprocal_rank_fusion", "score_fusion"]

@@ -1,0 +1,26 @@
+"""The first-stage contract: a query in, the best ``k`` hits out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from tansaku.index.errors import ConfigError
+from tansaku.index.hit import Hit
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Returns candidates best first; ``stage`` names it in every hit it makes."""
+
+    stage: str
+
+    def retrieve(self, query: str, k: int = 100) -> list[Hit]: ...
+
+    def retrieve_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Hit]]: ...
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+    return k

@@ -1,0 +1,43 @@
+"""Dense retrieval: encode the query, search FAISS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tansaku.index import Index
+from tansaku.index.errors import ConfigError
+from tansaku.index.hit import Hit
+
+from .base import check_k
+
+
+class DenseRetriever:
+    """Nearest documents by cosine similarity of the index's encoder vectors."""
+
+    stage = "dense"
+
+    def __init__(self, index: Index, *, nprobe: int | None = None) -> None:
+        if index.dense is None:
+            raise ConfigError(
+                f"index {index.path} has no dense index: rebuild it with --encoder MODEL, "
+                "or search with mode 'bm25'")
+        self.index = index
+        self.nprobe = nprobe
+
+    def retrieve(self, query: str, k: int = 100) -> list[Hit]:
+        return self.retrieve_batch([query], k)[0]
+
+    def retrieve_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Hit]]:
+        check_k(k)
+        if not queries:
+            return []
+        assert self.index.dense is not None
+        vectors = self.index.encoder.encode_queries(list(queries))
+        scores, positions = self.index.dense.search(vectors, k, nprobe=self.nprobe)
+        out = []
+        for row_scores, row_pos in zip(scores, positions, strict=True):
+            keep = row_pos >= 0
+            ids = self.index.ids_at(row_pos[keep])
+            out.append([Hit(doc_id, float(s), rank, self.stage) for rank, (doc_id, s)
+                        in enumerate(zip(ids, row_scores[keep], strict=True), 1)])
+        return out
