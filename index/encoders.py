@@ -80,7 +80,10 @@ class SentenceTransformerEncoder:
             raise ModelLoadError(describe_load_failure(self.name, "--encoder", exc)) from exc
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
-        dim = self.model.get_sentence_embedding_dimension()
+        # Renamed in sentence-transformers 6; keep working with 3.x-5.x too.
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or getattr(
+            self.model, "get_sentence_embedding_dimension")
+        dim = get_dim()
         if not dim:
             raise ModelLoadError(f"model {self.name!r} does not report an embedding dimension")
         self.dim = int(dim)

@@ -11,12 +11,12 @@ class IngestError(TansakuError, ValueError):
     """A record could not be ingested; the message names file, line/record and field."""
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+                 field: str | None = None, unit: str = "line") -> None:
         where = []
         if source is not None:
             where.append(str(source))
         if line is not None:
-            where.append(f"line {line}")
+            where.append(f"{unit} {line}")
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")

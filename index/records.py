@@ -73,44 +73,46 @@ def _scalar_or_list(value: Any) -> bool:
     return False
 
 
-def to_record(raw: Any, fields: FieldMap, *, source: str, line: int) -> Record:
-    """Validate one raw mapping and turn it into a :class:`Record`."""
+def to_record(raw: Any, fields: FieldMap, *, source: str, line: int,
+              unit: str = "line") -> Record:
+    """Validate one raw mapping and turn it into a :class:`Record`.
+
+    ``line`` is the 1-based line (files) or record number (iterables, ``unit="record"``).
+    """
+
+    def fail(message: str, field: str | None = None) -> IngestError:
+        return IngestError(message, source=source, line=line, field=field, unit=unit)
+
     if not isinstance(raw, Mapping):
-        raise IngestError(f"expected a JSON object, got {type(raw).__name__}", source=source,
-                          line=line)
+        raise fail(f"expected a JSON object, got {type(raw).__name__}")
     if fields.id not in raw or raw[fields.id] in (None, ""):
-        raise IngestError("missing id", source=source, line=line, field=fields.id)
+        raise fail("missing id", fields.id)
     doc_id = raw[fields.id]
     if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
-        raise IngestError(f"id must be a string or integer, got {type(doc_id).__name__}",
-                          source=source, line=line, field=fields.id)
+        raise fail(f"id must be a string or integer, got {type(doc_id).__name__}", fields.id)
     text = raw.get(fields.text)
     if text is None:
-        raise IngestError("missing text", source=source, line=line, field=fields.text)
+        raise fail("missing text", fields.text)
     if not isinstance(text, str):
-        raise IngestError(f"text must be a string, got {type(text).__name__}", source=source,
-                          line=line, field=fields.text)
+        raise fail(f"text must be a string, got {type(text).__name__}", fields.text)
     if not text.strip():
-        raise IngestError("text is empty", source=source, line=line, field=fields.text)
+        raise fail("text is empty", fields.text)
     title = raw.get(fields.title, "") if fields.title else ""
     if title is None:
         title = ""
     if not isinstance(title, str):
-        raise IngestError(f"title must be a string, got {type(title).__name__}", source=source,
-                          line=line, field=fields.title)
+        raise fail(f"title must be a string, got {type(title).__name__}", fields.title)
     reserved = {fields.id, fields.text, "metadata"} | ({fields.title} if fields.title else set())
     metadata: dict[str, Any] = {}
     explicit = raw.get("metadata")
     if explicit is not None:
         if not isinstance(explicit, Mapping):
-            raise IngestError("metadata must be an object", source=source, line=line,
-                              field="metadata")
+            raise fail("metadata must be an object", "metadata")
         metadata.update(explicit)
     metadata.update({k: v for k, v in raw.items() if k not in reserved})
     for key, value in metadata.items():
         if not _scalar_or_list(value):
-            raise IngestError("metadata values must be scalars or lists of scalars",
-                              source=source, line=line, field=key)
+            raise fail("metadata values must be scalars or lists of scalars", key)
     return Record(str(doc_id), text, title, metadata, origin=f"{source}:{line}")
 
 
@@ -183,7 +185,7 @@ def read_dicts(rows: Iterable[Mapping[str, Any]], fields: FieldMap = FieldMap(),
                source: str = "<records>") -> Iterator[Record]:
     """Records of an iterable of dicts; errors name the record number (1-based)."""
     for number, row in enumerate(rows, 1):
-        yield to_record(row, fields, source=source, line=number)
+        yield to_record(row, fields, source=source, line=number, unit="record")
 
 
 def unique_ids(records: Iterable[Record]) -> Iterator[Record]:

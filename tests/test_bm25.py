@@ -1,0 +1,110 @@
+"""BM25: scores equal rank-bm25's BM25Okapi on every document; top-k, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import sample_rows
+from rank_bm25 import BM25Okapi
+
+from tansaku.index import BM25Index, BM25Params, ConfigError, get_analyzer
+from tansaku.pipeline.datasets import load_jsquad
+
+JA = get_analyzer("ja")
+
+
+@pytest.fixture(scope="module")
+def sample_tokens():
+    rows = sample_rows()
+    docs = [JA.tokenize(f"{r['title']} {r['text']}") for r in rows]
+    queries = ["富士山の高さは", "東京の人口", "検索エンジンの仕組み", "寿司 寿司 寿司",
+               "how does a search engine rank documents", "存在しない単語ｘｙｚ", "の の は"]
+    return docs, [JA.tokenize(q) for q in queries]
+
+
+def assert_parity(docs, queries, params=BM25Params(), tol=1e-6):
+    ours = BM25Index.build(docs, params)
+    ref = BM25Okapi(docs, k1=params.k1, b=params.b, epsilon=params.epsilon)
+    worst = 0.0
+    for q in queries:
+        expected = ref.get_scores(q)
+        got = ours.get_scores(q)
+        assert got.shape == expected.shape
+        worst = max(worst, float(np.abs(got - expected).max()))
+    assert worst <= tol, worst
+    return ours, ref
+
+
+def test_parity_with_rank_bm25_on_sample(sample_tokens):
+    docs, queries = sample_tokens
+    assert_parity(docs, queries)
+    assert_parity(docs, queries, BM25Params(k1=0.9, b=0.4, epsilon=0.5))
+    assert_parity(docs, queries, BM25Params(dtype="float32"), tol=1e-4)
+
+
+def test_parity_with_rank_bm25_on_jsquad(jsquad_path):
+    ds = load_jsquad(jsquad_path)
+    docs = [JA.tokenize(f"{d['title']} {d['text']}") for d in ds.corpus]
+    queries = [JA.tokenize(q) for q in list(ds.queries.values())[::40]]  # 112 real questions
+    assert_parity(docs, queries)
+
+
+def test_negative_idf_floor_and_empty_docs():
+    # "a" appears in 3 of 4 docs: negative idf, floored at epsilon * mean idf as rank-bm25 does.
+    docs = [["a", "b"], ["a"], ["a", "c", "c"], []]
+    ours, ref = assert_parity(docs, [["a"], ["c", "a"], ["b", "b"], ["zzz"]])
+    pos, scores = ours.top_k(["a"], 10)
+    assert list(pos) == [1, 0, 2]  # the empty doc never matches
+    np.testing.assert_allclose(scores, ref.get_scores(["a"])[[1, 0, 2]])
+
+
+def test_top_k_order_ties_and_limits(sample_tokens):
+    docs, queries = sample_tokens
+    index = BM25Index.build(docs)
+    q = queries[2]
+    full = index.get_scores(q)
+    pos, scores = index.top_k(q, 5)
+    expected = sorted(np.flatnonzero(full > 0), key=lambda i: (-full[i], i))[:5]
+    assert list(pos) == expected and np.allclose(scores, full[expected])
+    assert np.all(np.diff(scores) <= 0)
+    pos_all, _ = index.top_k(q, 10_000)
+    assert set(pos_all) == set(np.flatnonzero(full > 0))  # only matching documents
+    assert len(index.top_k(["存在しない"], 10)[0]) == 0
+    mask = np.zeros(index.n_docs, bool)
+    mask[expected[1:]] = True
+    assert list(index.top_k(q, 5, allowed=mask)[0]) == expected[1:]
+    # Ties: identical documents tie exactly and break by position.
+    tie = BM25Index.build([["x", "y"], ["x", "y"], ["y"]])
+    assert list(tie.top_k(["x"], 2)[0]) == [0, 1]
+    with pytest.raises(ConfigError):
+        index.top_k(q, 0)
+
+
+def test_repeated_query_terms_count_each_time(sample_tokens):
+    docs, _ = sample_tokens
+    index = BM25Index.build(docs)
+    once = index.get_scores(["寿司"])
+    assert once.max() > 0
+    np.testing.assert_allclose(index.get_scores(["寿司", "寿司", "寿司"]), 3 * once)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trip(tmp_path, sample_tokens, mmap):
+    docs, queries = sample_tokens
+    index = BM25Index.build(docs, BM25Params(k1=1.2, b=0.7))
+    index.save(tmp_path / "bm25")
+    assert not list((tmp_path / "bm25").glob("*.pkl"))
+    loaded = BM25Index.load(tmp_path / "bm25", BM25Params(k1=1.2, b=0.7), mmap=mmap)
+    assert isinstance(loaded.weights, np.memmap) == mmap
+    assert loaded.vocab == index.vocab
+    for q in queries:
+        np.testing.assert_array_equal(loaded.get_scores(q), index.get_scores(q))
+        for a, b in zip(loaded.top_k(q, 10), index.top_k(q, 10), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_params_validated():
+    with pytest.raises(ConfigError):
+        BM25Params(b=1.5)
+    with pytest.raises(ConfigError):
+        BM25Params(dtype="int8")
