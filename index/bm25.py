@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
+from . import bm25_kernels as kernels
 from .errors import ConfigError, IndexFormatError
+
+_NO_MASK = np.zeros(0, dtype=np.bool_)
 
 _FILES = ("weights.npy", "tf.npy", "postings.npy", "indptr.npy", "doc_len.npy", "vocab.json")
 
@@ -58,6 +63,7 @@ class BM25Index:
         self.weights = weights
         self.doc_len = doc_len
         self.params = params
+        self._local = threading.local()
 
     # -- building -----------------------------------------------------------------------------
 
@@ -119,28 +125,44 @@ class BM25Index:
     def n_postings(self) -> int:
         return int(len(self.postings))
 
-    def _gather(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        counts = Counter(t for t in tokens if t in self.term_ids)
-        if not counts:
-            return None
-        docs, weights = [], []
-        for term, count in counts.items():
-            t = self.term_ids[term]
-            lo, hi = self.indptr[t], self.indptr[t + 1]
-            docs.append(self.postings[lo:hi])
-            w = self.weights[lo:hi]
-            weights.append(w * count if count > 1 else w)
-        if len(docs) == 1:
-            return np.asarray(docs[0]), np.asarray(weights[0], dtype=np.float64)
-        return np.concatenate(docs), np.concatenate(weights).astype(np.float64, copy=False)
+    def query_terms(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct in-vocabulary term ids of a query and how often each occurs."""
+        counts: dict[int, int] = {}
+        term_ids = self.term_ids
+        for token in tokens:
+            t = term_ids.get(token)
+            if t is not None:
+                counts[t] = counts.get(t, 0) + 1
+        return (np.fromiter(counts.keys(), np.int64, len(counts)),
+                np.fromiter(counts.values(), np.float64, len(counts)))
 
     def get_scores(self, tokens: Sequence[str]) -> np.ndarray:
-        """The BM25 score of every document for an analysed query (rank-bm25's ``get_scores``)."""
-        gathered = self._gather(tokens)
-        if gathered is None:
-            return np.zeros(self.n_docs)
-        docs, weights = gathered
-        return np.bincount(docs, weights=weights, minlength=self.n_docs)
+        """The BM25 score of every document for an analysed query (rank-bm25's ``get_scores``).
+
+        Plain numpy: the reference the compiled top-k path is tested against.
+        """
+        scores = np.zeros(self.n_docs)
+        for t, count in zip(*self.query_terms(tokens), strict=True):
+            lo, hi = self.indptr[t], self.indptr[t + 1]
+            np.add.at(scores, self.postings[lo:hi], self.weights[lo:hi] * count)
+        return scores
+
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Per-thread scratch space: concurrent searches (server threads) must not share it.
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            bufs = (np.zeros(self.n_docs, np.float64), np.zeros(self.n_docs, np.bool_),
+                    np.empty(self.n_docs, np.int64))
+            self._local.bufs = bufs
+        return bufs
+
+    def _allowed(self, allowed: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        if allowed is None:
+            return _NO_MASK, False
+        allowed = np.asarray(allowed, dtype=np.bool_)
+        if allowed.shape != (self.n_docs,):
+            raise ConfigError(f"allowed mask must have shape ({self.n_docs},), got {allowed.shape}")
+        return allowed, True
 
     def top_k(self, tokens: Sequence[str], k: int,
               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -150,24 +172,39 @@ class BM25Index:
         ``k`` results come back when fewer documents match. Ties break by position.
         ``allowed`` (a boolean mask over documents) restricts the candidates.
         """
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
-        gathered = self._gather(tokens)
-        if gathered is None:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+        terms, counts = self.query_terms(tokens)
+        if len(terms) == 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        docs, weights = gathered
-        scores = np.bincount(docs, weights=weights, minlength=self.n_docs)
-        matched = np.zeros(self.n_docs, dtype=bool)
-        matched[docs] = True
-        if allowed is not None:
-            matched &= allowed
-        candidates = np.flatnonzero(matched)
-        cand_scores = scores[candidates]
-        if len(candidates) > k:
-            part = np.argpartition(-cand_scores, k - 1)[:k]
-            candidates, cand_scores = candidates[part], cand_scores[part]
-        order = np.lexsort((candidates, -cand_scores))
-        return candidates[order], cand_scores[order]
+        mask, use_mask = self._allowed(allowed)
+        k = min(int(k), self.n_docs)
+        pos = np.empty(k, np.int64)
+        scores = np.empty(k, np.float64)
+        n = kernels.top_k_one(self.indptr, self.postings, self.weights, terms, counts, k, mask,
+                              use_mask, *self._buffers(), pos, scores)
+        return pos[:n], scores[:n]
+
+    def top_k_batch(self, queries: Sequence[Sequence[str]], k: int,
+                    allowed: np.ndarray | None = None,
+                    threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`top_k` for many analysed queries at once, in parallel threads."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+        if not queries:
+            return []
+        parts = [self.query_terms(q) for q in queries]
+        q_indptr = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([len(t) for t, _ in parts], out=q_indptr[1:])
+        q_terms = np.concatenate([t for t, _ in parts])
+        q_counts = np.concatenate([c for _, c in parts])
+        mask, use_mask = self._allowed(allowed)
+        n_chunks = max(1, min(len(parts), threads or numba.get_num_threads()))
+        k = min(int(k), self.n_docs)
+        pos, scores, n = kernels.top_k_batch(self.indptr, self.postings, self.weights, q_indptr,
+                                             q_terms, q_counts, self.n_docs, k, mask, use_mask,
+                                             n_chunks)
+        return [(pos[i, :n[i]], scores[i, :n[i]]) for i in range(len(parts))]
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -200,7 +237,9 @@ class BM25Index:
         mode = "r" if mmap else None
 
         def arr(name: str) -> np.ndarray:
-            return np.load(directory / name, mmap_mode=mode, allow_pickle=False)
+            # asarray drops the np.memmap subclass (same pages): its Python-level
+            # indexing overhead otherwise dominates a query.
+            return np.asarray(np.load(directory / name, mmap_mode=mode, allow_pickle=False))
 
         with open(directory / "vocab.json", encoding="utf-8") as fh:
             vocab = json.load(fh)

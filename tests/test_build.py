@@ -9,14 +9,30 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import sample_rows, tree_snapshot, write_jsonl
 
-from tansaku.index import (SAMPLE_CORPUS, BuildConfig, FaissParams, Index, IndexFormatError,
-                           IngestError, ModelLoadError, build_index, read_dicts, read_file)
+from helpers import sample_rows, tree_snapshot, write_jsonl
+from tansaku.index import (
+    SAMPLE_CORPUS,
+    BuildConfig,
+    FaissParams,
+    Index,
+    IndexFormatError,
+    IngestError,
+    ModelLoadError,
+    build_index,
+    read_dicts,
+    read_file,
+)
 from tansaku.index.atomic import write_lock
 from tansaku.index.manifest import FORMAT_VERSION
-from tansaku.retrieve import (BM25Retriever, ConfigError, DenseRetriever, FusionConfig,
-                              HybridRetriever, make_retriever)
+from tansaku.retrieve import (
+    BM25Retriever,
+    ConfigError,
+    DenseRetriever,
+    FusionConfig,
+    HybridRetriever,
+    make_retriever,
+)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
 

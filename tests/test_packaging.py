@@ -46,12 +46,12 @@ def test_wheel_imports_and_runs(wheel, tmp_path):
     deps = sysconfig.get_paths()["purelib"]
     code = (
         "import tansaku, tansaku.index as ix, tansaku.pipeline.cli as cli\n"
-        "assert tansaku.__file__.startswith(%r), tansaku.__file__\n"
+        "assert tansaku.__file__.startswith({!r}), tansaku.__file__\n"
         "from tansaku.index import build_index, read_file, SAMPLE_CORPUS\n"
-        "idx = build_index(%r, read_file(SAMPLE_CORPUS), progress=False)\n"
-        "s = tansaku.open(%r)\n"
+        "idx = build_index({!r}, read_file(SAMPLE_CORPUS), progress=False)\n"
+        "s = tansaku.open({!r})\n"
         "print(s.search('富士山', top_n=1).hits[0].doc_id)\n"
-    ) % (str(target), str(tmp_path / "idx"), str(tmp_path / "idx"))
+    ).format(str(target), str(tmp_path / "idx"), str(tmp_path / "idx"))
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": f"{target}:{deps}", "HF_HUB_OFFLINE": "1",
                                "PATH": "/usr/bin:/bin"}, timeout=300)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from helpers import write_jsonl
 
+from helpers import write_jsonl
 from tansaku.index import FieldMap, IngestError, read_dicts, read_file
 from tansaku.index.records import unique_ids
 

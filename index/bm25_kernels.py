@@ -1,0 +1,105 @@
+"""Compiled BM25 scoring + top-k (numba), touching only the query terms' postings.
+
+A query accumulates its terms' precomputed weights into a per-thread score
+buffer, remembers which documents it touched, keeps the best ``k`` of those in a
+heap and resets only the touched entries, so the cost is O(postings + touched ·
+log k) whatever the corpus size (no O(n_docs) pass per query).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _worse(s_a: float, p_a: int, s_b: float, p_b: int) -> bool:
+    # Ranking order: higher score first, then lower position (deterministic ties).
+    return s_a < s_b or (s_a == s_b and p_a > p_b)
+
+
+@njit(cache=True)
+def _sift_down(hs, hp, size, i):  # type: ignore[no-untyped-def]
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        worst = left
+        right = left + 1
+        if right < size and _worse(hs[right], hp[right], hs[left], hp[left]):
+            worst = right
+        if _worse(hs[worst], hp[worst], hs[i], hp[i]):
+            hs[i], hs[worst] = hs[worst], hs[i]
+            hp[i], hp[worst] = hp[worst], hp[i]
+            i = worst
+        else:
+            return
+
+
+@njit(cache=True)
+def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,  # type: ignore[no-untyped-def]
+               scores, seen, touched, out_pos, out_score):
+    n_touched = 0
+    for j in range(len(terms)):
+        t = terms[j]
+        c = counts[j]
+        for p in range(indptr[t], indptr[t + 1]):
+            d = postings[p]
+            if not seen[d]:
+                seen[d] = True
+                touched[n_touched] = d
+                n_touched += 1
+            scores[d] += weights[p] * c
+    # Min-heap (worst on top) of the best k touched documents.
+    hs = np.empty(k, np.float64)
+    hp = np.empty(k, np.int64)
+    size = 0
+    for i in range(n_touched):
+        d = touched[i]
+        s = scores[d]
+        scores[d] = 0.0
+        seen[d] = False
+        if use_allowed and not allowed[d]:
+            continue
+        if size < k:
+            hs[size] = s
+            hp[size] = d
+            size += 1
+            if size == k:
+                for h in range(k // 2 - 1, -1, -1):
+                    _sift_down(hs, hp, k, h)
+        elif _worse(hs[0], hp[0], s, d):
+            hs[0] = s
+            hp[0] = d
+            _sift_down(hs, hp, k, 0)
+    # Best first: stable sort by position, then stable sort by descending score.
+    by_pos = np.argsort(hp[:size], kind="mergesort")
+    hs2 = hs[:size][by_pos]
+    hp2 = hp[:size][by_pos]
+    order = np.argsort(-hs2, kind="mergesort")
+    for r in range(size):
+        out_pos[r] = hp2[order[r]]
+        out_score[r] = hs2[order[r]]
+    return size
+
+
+@njit(cache=True, parallel=True)
+def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
+                allowed, use_allowed, n_chunks):
+    n_queries = len(q_indptr) - 1
+    out_pos = np.full((n_queries, k), -1, np.int64)
+    out_score = np.zeros((n_queries, k), np.float64)
+    out_n = np.zeros(n_queries, np.int64)
+    per_chunk = (n_queries + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        # One set of O(n_docs) buffers per chunk (thread), reused by its queries.
+        scores = np.zeros(n_docs, np.float64)
+        seen = np.zeros(n_docs, np.bool_)
+        touched = np.empty(n_docs, np.int64)
+        for q in range(c * per_chunk, min(n_queries, (c + 1) * per_chunk)):
+            lo = q_indptr[q]
+            hi = q_indptr[q + 1]
+            out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
+                                  allowed, use_allowed, scores, seen, touched, out_pos[q],
+                                  out_score[q])
+    return out_pos, out_score, out_n

@@ -1,0 +1,120 @@
+"""Finding models by hub id or local directory, offline-aware, with errors that say what to do.
+
+Search machines are often offline. A failed load says whether the name was taken for a
+local path or a hub id, what went wrong, and how to bring the model over by hand. Nothing
+here ever substitutes another model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ModelLoadError
+
+# "name" or "owner/name" as the hub spells them; anything else can only be a path
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_TRUE = {"1", "true", "yes", "on"}
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def looks_like_local_path(model: str | os.PathLike[str]) -> bool:
+    """Whether ``model`` names a directory on disk rather than a hub repository id."""
+    name = os.fspath(model)
+    if isinstance(model, Path) or Path(name).expanduser().exists():
+        return True
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(name):
+        return True
+    return _HUB_ID.fullmatch(name) is None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``) opens within ``timeout``.
+
+    Behind a proxy a direct connection proves nothing, so the answer is then always True.
+    """
+    if any(os.environ.get(var) for var in _PROXY_VARS):
+        return True
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def offline_hint(model_id: str, option: str) -> str:
+    """How to make a hub model usable on a machine without network access."""
+    return (
+        f"download it on a connected machine with `hf download {model_id} --local-dir DIR` "
+        f"(older huggingface_hub: `huggingface-cli download {model_id} --local-dir DIR`, or "
+        f"`git clone https://huggingface.co/{model_id}`), copy the directory here and pass "
+        f"{option} DIR"
+    )
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model will be loaded from, decided before loading."""
+
+    name: str  # a resolved local path or the hub id
+    local: bool
+    local_files_only: bool
+    unreachable: bool = False
+
+
+def resolve(model: str | os.PathLike[str], *, what: str, option: str) -> ModelSource:
+    """Check a model name before loading; a missing local path fails here, clearly.
+
+    With ``HF_HUB_OFFLINE`` set, or when the hub endpoint does not accept a connection,
+    only the local cache is used, so a model missing from it fails at once instead of
+    after a minute of download retries.
+    """
+    name = os.fspath(model)
+    if looks_like_local_path(model):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelLoadError(
+                f"{what} model {name!r} looks like a local path, but {path} does not exist; pass "
+                f"the directory that holds the model's config.json and weights, or "
+                f"{offline_hint('ID', option)}")
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{what} model {name!r} looks like a local path, but {path} is a file, not a "
+                f"model directory; {offline_hint('ID', option)}")
+        return ModelSource(str(path.resolve()), True, True)
+    if hub_offline():
+        return ModelSource(name, False, True)
+    if not hub_reachable():
+        return ModelSource(name, False, True, unreachable=True)
+    return ModelSource(name, False, False)
+
+
+def load_failure(source: ModelSource, exc: BaseException, *, what: str, option: str) -> str:
+    """The message of a :class:`ModelLoadError` for a load that raised ``exc``."""
+    text = str(exc).strip()
+    cause = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    if source.local:
+        missing = "" if (Path(source.name) / "config.json").is_file() else " (it has no config.json)"
+        return (f"could not load {what} model {source.name!r}: it looks like a local path, but it is "
+                f"not a loadable model directory{missing} ({cause}); pass a directory made by "
+                f"save_pretrained / `hf download`, or {offline_hint('ID', option)}")
+    if source.unreachable:
+        why = "the Hugging Face hub cannot be reached from here and it is not in the local cache"
+    elif source.local_files_only:
+        why = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+    else:
+        why = "the Hugging Face hub has no such model or could not be reached"
+    return (f"could not load {what} model {source.name!r}: it looks like a hub id, but {why} "
+            f"({cause}). To use it offline, {offline_hint(source.name, option)}")

@@ -1,0 +1,338 @@
+"""Cross-encoder reranking: length-sorted batching, long documents scored by their best window."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+
+from tansaku.index.errors import ConfigError, ModelLoadError
+from tansaku.index.hit import Hit
+from tansaku.rerank.base import check_top_n, document_texts, ranked_hits
+from tansaku.rerank.loading import load_cross_encoder
+from tansaku.rerank.windows import PairTemplate, window_starts
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RERANKER = "hotchpotch/japanese-reranker-cross-encoder-xsmall-v1"
+
+Activation = Literal["sigmoid", "none"]
+_ACTIVATIONS = ("sigmoid", "none")
+
+
+class CrossEncoderReranker:
+    """Rerank documents with a sequence-classification cross-encoder (``Reranker`` protocol).
+
+    Scores: for single-logit models ``sigmoid(logit)`` in [0, 1] (``activation="sigmoid"``,
+    equal to ``sentence_transformers.CrossEncoder.predict``) or the raw logit
+    (``activation="none"``). For multi-logit models the score is the probability of the
+    *last* label (softmax), which by convention is "relevant"; its raw form is that label's
+    log-odds, so ``sigmoid(raw) == score`` holds for every model.
+
+    A (query, document) pair longer than ``max_length`` tokens is not truncated: the document
+    is cut into overlapping token windows (``chunk_overlap`` shared tokens, at most
+    ``max_chunks_per_doc`` windows, the rest ignored), each scored with the query, and the
+    document gets its best window's score. Queries longer than half of ``max_length`` are
+    truncated to that half on this path. Only ``Hit.text`` is scored, never the title.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_RERANKER,
+        *,
+        max_length: int = 512,
+        activation: Activation = "sigmoid",
+        device: str | None = None,
+        fp16: bool | None = None,
+        batch_size: int = 32,
+        max_chunks_per_doc: int = 8,
+        chunk_overlap: int = 64,
+        show_progress: bool = False,
+    ) -> None:
+        _check_positive("max_length", max_length)
+        _check_positive("batch_size", batch_size)
+        _check_positive("max_chunks_per_doc", max_chunks_per_doc)
+        _check_positive("chunk_overlap", chunk_overlap, minimum=0)
+        if activation not in _ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        self._device = _resolve_device(device)
+        self._fp16 = (torch.device(self._device).type == "cuda") if fp16 is None else bool(fp16)
+        self._model_name = os.fspath(model)
+        self._activation: Activation = activation
+        self._batch_size = batch_size
+        self._max_chunks = max_chunks_per_doc
+        self._chunk_overlap = chunk_overlap
+        self._show_progress = show_progress
+
+        cross_encoder = load_cross_encoder(model, device=self._device)
+        self._tokenizer = cross_encoder.tokenizer
+        self._model = cross_encoder.model
+        if self._tokenizer is None or self._model is None:
+            raise ConfigError(f"{self._model_name!r} is not a tokenizer + transformer model")
+        if self._fp16:
+            self._model.half()
+        self._model.eval()
+        self._num_labels = int(self._model.config.num_labels)
+        self._forward_params = set(inspect.signature(self._model.forward).parameters)
+        try:
+            self._template = PairTemplate.from_tokenizer(self._tokenizer)
+        except ValueError as exc:
+            raise ModelLoadError(f"reranker model {self._model_name!r}: {exc}") from exc
+        self._token_types = self._wants_token_types()
+        self._max_length = self._usable_length(max_length)
+        if self._max_length - self._template.num_special < 2:
+            raise ConfigError(
+                f"max_length={self._max_length} leaves no room for a query and a document after "
+                f"{self._template.num_special} special tokens"
+            )
+        pad_id = self._tokenizer.pad_token_id
+        self._pad_id = int(pad_id if pad_id is not None else self._model.config.pad_token_id or 0)
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        """The hub id or directory the model was loaded from."""
+        return self._model_name
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per model input (requested value capped at what the model supports)."""
+        return self._max_length
+
+    @property
+    def device(self) -> str:
+        """Device the model runs on, e.g. ``"cpu"`` or ``"cuda"``."""
+        return self._device
+
+    @property
+    def fp16(self) -> bool:
+        """Whether the model weights were cast to float16."""
+        return self._fp16
+
+    @property
+    def activation(self) -> Activation:
+        """``"sigmoid"`` (scores in [0, 1]) or ``"none"`` (raw logits)."""
+        return self._activation
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self._model_name!r}, max_length={self._max_length}, "
+            f"activation={self._activation!r}, device={self._device!r}, fp16={self._fp16}, "
+            f"max_chunks_per_doc={self._max_chunks}, chunk_overlap={self._chunk_overlap})"
+        )
+
+    def rerank(
+        self, query: str, docs: Sequence[Hit | str], top_n: int | None = None
+    ) -> list[Hit]:
+        """Score ``docs`` against ``query`` and return them as ranked rerank-stage Hits."""
+        if not isinstance(query, str):
+            raise ConfigError(f"query must be a string, got {type(query).__name__}")
+        check_top_n(top_n)
+        texts = document_texts(docs)
+        scores = self.score([(query, text) for text in texts])
+        return ranked_hits(docs, scores, top_n)
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """One score per ``(query, document)`` pair (float32), in input order."""
+        raw = self._raw_scores(pairs)
+        return raw if self._activation == "none" else _sigmoid(raw)
+
+    @overload
+    def compute_score(self, pairs: tuple[str, str], normalize: bool = False) -> float: ...
+
+    @overload
+    def compute_score(
+        self, pairs: Sequence[tuple[str, str]] | Sequence[list[str]], normalize: bool = False
+    ) -> list[float]: ...
+
+    def compute_score(self, pairs: Any, normalize: bool = False) -> float | list[float]:
+        """FlagEmbedding-style scoring: raw logits, or sigmoid-normalized with ``normalize``.
+
+        A single ``(query, document)`` pair gives a float, a list of pairs a list of floats
+        (even a one-pair list, unlike FlagEmbedding, so callers need no special case).
+        """
+        single = _is_single_pair(pairs)
+        raw = self._raw_scores([pairs] if single else pairs)
+        values = (_sigmoid(raw) if normalize else raw).tolist()
+        return values[0] if single else values
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _raw_scores(self, pairs: Sequence[Any]) -> np.ndarray:
+        checked = _check_pairs(pairs)
+        if not checked:
+            return np.empty(0, dtype=np.float32)
+        units, owners = self._encode(checked)
+        unit_scores = self._forward(units)
+        # a document's score is its best window's score (a single unit for most documents)
+        raw = np.full(len(checked), -np.inf, dtype=np.float32)
+        np.maximum.at(raw, np.asarray(owners), unit_scores)
+        return raw
+
+    def _encode(self, pairs: list[tuple[str, str]]) -> tuple[list[dict[str, list[int]]], list[int]]:
+        """Model inputs for all pairs; a long pair yields one input per document window."""
+        template, limit = self._template, self._max_length
+        unique_queries = list(dict.fromkeys(query for query, _ in pairs))
+        query_ids = dict(zip(unique_queries, self._token_ids(unique_queries), strict=True))
+        doc_ids = self._token_ids([doc for _, doc in pairs])
+        room = limit - template.num_special
+        units: list[dict[str, list[int]]] = []
+        owners: list[int] = []
+        for index, ((query, _), doc) in enumerate(zip(pairs, doc_ids, strict=True)):
+            q_ids = query_ids[query]
+            if len(q_ids) + len(doc) <= room:
+                # fits: exactly what tokenizer(query, doc, truncation=True) would produce
+                units.append(template.build(q_ids, doc, token_types=self._token_types))
+                owners.append(index)
+                continue
+            # a long query must still leave the document at least half of each window
+            q_ids = q_ids[: max(1, room // 2)]
+            window = room - len(q_ids)
+            for start in window_starts(len(doc), window, self._chunk_overlap, self._max_chunks):
+                window_ids = doc[start:start + window]
+                units.append(template.build(q_ids, window_ids, token_types=self._token_types))
+                owners.append(index)
+        return units, owners
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        # verbose=False: long documents are expected here, they are windowed, not fed whole
+        encoded = self._tokenizer(texts, add_special_tokens=False, verbose=False)
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    @torch.inference_mode()
+    def _forward(self, units: list[dict[str, list[int]]]) -> np.ndarray:
+        # longest first, so similar lengths share a batch (little padding) and an
+        # out-of-memory error shows up on the first batch rather than the last
+        order = np.argsort([-len(unit["input_ids"]) for unit in units], kind="stable")
+        scores = np.empty(len(units), dtype=np.float32)
+        starts = range(0, len(units), self._batch_size)
+        if self._show_progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="Reranking", unit="batch")
+        for start in starts:
+            batch_index = order[start:start + self._batch_size]
+            batch = self._collate([units[i] for i in batch_index])
+            logits = self._model(**batch).logits.float()
+            scores[batch_index] = self._logit_scores(logits).cpu().numpy()
+        return scores
+
+    def _collate(self, units: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad a batch the way the tokenizer would (its pad id and padding side)."""
+        width = max(len(unit["input_ids"]) for unit in units)
+        left = getattr(self._tokenizer, "padding_side", "right") == "left"
+        columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+        with_types = "token_type_ids" in units[0]
+        if with_types:
+            columns["token_type_ids"] = []
+        for unit in units:
+            pad = width - len(unit["input_ids"])
+            fields = {
+                "input_ids": (unit["input_ids"], self._pad_id),
+                "attention_mask": ([1] * len(unit["input_ids"]), 0),
+            }
+            if with_types:
+                fields["token_type_ids"] = (unit["token_type_ids"], 0)
+            for key, (values, fill) in fields.items():
+                columns[key].append([fill] * pad + values if left else values + [fill] * pad)
+        return {
+            key: torch.tensor(column, dtype=torch.long, device=self._device)
+            for key, column in columns.items()
+        }
+
+    def _logit_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._num_labels == 1:
+            return logits[:, 0]
+        # log-odds of the last label: sigmoid() of it is that label's softmax probability
+        return logits[:, -1] - torch.logsumexp(logits[:, :-1], dim=-1)
+
+    def _wants_token_types(self) -> bool:
+        """Whether the model gets segment ids (0 for the query, 1 for the document).
+
+        Yes when the tokenizer returns them, and also when the model has a segment embedding
+        table but the tokenizer stopped returning them: transformers 5 dropped
+        ``token_type_ids`` from ``BertJapaneseTokenizer``'s default outputs (used by most
+        Japanese BERTs), so the document would be fed as segment 0, unlike in training.
+        """
+        if self._template.types is None or "token_type_ids" not in self._forward_params:
+            return False
+        by_default = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
+        segments = getattr(self._model.config, "type_vocab_size", 0)
+        return by_default or (isinstance(segments, int) and segments > 1)
+
+    def _usable_length(self, requested: int) -> int:
+        """Cap ``requested`` at the tokenizer's and the position table's limits."""
+        limits = [requested]
+        tokenizer_limit = getattr(self._tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)
+        positions = getattr(self._model.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions - _position_offset(self._model))
+        usable = min(limits)
+        if usable < requested:
+            logger.info("max_length %d capped to %d for %s", requested, usable, self._model_name)
+        return usable
+
+
+def _position_offset(model: torch.nn.Module) -> int:
+    """Positions a model reserves before the first token (XLM-R/RoBERTa start at pad + 1)."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            if isinstance(module.padding_idx, int):
+                return module.padding_idx + 1
+    return 0
+
+
+def _sigmoid(raw: np.ndarray) -> np.ndarray:
+    # torch's float32 sigmoid, as CrossEncoder.predict applies it, so scores match bit for bit
+    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(raw))).numpy()
+
+
+def _is_single_pair(pairs: Any) -> bool:
+    return (
+        isinstance(pairs, (tuple, list))
+        and len(pairs) == 2
+        and all(isinstance(part, str) for part in pairs)
+    )
+
+
+def _check_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)) or _is_single_pair(pairs):
+        raise ConfigError("pass a sequence of (query, document) pairs, not a single pair")
+    checked: list[tuple[str, str]] = []
+    for position, pair in enumerate(pairs):
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) != 2
+            or not all(isinstance(part, str) for part in pair)
+        ):
+            raise ConfigError(
+                f"pair {position} must be a (query, document) tuple of strings, got {pair!r:.80}"
+            )
+        checked.append((pair[0], pair[1]))
+    return checked
+
+
+def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def _resolve_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was requested but CUDA is not available here")
+    return device

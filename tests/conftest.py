@@ -1,0 +1,28 @@
+"""Shared test set-up: offline hub, shared data paths, tiny models built once per session."""
+
+from __future__ import annotations
+
+import os
+
+# The hub is unreachable on these machines; fail fast instead of retrying downloads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fixtures_models import *  # noqa: E402,F401,F403  (session-scoped tiny-model fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+JSQUAD = REPO.parent / "shared" / "data" / "jsquad" / "valid-v1.3.json"
+
+
+@pytest.fixture(scope="session")
+def jsquad_path() -> Path:
+    """The shared JSQuAD valid file; tests needing it skip with a reason when it is absent."""
+    if not JSQUAD.exists():
+        pytest.skip(f"JSQuAD benchmark file not found at {JSQUAD} (../shared is not beside the repo)")
+    return JSQUAD
