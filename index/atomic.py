@@ -24,6 +24,18 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+def checkpoint(name: str) -> None:
+    """A named point of a build/update where the crash-safety tests kill the process.
+
+    With ``TANSAKU_CRASH_AT=name`` in the environment the process SIGKILLs itself
+    here (no cleanup runs, as in a power cut); otherwise it does nothing.
+    """
+    if os.environ.get("TANSAKU_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.tmp-"
 
@@ -103,19 +115,59 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+@contextlib.contextmanager
+def _swap_lock(path: Path, exclusive: bool) -> Iterator[None]:
+    """Readers (shared) never open files of two versions; the swap (exclusive) waits for them.
+
+    Without it a reader could load bm25/ of one version and ids.npy of the next. On a
+    read-only file system no writer can swap anyway, so readers go without the lock.
+    """
+    import fcntl
+
+    lock_path = path.parent / f".{path.name}.swap-lock"
+    try:
+        fh = open(lock_path, "a+")  # noqa: SIM115
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def reading(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold while opening the files of the index at ``path``."""
+    return _swap_lock(path, exclusive=False)
+
+
 def swap_in(tmp: Path, path: Path) -> None:
-    """Make the complete directory ``tmp`` the index at ``path``; the old one is deleted."""
+    """Make the complete directory ``tmp`` the index at ``path``; the old one is deleted.
+
+    Readers that already opened the old files keep them (open descriptors and memory
+    maps survive the unlink); readers opening now wait for the swap.
+    """
     fsync_tree(tmp)
+    checkpoint("swap")
+    with _swap_lock(path, exclusive=True):
+        _swap(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _swap(tmp: Path, path: Path) -> None:
     if not path.exists():
         os.rename(tmp, path)
     elif _exchange(tmp, path):
+        checkpoint("swapped")
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
     else:
         old = path.parent / f"{_old_prefix(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(path, old)
+        checkpoint("renamed")
         os.rename(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(path.parent)
 
 
 def recover(path: Path) -> None:
@@ -125,6 +177,24 @@ def recover(path: Path) -> None:
     olds = sorted(path.parent.glob(_old_prefix(path) + "*"), key=lambda p: p.stat().st_mtime)
     if olds:
         os.rename(olds[-1], path)
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """Write a new version of the index at ``path`` in a temporary sibling, then swap it in.
+
+    Holds the writer lock throughout; on any error (or interruption) the temporary
+    directory is removed and ``path`` is left exactly as it was.
+    """
+    with write_lock(path):
+        clean_stale(path)
+        tmp = temp_sibling(path)
+        try:
+            yield tmp
+            swap_in(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 @contextlib.contextmanager

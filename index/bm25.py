@@ -83,13 +83,28 @@ class BM25Index:
             count_chunks.append(np.fromiter(counts.values(), dtype=np.int32, count=len(counts)))
             doc_indptr.append(doc_indptr[-1] + len(counts))
             doc_len.append(len(tokens))
-        n_docs = len(doc_len)
         terms = np.concatenate(term_chunks) if term_chunks else np.zeros(0, np.int32)
         counts_arr = np.concatenate(count_chunks) if count_chunks else np.zeros(0, np.int32)
-        # Documents × terms (CSR) transposed to term-major postings (CSC) by scipy's C++ code.
         by_doc = sp.csr_matrix((counts_arr, terms, np.asarray(doc_indptr, dtype=np.int64)),
-                               shape=(n_docs, len(vocab)))
-        by_term = by_doc.tocsc()
+                               shape=(len(doc_len), len(vocab)))
+        return cls.from_doc_term(by_doc, list(vocab), np.asarray(doc_len, np.int32), params)
+
+    @classmethod
+    def from_doc_term(cls, by_doc: sp.csr_matrix, vocab: list[str], doc_len: np.ndarray,
+                      params: BM25Params = BM25Params()) -> BM25Index:
+        """Index a documents × terms matrix of term frequencies (the shared build path).
+
+        Terms no document contains are dropped, so the vocabulary (and with it the
+        mean idf of the epsilon floor) is exactly that of a fresh build.
+        """
+        df = np.bincount(by_doc.indices, minlength=len(vocab)) if by_doc.nnz else np.zeros(
+            len(vocab), np.int64)
+        keep = np.flatnonzero(df > 0)
+        if len(keep) < len(vocab):
+            by_doc = by_doc[:, keep]
+            vocab = [vocab[i] for i in keep]
+        # Documents × terms (CSR) to term-major postings (CSC) by scipy's C++ code.
+        by_term = sp.csc_matrix(by_doc)
         by_term.sort_indices()
         index = cls(vocab=list(vocab), indptr=by_term.indptr.astype(np.int64),
                     postings=by_term.indices.astype(np.int32), tf=by_term.data.astype(np.int32),
@@ -97,6 +112,12 @@ class BM25Index:
                     params=params)
         index.weights = index._compute_weights()
         return index
+
+    def doc_term(self) -> sp.csr_matrix:
+        """The documents × terms matrix of term frequencies (for incremental updates)."""
+        by_term = sp.csc_matrix((self.tf, self.postings, self.indptr),
+                                shape=(self.n_docs, len(self.vocab)))
+        return by_term.tocsr()
 
     def _compute_weights(self) -> np.ndarray:
         """Per-posting BM25 weights from term frequencies and corpus statistics."""

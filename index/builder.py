@@ -8,7 +8,6 @@ previous index (if any) untouched.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .analyzer import get_analyzer, tokenize_all
-from .atomic import clean_stale, swap_in, temp_sibling, write_lock
+from .analyzer import Analyzer, get_analyzer, tokenize_all
+from .atomic import checkpoint, staged
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
@@ -43,22 +42,30 @@ class BuildConfig:
     encode_batch_size: int = 64
 
 
-def _encode_corpus(encoder: Encoder, corpus: Corpus, n: int, batch: int,
-                   progress: bool) -> np.ndarray:
+def _encode_texts(encoder: Encoder, texts: Iterable[str], n: int, batch: int,
+                  progress: bool, say: Callable[[str], None]) -> np.ndarray:
+    """Encode ``n`` documents in batches with a progress bar and an up-front time estimate."""
     vectors = np.empty((n, encoder.dim), dtype=np.float32)
     chunk: list[str] = []
     row = 0
-    with tqdm(total=n, desc="encode", unit="doc", disable=not progress) as bar:
+    start = time.perf_counter()
+    with tqdm(total=n, desc=f"encode ({encoder.name})", unit="doc", disable=not progress) as bar:
         def flush() -> None:
             nonlocal row
             out = encoder.encode_documents(chunk)
             vectors[row:row + len(chunk)] = out
+            if row == 0 and n > len(chunk):
+                # Slow encoders (e5-small: ~20 docs/s on 2 cores) can take hours: say so now.
+                rate = len(chunk) / max(time.perf_counter() - start, 1e-9)
+                say(f"encoding {n:,} documents at ~{rate:,.0f} docs/s: about "
+                    f"{_duration((n - len(chunk)) / rate)} to go")
             row += len(chunk)
+            checkpoint("encode")
             bar.update(len(chunk))
             chunk.clear()
 
-        for record in corpus.iter_records():
-            chunk.append(record.indexed_text)
+        for text in texts:
+            chunk.append(text)
             if len(chunk) >= batch:
                 flush()
         if chunk:
@@ -86,52 +93,60 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
     say("dense index: " + (f"encoder {encoder.name}" if encoder else
                            "none (BM25 only; pass --encoder MODEL for dense/hybrid search)"))
     timings: dict[str, float] = {}
-    with write_lock(path):
-        clean_stale(path)
-        tmp = temp_sibling(path)
-        try:
+    with staged(path) as tmp:
+        t0 = time.perf_counter()
+        corpus = Corpus(tmp / CORPUS_FILE)
+        n = corpus.ingest(records, progress=progress, total=total)
+        if n == 0:
+            raise IngestError("no documents to index")
+        timings["ingest"] = time.perf_counter() - t0
+        checkpoint("ingest")
+
+        t0 = time.perf_counter()
+        ids: list[str] = []
+        texts = (ids.append(r.id) or r.indexed_text for r in corpus.iter_records())
+        bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress),
+                               config.bm25)
+        timings["tokenize+bm25"] = time.perf_counter() - t0
+        checkpoint("tokenize")
+
+        dense = None
+        if encoder is not None:
             t0 = time.perf_counter()
-            corpus = Corpus(tmp / CORPUS_FILE)
-            n = corpus.ingest(records, progress=progress, total=total)
-            if n == 0:
-                raise IngestError("no documents to index")
-            timings["ingest"] = time.perf_counter() - t0
-
+            vectors = _encode_texts(encoder, (r.indexed_text for r in corpus.iter_records()), n,
+                                    config.encode_batch_size, progress, say)
+            timings["encode"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            ids: list[str] = []
-            texts = (ids.append(r.id) or r.indexed_text for r in corpus.iter_records())
-            bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress),
-                                   config.bm25)
-            np.save(tmp / IDS_FILE, np.asarray(ids, dtype=str))
-            bm25_info = bm25.save(tmp / BM25_DIR)
-            timings["tokenize+bm25"] = time.perf_counter() - t0
-
-            dense_info = None
-            if encoder is not None:
-                t0 = time.perf_counter()
-                vectors = _encode_corpus(encoder, corpus, n, config.encode_batch_size, progress)
-                timings["encode"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                say(f"FAISS: training/adding {n:,} vectors")
-                dense = DenseIndex.build(vectors, config.faiss)
-                say(f"FAISS: {dense.params.kind} ({dense.reason})")
-                dense_info = {"encoder": encoder.to_config(), **dense.save(tmp / DENSE_DIR)}
-                timings["faiss"] = time.perf_counter() - t0
-            corpus.close()
-
-            manifest = new_manifest(
-                counts={"docs": n},
-                analyzer=analyzer.to_config(),
-                bm25=bm25_info,
-                dense=dense_info,
-                build={"config": _config_dict(config, encoder), "seconds": timings},
-            )
-            write_manifest(tmp, manifest)
-            swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            checkpoint("faiss")
+            say(f"FAISS: training/adding {n:,} vectors")
+            dense = DenseIndex.build(vectors, config.faiss)
+            say(f"FAISS: {dense.params.kind} ({dense.reason})")
+            timings["faiss"] = time.perf_counter() - t0
+        corpus.close()
+        write_parts(tmp, ids, analyzer, bm25, dense, encoder,
+                    build={"config": _config_dict(config, encoder), "seconds": timings})
     return Index.open(path, encoder=encoder)
+
+
+def write_parts(tmp: Path, ids: list[str], analyzer: Analyzer, bm25: BM25Index,
+                dense: DenseIndex | None, encoder: Encoder | None, **sections: Any) -> None:
+    """Write the id map, BM25 arrays, FAISS files and manifest of a staged index."""
+    np.save(tmp / IDS_FILE, np.asarray(ids, dtype=str))
+    bm25_info = bm25.save(tmp / BM25_DIR)
+    dense_info = None
+    if dense is not None:
+        assert encoder is not None
+        dense_info = {"encoder": encoder.to_config(), **dense.save(tmp / DENSE_DIR)}
+    write_manifest(tmp, new_manifest(counts={"docs": len(ids)}, analyzer=analyzer.to_config(),
+                                     bm25=bm25_info, dense=dense_info, **sections))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _config_dict(config: BuildConfig, encoder: Encoder | None) -> dict[str, Any]:

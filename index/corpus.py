@@ -76,6 +76,21 @@ class Corpus:
         conn.execute("COMMIT")
         return written
 
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete documents by id in one transaction; returns the ids that were not there."""
+        conn = self.db.conn
+        missing = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for doc_id in ids:
+                if conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (doc_id,)).rowcount == 0:
+                    missing.append(doc_id)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return missing
+
     def iter_records(self) -> Iterator[Record]:
         """All records in rowid order."""
         cursor = self.db.conn.execute(

@@ -121,7 +121,9 @@ class DenseIndex:
         sample = vectors if n_train == n else vectors[np.sort(rng.choice(n, n_train, replace=False))]
         index.train(sample)
         index.add(vectors)
-        return cls(index, resolved, reason=reason, vectors=vectors if resolved.rescore else None)
+        # The float vectors are kept (on disk, memory-mapped) for exact re-scoring and so
+        # updates can re-add them without re-encoding.
+        return cls(index, resolved, reason=reason, vectors=vectors)
 
     def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
                rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +152,27 @@ class DenseIndex:
             scores[row, :len(top)] = exact[top]
             positions[row, :len(top)] = cand[top]
         return scores, positions
+
+    def all_vectors(self) -> np.ndarray:
+        """Every indexed vector, exactly (Flat stores them; IVFPQ keeps vectors.npy)."""
+        if self.params.kind == "flat":
+            return self.index.reconstruct_n(0, self.ntotal)  # type: ignore[no-any-return]
+        if self.vectors is None:
+            raise IndexFormatError("this IVFPQ index kept no float vectors; rebuild it")
+        return np.asarray(self.vectors)
+
+    def with_vectors(self, vectors: np.ndarray) -> DenseIndex:
+        """A new index over ``vectors`` with this one's trained quantizers (no retraining)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.params.kind == "flat":
+            index = faiss.IndexFlatIP(self.dim)
+        else:
+            index = faiss.clone_index(self.index)
+            index.reset()  # drops the vectors, keeps the coarse quantizer and PQ codebooks
+        if len(vectors):
+            index.add(vectors)
+        return DenseIndex(index, self.params, reason=self.reason,
+                          vectors=None if self.params.kind == "flat" else vectors)
 
     def describe(self) -> dict[str, Any]:
         return {"faiss": asdict(self.params), "reason": self.reason, "dim": self.dim,

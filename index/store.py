@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .analyzer import Analyzer, analyzer_from_config
-from .atomic import recover
+from .atomic import reading, recover
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
@@ -50,6 +50,11 @@ class Index:
         """Open the index at ``path``. ``encoder`` overrides the one recorded in the manifest."""
         path = Path(path)
         recover(path)
+        with reading(path):
+            return cls._load(path, mmap=mmap, encoder=encoder)
+
+    @classmethod
+    def _load(cls, path: Path, *, mmap: bool, encoder: Encoder | None) -> Index:
         manifest = read_manifest(path)
         try:
             analyzer = analyzer_from_config(manifest["analyzer"])

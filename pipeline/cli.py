@@ -60,13 +60,7 @@ examples:
                    help="document files: .jsonl/.ndjson, .csv, .tsv (optionally .gz)")
     p.add_argument("--sample", action="store_true",
                    help="index the sample corpus shipped with tansaku (50 Japanese + 6 English docs)")
-    g = p.add_argument_group("input")
-    g.add_argument("--format", choices=["jsonl", "csv", "tsv"],
-                   help="input format (default: from each file's extension)")
-    g.add_argument("--id-field", default="id", help="field holding the document id (default: id)")
-    g.add_argument("--text-field", default="text", help="field holding the text (default: text)")
-    g.add_argument("--title-field", default="title",
-                   help="field holding the title (default: title; '' for none)")
+    add_input_options(p)
     g = p.add_argument_group("analysis and BM25")
     g.add_argument("--analyzer", default="ja", choices=["ja", "words"],
                    help="ja: MeCab (fugashi+unidic-lite) surface forms; words: regex \\w+ words "
@@ -98,16 +92,33 @@ examples:
     p.set_defaults(handler=run_build)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument("--format", choices=["jsonl", "csv", "tsv"],
+                   help="input format (default: from each file's extension)")
+    g.add_argument("--id-field", default="id", help="field holding the document id (default: id)")
+    g.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    g.add_argument("--title-field", default="title",
+                   help="field holding the title (default: title; '' for none)")
+
+
+def read_inputs(args: argparse.Namespace, paths: Sequence[Path]) -> Any:
+    """Validated records of every input file, in order (lazily)."""
     from itertools import chain
 
-    from tansaku.index import BM25Params, BuildConfig, FaissParams, FieldMap, build_index, read_file
+    from tansaku.index import FieldMap, read_file
+
+    fields = FieldMap(id=args.id_field, text=args.text_field, title=args.title_field or None)
+    return chain.from_iterable(read_file(path, fields, args.format) for path in paths)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from tansaku.index import BM25Params, BuildConfig, FaissParams, build_index
     from tansaku.index.sample import SAMPLE_CORPUS
 
     inputs = list(args.inputs) + ([SAMPLE_CORPUS] if args.sample else [])
     if not inputs:
         raise TansakuError("nothing to index: give document files or --sample")
-    fields = FieldMap(id=args.id_field, text=args.text_field, title=args.title_field or None)
     config = BuildConfig(
         analyzer=args.analyzer,
         bm25=BM25Params(k1=args.k1, b=args.b, dtype=args.bm25_dtype),
@@ -119,8 +130,8 @@ def run_build(args: argparse.Namespace) -> int:
     )
     say = _log(args)
     start = time.perf_counter()
-    records = chain.from_iterable(read_file(path, fields, args.format) for path in inputs)
-    index = build_index(args.index, records, config, progress=not args.quiet, log=say)
+    index = build_index(args.index, read_inputs(args, inputs), config, progress=not args.quiet,
+                        log=say)
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in Path(index.path).rglob("*") if f.is_file())
     summary = {"index": str(index.path), "docs": len(index), "seconds": round(seconds, 3),
@@ -159,8 +170,9 @@ examples:
     p.add_argument("--retrieve-k", type=int,
                    help="first-stage candidates (default: max(100, top-n))")
     add_rerank_options(p)
-    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf",
-                   help="hybrid fusion: reciprocal rank (k=60) or normalised score sum")
+    p.add_argument("--fusion", choices=["score", "rrf"], default="score",
+                   help="hybrid fusion: per-query min-max normalised score sum (default; never "
+                        "below BM25 on JSQuAD) or reciprocal rank fusion (k=60)")
     p.add_argument("--nprobe", type=int, help="IVF lists searched (IVFPQ indexes)")
     p.add_argument("--snippet", type=int, default=80, help="snippet length in characters")
     p.add_argument("--json", action="store_true", help="print hits and timings as JSON")
@@ -192,6 +204,65 @@ def run_search(args: argparse.Namespace) -> int:
     t = result.timings_ms
     print(f"({mode}: {result.counts['retrieved']} candidates, "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in t.items()) + ")", file=sys.stderr)
+    return 0
+
+
+# -- add / delete ------------------------------------------------------------------------------
+
+def add_add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "add", help="add or replace documents in an index (no full rebuild)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Upsert the documents of FILES into INDEX by id: new ids are added, existing ids
+replaced. Only these documents are tokenised and encoded; BM25 statistics are
+recomputed (scores equal a fresh build's) and FAISS gets the new vectors without
+retraining. Like a build, the update is staged and swapped in atomically:
+searches keep working and see the old or the new index, and bad input changes
+nothing.""",
+        epilog="examples:\n  tansaku add my-index new-docs.jsonl\n")
+    p.add_argument("index", type=Path, help="index directory")
+    p.add_argument("inputs", nargs="+", type=Path, help="document files (.jsonl/.csv/.tsv, .gz)")
+    add_input_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--json", action="store_true", help="print the update summary as JSON")
+    p.set_defaults(handler=run_update, op="add")
+
+
+def add_delete(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "delete", help="delete documents from an index by id (no full rebuild)",
+        description="Delete documents by id; staged and swapped in atomically like `add`. "
+                    "Unknown ids are an error (nothing is deleted) unless --missing-ok.",
+        epilog="examples:\n  tansaku delete my-index --ids doc-1 doc-7\n"
+               "  tansaku delete my-index --ids-file stale.txt --missing-ok\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("index", type=Path, help="index directory")
+    p.add_argument("--ids", nargs="+", default=[], help="document ids to delete")
+    p.add_argument("--ids-file", type=Path, help="a file with one id per line")
+    p.add_argument("--missing-ok", action="store_true", help="ignore ids not in the index")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--json", action="store_true", help="print the update summary as JSON")
+    p.set_defaults(handler=run_update, op="delete", inputs=[])
+
+
+def run_update(args: argparse.Namespace) -> int:
+    from tansaku.index.update import update_index
+
+    delete = list(getattr(args, "ids", []) or [])
+    if getattr(args, "ids_file", None):
+        delete += [line.strip() for line in args.ids_file.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+    if args.op == "delete" and not delete:
+        raise TansakuError("nothing to delete: give --ids or --ids-file")
+    records = read_inputs(args, args.inputs) if args.inputs else ()
+    report = update_index(args.index, records, delete, missing_ok=getattr(args, "missing_ok", False),
+                          progress=not args.quiet, log=_log(args))
+    if args.json:
+        _emit_json(report.to_dict())
+    else:
+        print(f"updated {args.index}: {report.added} added, {report.replaced} replaced, "
+              f"{report.deleted} deleted; {report.docs:,} documents ({report.seconds:.1f} s)")
     return 0
 
 
@@ -291,7 +362,7 @@ runs: TREC format, plain or .gz.""")
                    help="comma-separated: ndcg@K, mrr@K, recall@K, map@K, p@K")
     p.add_argument("--mode", choices=["bm25", "dense", "hybrid"], help="first stage")
     p.add_argument("--retrieve-k", type=int, default=100, help="first-stage candidates")
-    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="hybrid fusion")
+    p.add_argument("--fusion", choices=["score", "rrf"], default="score", help="hybrid fusion")
     add_rerank_options(p)
     p.add_argument("--out", type=Path, default=Path("runs"),
                    help="directory for the stages' TREC run files (default: runs/)")
@@ -373,7 +444,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 # -- entry point -------------------------------------------------------------------------------
 
-COMMANDS = (add_build, add_search, add_rerank, add_eval)
+COMMANDS = (add_build, add_search, add_rerank, add_eval, add_add, add_delete)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -16,13 +16,18 @@ FUSIONS = ("rrf", "score")
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """``rrf`` (rank-based, k=60) or ``score`` (per-query min-max normalised weighted sum).
+    """``score`` (per-query min-max normalised weighted sum) or ``rrf`` (rank-based, k=60).
 
     ``weights`` pair with the retrievers in order (default equal); ``depth`` is how
     many candidates each retriever contributes (at least the requested k).
+
+    The default, equal-weight score fusion, was chosen on JSQuAD (BM25 + e5-small):
+    it beat BM25 alone on both article halves (nDCG@10 0.9454 / 0.9571 vs 0.9295 /
+    0.9427), while RRF fell below BM25 on one half (0.9409) because the weaker dense
+    list pulls RRF's rank-only votes down.
     """
 
-    method: str = "rrf"
+    method: str = "score"
     rrf_k: int = 60
     weights: tuple[float, ...] | None = None
     depth: int = 100

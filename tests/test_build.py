@@ -87,7 +87,8 @@ def test_retrievers_rank_and_fuse(sample_index):
     assert [h.rank for h in bm25] == list(range(1, len(bm25) + 1))
     dense = DenseRetriever(sample_index).retrieve("検索エンジンの仕組み", 100)
     assert len(dense) == 56 and all(-1.0001 <= h.score <= 1.0001 for h in dense)
-    rrf = make_retriever(sample_index, "hybrid").retrieve("検索エンジンの仕組み", 100)
+    rrf_retriever = make_retriever(sample_index, "hybrid", fusion=FusionConfig(method="rrf"))
+    rrf = rrf_retriever.retrieve("検索エンジンの仕組み", 100)
     assert rrf[0].stage == "hybrid" and len(rrf) == 56
     # RRF score of each doc = sum of 1/(60 + rank) over the lists containing it.
     ranks = [{h.doc_id: h.rank for h in lst} for lst in (bm25, dense)]
@@ -98,6 +99,12 @@ def test_retrievers_rank_and_fuse(sample_index):
                             FusionConfig(method="score", weights=(1.0, 0.0)))
     assert [h.doc_id for h in fused.retrieve("検索エンジンの仕組み", 5)] == [
         h.doc_id for h in bm25[:5]]
+    # The default hybrid: equal-weight min-max score fusion.
+    default = make_retriever(sample_index, "hybrid").retrieve("検索エンジンの仕組み", 10)
+    norm = [{h.doc_id: (h.score - lst[-1].score) / (lst[0].score - lst[-1].score) for h in lst}
+            for lst in (bm25, dense)]
+    for hit in default:
+        assert hit.score == pytest.approx(sum(n.get(hit.doc_id, 0.0) for n in norm))
     batch = make_retriever(sample_index, "hybrid").retrieve_batch(["東京", "寿司"], 5)
     assert [[h.doc_id for h in b] for b in batch] == [
         [h.doc_id for h in make_retriever(sample_index, "hybrid").retrieve(q, 5)]

@@ -18,8 +18,7 @@ from tansaku.pipeline import SearchPipeline
 from tansaku.pipeline.datasets import load_candidates
 from tansaku.pipeline.evaluation import compare, evaluate_candidates, evaluate_pipeline
 from tansaku.pipeline.metrics import per_query
-from tansaku.pipeline.trec import (read_qrels, read_queries, read_run, write_qrels, write_queries,
-                                   write_run)
+from tansaku.pipeline.trec import read_qrels, read_queries, read_run, write_qrels, write_queries, write_run
 from tansaku.rerank import CrossEncoderReranker
 from tansaku.retrieve import BM25Retriever
 

@@ -1,0 +1,162 @@
+"""Incremental updates: add/replace and delete documents without a full rebuild.
+
+Copy-on-write, like a build: the corpus is copied (SQLite backup API) into a staged
+directory, changed, and the BM25 matrix and FAISS index are recomputed from what the
+old index already holds (term frequencies and vectors), so only new or replaced
+documents are tokenised and encoded and FAISS is never retrained. BM25 statistics
+(N, df, avgdl, the idf floor) are recomputed, so scores equal a fresh build's. The
+swap is atomic: readers see the old or the new index, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .analyzer import tokenize_all
+from .atomic import checkpoint, staged
+from .bm25 import BM25Index
+from .builder import _encode_texts, write_parts
+from .corpus import Corpus
+from .encoders import Encoder
+from .errors import IngestError
+from .records import Record
+from .store import CORPUS_FILE, Index
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What an update changed."""
+
+    added: int
+    replaced: int
+    deleted: int
+    docs: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as source, sqlite3.connect(dst) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+
+
+def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
+                 delete: Iterable[str] = (), *, missing_ok: bool = False,
+                 encoder: Encoder | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> UpdateReport:
+    """Upsert ``add`` (by id) then delete ``delete`` ids in the index at ``path``.
+
+    Unknown ids in ``delete`` are an error naming them unless ``missing_ok``. On any
+    error nothing changes.
+    """
+    path = Path(path).expanduser().absolute()
+    say = log or (lambda _msg: None)
+    start = time.perf_counter()
+    with staged(path) as tmp:
+        old = Index.open(path, encoder=encoder)
+        try:
+            _copy_sqlite(old.path / CORPUS_FILE, tmp / CORPUS_FILE)
+            corpus = Corpus(tmp / CORPUS_FILE)
+            touched: set[str] = set()
+
+            def remember(records: Iterable[Record]) -> Iterator[Record]:
+                for record in records:
+                    touched.add(record.id)
+                    yield record
+
+            corpus.ingest(remember(add), progress=progress)
+            checkpoint("update")
+            delete_ids = list(dict.fromkeys(str(i) for i in delete))
+            missing = corpus.delete(delete_ids)
+            if missing and not missing_ok:
+                shown = ", ".join(repr(m) for m in missing[:10])
+                raise IngestError(f"cannot delete unknown ids: {shown}"
+                                  + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+            old_pos = {str(doc_id): i for i, doc_id in enumerate(old.doc_ids)}
+            ids: list[str] = []
+            reuse: list[int] = []   # old position of each kept document, -1 for new text
+            new_texts: list[str] = []
+            for record in corpus.iter_records():
+                ids.append(record.id)
+                pos = old_pos.get(record.id, -1) if record.id not in touched else -1
+                reuse.append(pos)
+                if pos < 0:
+                    new_texts.append(record.indexed_text)
+            if not ids:
+                raise IngestError("an update cannot delete every document; build a new index")
+            replaced = sum(1 for i in touched if i in old_pos)
+            say(f"update: {len(new_texts):,} documents to analyse, {len(ids) - len(new_texts):,} reused")
+
+            reuse_arr = np.asarray(reuse, dtype=np.int64)
+            is_new = reuse_arr < 0
+            bm25 = _updated_bm25(old.bm25, reuse_arr, is_new,
+                                 list(tokenize_all(old.analyzer, new_texts, total=len(new_texts),
+                                                   progress=progress)))
+            dense = None
+            if old.dense is not None:
+                vectors = np.empty((len(ids), old.dense.dim), dtype=np.float32)
+                if (~is_new).any():
+                    vectors[~is_new] = old.dense.all_vectors()[reuse_arr[~is_new]]
+                if is_new.any():
+                    vectors[is_new] = _encode_texts(old.encoder, new_texts, len(new_texts), 64,
+                                                    progress, say)
+                dense = old.dense.with_vectors(vectors)
+            corpus.close()
+            history = list(old.manifest.get("updates", []))[-99:]
+            history.append({"added": len(touched) - replaced, "replaced": replaced,
+                            "deleted": len(delete_ids) - len(missing),
+                            "seconds": round(time.perf_counter() - start, 3)})
+            write_parts(tmp, ids, old.analyzer, bm25, dense,
+                        old.encoder if dense is not None else None,
+                        build=old.manifest.get("build", {}), updates=history)
+            report = UpdateReport(len(touched) - replaced, replaced, len(delete_ids) - len(missing),
+                                  len(ids), time.perf_counter() - start)
+        finally:
+            old.close()
+    return report
+
+
+def _updated_bm25(old: BM25Index, reuse: np.ndarray, is_new: np.ndarray,
+                  new_tokens: list[list[str]]) -> BM25Index:
+    """BM25 over kept documents' term frequencies plus the new documents' tokens."""
+    vocab = list(old.vocab)
+    term_id = dict(old.term_ids)
+    indptr = [0]
+    terms: list[int] = []
+    counts: list[int] = []
+    for tokens in new_tokens:
+        tally: dict[int, int] = {}
+        for token in tokens:
+            t = term_id.get(token)
+            if t is None:
+                t = term_id[token] = len(vocab)
+                vocab.append(token)
+            tally[t] = tally.get(t, 0) + 1
+        terms.extend(tally)
+        counts.extend(tally.values())
+        indptr.append(len(terms))
+    new_rows = sp.csr_matrix((np.asarray(counts, np.int32), np.asarray(terms, np.int32),
+                              np.asarray(indptr, np.int64)), shape=(len(new_tokens), len(vocab)))
+    kept = old.doc_term()[reuse[~is_new]]
+    kept = sp.csr_matrix((kept.data, kept.indices, kept.indptr), shape=(kept.shape[0], len(vocab)))
+    # Stack kept rows then new rows, and put them back in corpus (rowid) order.
+    stacked = sp.vstack([kept, new_rows], format="csr")
+    order = np.empty(len(reuse), dtype=np.int64)
+    order[~is_new] = np.arange(int((~is_new).sum()))
+    order[is_new] = int((~is_new).sum()) + np.arange(int(is_new.sum()))
+    by_doc = stacked[order]
+    doc_len = np.asarray(by_doc.sum(axis=1)).ravel().astype(np.int32)
+    return BM25Index.from_doc_term(by_doc, vocab, doc_len, old.params)
