@@ -27,9 +27,16 @@ class Analyzer(Protocol):
     def to_config(self) -> dict[str, Any]: ...
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def normalize(text: str) -> str:
-    """NFKC (full-width ASCII → ASCII, half-width kana → full-width) and lowercase."""
-    return unicodedata.normalize("NFKC", text).lower()
+    """NFKC (full-width ASCII → ASCII, half-width kana → full-width) and lowercase.
+
+    Control characters become spaces: MeCab reads C strings, so a NUL would silently
+    cut the rest of the text off.
+    """
+    return _CONTROL.sub(" ", unicodedata.normalize("NFKC", text)).lower()
 
 
 class JapaneseAnalyzer:

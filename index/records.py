@@ -26,11 +26,18 @@ FORMATS = ("jsonl", "csv", "tsv")
 
 @dataclass(frozen=True)
 class FieldMap:
-    """Which input fields hold the id, title and text; every other field is metadata."""
+    """Which input fields hold the id, title and text (every other field is metadata),
+    and the largest text accepted.
+
+    The limit (in characters) catches files that are not passage collections: a
+    retrieve-and-rerank engine scores passages, and one multi-megabyte "document"
+    would dominate tokenisation time and memory. Split long documents into passages.
+    """
 
     id: str = "id"
     text: str = "text"
     title: str | None = "title"
+    max_chars: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,10 @@ def to_record(raw: Any, fields: FieldMap, *, source: str, line: int,
         raise fail(f"text must be a string, got {type(text).__name__}", fields.text)
     if not text.strip():
         raise fail("text is empty", fields.text)
+    if len(text) > fields.max_chars:
+        raise fail(f"text has {len(text):,} characters, more than the limit of "
+                   f"{fields.max_chars:,}; split it into passages (or raise --max-chars)",
+                   fields.text)
     title = raw.get(fields.title, "") if fields.title else ""
     if title is None:
         title = ""
@@ -147,7 +158,7 @@ def _read_delimited(path: Path, fields: FieldMap, delimiter: str) -> Iterator[Re
     source = str(path)
     with _open_text(path) as fh:
         try:
-            reader = csv.DictReader(fh, delimiter=delimiter)
+            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
             header = reader.fieldnames or []
             for name in (fields.id, fields.text):
                 if name not in header:

@@ -80,6 +80,8 @@ def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
             corpus.ingest(remember(add), progress=progress)
             checkpoint("update")
             delete_ids = list(dict.fromkeys(str(i) for i in delete))
+            if not touched and not delete_ids:
+                raise IngestError("no documents to add and no ids to delete: nothing to update")
             missing = corpus.delete(delete_ids)
             if missing and not missing_ok:
                 shown = ", ".join(repr(m) for m in missing[:10])

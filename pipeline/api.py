@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tansaku.index import Index
 from tansaku.index.errors import ConfigError
-from tansaku.index.hit import Hit
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
 from .search import SearchPipeline, SearchResult, check_ks
@@ -51,6 +51,8 @@ class Searcher:
     def __init__(self, index: Index, config: SearchConfig = SearchConfig(),
                  reranker: Any | None = None) -> None:
         self.index = index
+        self._inode = index.path.stat().st_ino
+        self._lock = threading.RLock()
         self.config = config
         self._rerankers: dict[str, Any] = {}
         if reranker is not None:
@@ -63,22 +65,41 @@ class Searcher:
     def _reranker(self, spec: str | None) -> Any | None:
         if not spec or spec.lower() == "none":
             return None
-        if spec not in self._rerankers:
-            from tansaku.rerank import CrossEncoderReranker
+        with self._lock:  # load each model once, even when two threads ask at the same time
+            if spec not in self._rerankers:
+                from tansaku.rerank import CrossEncoderReranker
 
-            self._rerankers[spec] = CrossEncoderReranker(spec)
-        return self._rerankers[spec]
+                self._rerankers[spec] = CrossEncoderReranker(spec)
+            return self._rerankers[spec]
 
-    def _prepare(self, hits: list[Hit]) -> list[Hit]:
-        return self.index.hydrate(hits)
+    def refresh(self) -> bool:
+        """Reopen the index if an update or rebuild swapped in a new version; True if it did.
+
+        A swap replaces the directory, so its inode changes; one ``stat`` per search.
+        """
+        try:
+            current = self.index.path.stat().st_ino
+        except FileNotFoundError:
+            return False
+        if current == self._inode:
+            return False
+        with self._lock:
+            if current != self._inode:
+                fresh = Index.open(self.index.path, encoder=self.index._encoder)
+                self.index, self._inode = fresh, current
+                # The old Index is left to the garbage collector: searches still running
+                # on it keep their open files.
+        return True
 
     def pipeline(self, **overrides: Any) -> SearchPipeline:
         """The SearchPipeline for this configuration (with per-call overrides)."""
+        self.refresh()
+        index = self.index
         cfg = replace(self.config, **overrides) if overrides else self.config
-        mode = cfg.mode or ("hybrid" if self.index.dense is not None else "bm25")
-        retriever = make_retriever(self.index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
+        mode = cfg.mode or ("hybrid" if index.dense is not None else "bm25")
+        retriever = make_retriever(index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
         return SearchPipeline(retriever, self._reranker(cfg.reranker), retrieve_k=cfg.retrieve_k,
-                              rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=self._prepare)
+                              rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=index.hydrate)
 
     def search(self, query: str, **overrides: Any) -> SearchResult:
         """Search one query; keyword arguments override :class:`SearchConfig` fields."""

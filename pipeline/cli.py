@@ -100,6 +100,9 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-field", default="text", help="field holding the text (default: text)")
     g.add_argument("--title-field", default="title",
                    help="field holding the title (default: title; '' for none)")
+    g.add_argument("--max-chars", type=int, default=1_000_000,
+                   help="reject texts longer than this many characters (default: 1,000,000): "
+                        "split long documents into passages")
 
 
 def read_inputs(args: argparse.Namespace, paths: Sequence[Path]) -> Any:
@@ -108,7 +111,8 @@ def read_inputs(args: argparse.Namespace, paths: Sequence[Path]) -> Any:
 
     from tansaku.index import FieldMap, read_file
 
-    fields = FieldMap(id=args.id_field, text=args.text_field, title=args.title_field or None)
+    fields = FieldMap(id=args.id_field, text=args.text_field, title=args.title_field or None,
+                      max_chars=args.max_chars)
     return chain.from_iterable(read_file(path, fields, args.format) for path in paths)
 
 

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
+import tansaku
 from helpers import sample_rows, tree_snapshot, write_jsonl
 from tansaku.index import BuildConfig, FaissParams, Index, IngestError, build_index, read_dicts
 from tansaku.index.update import update_index
@@ -126,6 +127,17 @@ def test_readers_keep_working_during_updates(tmp_path):
     assert not errors, errors[:3]
     assert len(Index.open(tmp_path / "u")) == 56
     assert seen_sizes <= set(range(30, 57, 2)) and len(seen_sizes) >= 2
+
+
+def test_open_searcher_sees_updates(tmp_path):
+    rows = sample_rows()
+    build_index(tmp_path / "u", read_dicts(rows[:50]), progress=False).close()
+    searcher = tansaku.open(tmp_path / "u", top_n=56)
+    assert "en-001" not in {h.doc_id for h in searcher.search("Mount Fuji").hits}
+    update_index(tmp_path / "u", read_dicts(rows[50:]), progress=False)
+    assert searcher.search("Mount Fuji").hits[0].doc_id == "en-001"
+    update_index(tmp_path / "u", (), ["en-001"], progress=False)
+    assert "en-001" not in {h.doc_id for h in searcher.search("Mount Fuji").hits}
 
 
 def test_cli_add_and_delete(tmp_path):
