@@ -448,7 +448,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 # -- entry point -------------------------------------------------------------------------------
 
-COMMANDS = (add_build, add_search, add_rerank, add_eval, add_add, add_delete)
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    from .server import add_serve as add
+
+    add(sub)
+
+
+COMMANDS = (add_build, add_search, add_rerank, add_eval, add_add, add_delete, add_serve)
 
 
 def make_parser() -> argparse.ArgumentParser:

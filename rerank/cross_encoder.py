@@ -116,6 +116,26 @@ class CrossEncoderReranker:
         return self._fp16
 
     @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (e.g. for counting tokens)."""
+        return self._tokenizer
+
+    @property
+    def max_chunks_per_doc(self) -> int:
+        """At most this many windows of a long document are scored."""
+        return self._max_chunks
+
+    def with_options(self, *, max_chunks_per_doc: int | None = None) -> CrossEncoderReranker:
+        """A copy with other per-request options, sharing the loaded model and tokenizer."""
+        import copy
+
+        variant = copy.copy(self)
+        if max_chunks_per_doc is not None:
+            _check_positive("max_chunks_per_doc", max_chunks_per_doc)
+            variant._max_chunks = max_chunks_per_doc
+        return variant
+
+    @property
     def activation(self) -> Activation:
         """``"sigmoid"`` (scores in [0, 1]) or ``"none"`` (raw logits)."""
         return self._activation
