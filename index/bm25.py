@@ -146,6 +146,15 @@ class BM25Index:
     def n_postings(self) -> int:
         return int(len(self.postings))
 
+    def warm_up(self) -> None:
+        """Compile (or load from numba's on-disk cache) the top-k kernel now.
+
+        The first compile takes seconds; builds call this so that the user's first
+        search does not pay it.
+        """
+        if self.vocab:
+            self.top_k(self.vocab[:1], 1)
+
     def query_terms(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Distinct in-vocabulary term ids of a query and how often each occurs."""
         counts: dict[int, int] = {}

@@ -107,6 +107,7 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
         texts = (ids.append(r.id) or r.indexed_text for r in corpus.iter_records())
         bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress),
                                config.bm25)
+        bm25.warm_up()
         timings["tokenize+bm25"] = time.perf_counter() - t0
         checkpoint("tokenize")
 
