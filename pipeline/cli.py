@@ -379,13 +379,7 @@ runs: TREC format, plain or .gz.""")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import (
-        compare,
-        evaluate_candidates,
-        evaluate_pipeline,
-        format_table,
-        score_stage,
-    )
+    from .evaluation import compare, evaluate_candidates, evaluate_pipeline, format_table
     from .metrics import per_query
     from .trec import read_qrels, read_queries, read_run, write_run
 
@@ -440,7 +434,6 @@ def run_eval(args: argparse.Namespace) -> int:
         path = args.out / f"{report.stage.replace('+', '-')}.run"
         write_run(path, report.results, tag=report.stage)
         files[report.stage] = str(path)
-    del score_stage  # imported for API symmetry; reports are already scored
     if args.json:
         _emit_json({"stages": [r.to_dict() | {"run_file": files[r.stage]} for r in reports]})
     else:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from tansaku.index.hit import Hit
 
-from .metrics import DEFAULT_METRICS, evaluate, per_query
+from .metrics import DEFAULT_METRICS, per_query
 from .search import SearchPipeline
 
 Qrels = Mapping[str, Mapping[str, int]]
@@ -74,11 +74,6 @@ def evaluate_pipeline(pipeline: SearchPipeline, queries: Mapping[str, str], qrel
         reports.append(score_stage(f"{stage}+rerank", reranked, qrels, metrics,
                                    seconds["retrieve"] + seconds["rerank"]))
     return reports
-
-def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Qrels,
-                 metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
-    """Mean metrics of an existing run (e.g. a TREC run file)."""
-    return evaluate(qrels, run, metrics)
 
 @dataclass(frozen=True)
 class Comparison:
