@@ -34,8 +34,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"unknown search mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        check_ks(self.retrieve_k, self.rerank_k if self.reranker else
-                 min(self.rerank_k, self.retrieve_k), self.top_n)
+        check_ks(self.retrieve_k, self.rerank_k, self.top_n, reranking=bool(self.reranker))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -442,8 +442,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- entry point -------------------------------------------------------------------------------
-
 # -- models ------------------------------------------------------------------------------------
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -475,6 +473,8 @@ def run_models(args: argparse.Namespace) -> int:
           f"SentenceTransformer({str(out)!r}) or --encoder {out}")
     return 0
 
+
+# -- serve (pipeline/server.py) and the entry point ---------------------------------------------
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     from .server import add_serve as add

@@ -12,12 +12,15 @@ from tansaku.index.hit import Hit
 from tansaku.retrieve import Retriever
 
 
-def check_ks(retrieve_k: int, rerank_k: int, top_n: int) -> None:
-    """Validate the k values of a two-stage search (clear errors, never silent clamping)."""
+def check_ks(retrieve_k: int, rerank_k: int, top_n: int, *, reranking: bool = True) -> None:
+    """Validate the k values of a two-stage search (clear errors, never silent clamping).
+
+    Without a rerank stage ``rerank_k`` is unused, so it need not fit under ``retrieve_k``.
+    """
     for name, value in (("retrieve_k", retrieve_k), ("rerank_k", rerank_k), ("top_n", top_n)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    if rerank_k > retrieve_k:
+    if reranking and rerank_k > retrieve_k:
         raise ConfigError(f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})")
 
 
@@ -50,7 +53,7 @@ class SearchPipeline:
     def __init__(self, retriever: Retriever, reranker: Any | None = None, *,
                  retrieve_k: int = 100, rerank_k: int = 100, top_n: int = 10,
                  prepare: Callable[[list[Hit]], list[Hit]] | None = None) -> None:
-        check_ks(retrieve_k, min(rerank_k, retrieve_k) if reranker is None else rerank_k, top_n)
+        check_ks(retrieve_k, rerank_k, top_n, reranking=reranker is not None)
         self.retriever = retriever
         self.reranker = reranker
         self.retrieve_k = retrieve_k
@@ -68,9 +71,7 @@ class SearchPipeline:
         retrieve_k = retrieve_k or self.retrieve_k
         rerank_k = rerank_k or self.rerank_k
         top_n = top_n or self.top_n
-        if self.reranker is None:
-            rerank_k = min(rerank_k, retrieve_k)
-        check_ks(retrieve_k, rerank_k, top_n)
+        check_ks(retrieve_k, rerank_k, top_n, reranking=self.reranker is not None)
         for q in queries:
             if not isinstance(q, str) or not q.strip():
                 raise ConfigError("query must be a non-empty string")
