@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from tansaku.index import Index
 from tansaku.index.hit import Hit
 
@@ -20,10 +22,15 @@ class BM25Retriever:
 
     def retrieve(self, query: str, k: int = 100) -> list[Hit]:
         check_k(k)
-        positions, scores = self.index.bm25.top_k(self.index.analyzer.tokenize(query), k)
+        return self._hits(*self.index.bm25.top_k(self.index.analyzer.tokenize(query), k))
+
+    def retrieve_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Hit]]:
+        """All queries through the parallel top-k kernel (same results as :meth:`retrieve`)."""
+        check_k(k)
+        tokens = [self.index.analyzer.tokenize(q) for q in queries]
+        return [self._hits(pos, scores) for pos, scores in self.index.bm25.top_k_batch(tokens, k)]
+
+    def _hits(self, positions: np.ndarray, scores: np.ndarray) -> list[Hit]:
         ids = self.index.ids_at(positions)
         return [Hit(doc_id, float(s), rank, self.stage)
                 for rank, (doc_id, s) in enumerate(zip(ids, scores, strict=True), 1)]
-
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Hit]]:
-        return [self.retrieve(q, k) for q in queries]
