@@ -216,3 +216,13 @@ def test_cli_sample_build_with_dense_and_hybrid(tmp_path, tiny_bi_encoder_dir):
     res = json.loads(tansaku("search", tmp_path / "s", "東京タワー", "--mode", "dense",
                              "--json").stdout)
     assert res["mode"] == "dense" and res["hits"][0]["stage"] == "dense"
+
+
+def test_older_index_format_asks_for_a_rebuild(tmp_path):
+    path = tmp_path / "idx"
+    build_index(path, read_dicts(sample_rows()[:3]), progress=False).close()
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = FORMAT_VERSION - 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="format version 0.*Rebuild it with `tansaku build`"):
+        Index.open(path)

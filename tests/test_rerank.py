@@ -484,3 +484,36 @@ def test_tiny_bi_encoder_fixture(tiny_bi_encoder_dir: Path) -> None:
     assert embeddings.shape == (3, 32) and encoder.max_seq_length == 128
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-2
+
+
+# -- int8 CPU path ------------------------------------------------------------------------------
+
+
+def test_int8_scores_close_to_float32(model_dir: Path) -> None:
+    exact = reranker(model_dir).score(PAIRS)
+    quantized = reranker(model_dir, quantize="int8")
+    assert quantized.quantize == "int8" and "quantize='int8'" in repr(quantized)
+    float_linear = [name for name, m in quantized._model.named_modules() if type(m) is torch.nn.Linear]
+    # the encoder's Linear layers became dynamically quantised ones; the small head stays float
+    assert float_linear and all(not name.startswith(quantized._model.base_model_prefix)
+                                for name in float_linear)
+    scores = quantized.score(PAIRS)
+    assert not np.array_equal(scores, exact)  # really a different arithmetic path
+    # tiny random models quantise worse than real ones (bench_rerank.py measures a real one)
+    np.testing.assert_allclose(scores, exact, atol=0.06, rtol=0)
+    assert float(np.mean(np.abs(scores - exact))) < 0.02
+
+
+def test_int8_refuses_gpu_and_fp16_and_unknown_values(tiny_bert_reranker_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="CPU path"):
+        CrossEncoderReranker(tiny_bert_reranker_dir, quantize="int8", fp16=True)
+    with pytest.raises(ConfigError, match="quantize must be one of"):
+        CrossEncoderReranker(tiny_bert_reranker_dir, quantize="int4")  # type: ignore[arg-type]
+
+
+def test_documents_repeated_in_a_request_score_like_single_ones(bert: CrossEncoderReranker) -> None:
+    docs = [doc for _, doc in PAIRS]
+    pairs = [("東京の人口", doc) for doc in docs] + [("富士山", doc) for doc in docs]
+    together = bert.score(pairs)
+    apart = np.concatenate([bert.score(pairs[:len(docs)]), bert.score(pairs[len(docs):])])
+    np.testing.assert_allclose(together, apart, atol=1e-6)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 # LiteLLM otherwise downloads its model price list on import.
@@ -23,10 +21,10 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import uvicorn  # noqa: E402
 
 import tansaku  # noqa: E402
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
+from loopback import LoopbackServers, Served  # noqa: E402
 from tansaku.index import SAMPLE_CORPUS, ConfigError, TansakuError, build_index, read_file  # noqa: E402
 from tansaku.pipeline.api import Searcher  # noqa: E402
 from tansaku.pipeline.server import (  # noqa: E402
@@ -54,59 +52,12 @@ GUARD_MAX_DOCUMENTS = 5
 GUARD_MAX_BODY = 4096
 
 
-@dataclass
-class Served:
-    """A running server: its base URL and the (method, path) of every request it received."""
-
-    url: str
-    port: int
-    paths: list[tuple[str, str]] = field(default_factory=list)
-
-    def posted(self, since: int) -> list[str]:
-        return [path for method, path in self.paths[since:] if method == "POST"]
-
-
-def _recording(app: Any, paths: list[tuple[str, str]]) -> Callable[..., Any]:
-    """ASGI wrapper noting request paths, to see where each client library really posts."""
-
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            paths.append((scope["method"], scope["path"]))
-        await app(scope, receive, send)
-
-    return wrapped
-
-
 @pytest.fixture(scope="module")
 def serve() -> Iterator[Callable[[Any], Served]]:
-    """Start apps with uvicorn on free loopback ports; all are shut down at module end."""
-    running: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(app: Any) -> Served:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; uvicorn serves this socket
-        port = sock.getsockname()[1]
-        served = Served(f"http://127.0.0.1:{port}", port)
-        config = uvicorn.Config(_recording(app, served.paths), log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{served.url}/health", timeout=1).status_code == 200:
-                    return served
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-
-    yield start
-    for server, _ in running:
-        server.should_exit = True
-    for _, thread in running:
-        thread.join(timeout=10)
+    """Start apps on free loopback ports; all are shut down at module end."""
+    servers = LoopbackServers()
+    yield servers.start
+    servers.close()
 
 
 @pytest.fixture(scope="module")
