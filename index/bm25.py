@@ -12,7 +12,7 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from . import bm25_kernels as kernels
 from .errors import ConfigError, IndexFormatError
 
 _NO_MASK = np.zeros(0, dtype=np.bool_)
+
+TermWeight = Callable[[str], float]  # how much one occurrence of a query token counts
 
 _FILES = ("weights.npy", "tf.npy", "postings.npy", "indptr.npy", "doc_len.npy", "vocab.json")
 
@@ -155,24 +157,29 @@ class BM25Index:
         if self.vocab:
             self.top_k(self.vocab[:1], 1)
 
-    def query_terms(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct in-vocabulary term ids of a query and how often each occurs."""
-        counts: dict[int, int] = {}
+    def query_terms(self, tokens: Sequence[str], weight: TermWeight | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct in-vocabulary term ids of a query and how often each occurs.
+
+        ``weight`` (e.g. an analyzer's ``term_weight``) makes an occurrence count
+        ``weight(token)`` instead of 1: how an n-gram stream is weighted against words.
+        """
+        counts: dict[int, float] = {}
         term_ids = self.term_ids
         for token in tokens:
             t = term_ids.get(token)
             if t is not None:
-                counts[t] = counts.get(t, 0) + 1
+                counts[t] = counts.get(t, 0) + (1 if weight is None else weight(token))
         return (np.fromiter(counts.keys(), np.int64, len(counts)),
                 np.fromiter(counts.values(), np.float64, len(counts)))
 
-    def get_scores(self, tokens: Sequence[str]) -> np.ndarray:
+    def get_scores(self, tokens: Sequence[str], weight: TermWeight | None = None) -> np.ndarray:
         """The BM25 score of every document for an analysed query (rank-bm25's ``get_scores``).
 
         Plain numpy: the reference the compiled top-k path is tested against.
         """
         scores = np.zeros(self.n_docs)
-        for t, count in zip(*self.query_terms(tokens), strict=True):
+        for t, count in zip(*self.query_terms(tokens, weight), strict=True):
             lo, hi = self.indptr[t], self.indptr[t + 1]
             np.add.at(scores, self.postings[lo:hi], self.weights[lo:hi] * count)
         return scores
@@ -194,17 +201,18 @@ class BM25Index:
             raise ConfigError(f"allowed mask must have shape ({self.n_docs},), got {allowed.shape}")
         return allowed, True
 
-    def top_k(self, tokens: Sequence[str], k: int,
-              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None,
+              weight: TermWeight | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Positions and scores of the best ``k`` documents matching at least one query term.
 
         Documents sharing no term with the query are never returned, so fewer than
         ``k`` results come back when fewer documents match. Ties break by position.
-        ``allowed`` (a boolean mask over documents) restricts the candidates.
+        ``allowed`` (a boolean mask over documents) restricts the candidates;
+        ``weight`` weighs query tokens (see :meth:`query_terms`).
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-        terms, counts = self.query_terms(tokens)
+        terms, counts = self.query_terms(tokens, weight)
         if len(terms) == 0:
             return np.zeros(0, np.int64), np.zeros(0)
         mask, use_mask = self._allowed(allowed)
@@ -217,13 +225,14 @@ class BM25Index:
 
     def top_k_batch(self, queries: Sequence[Sequence[str]], k: int,
                     allowed: np.ndarray | None = None,
-                    threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                    threads: int | None = None, weight: TermWeight | None = None,
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`top_k` for many analysed queries at once, in parallel threads."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be an integer >= 1, got {k!r}")
         if not queries:
             return []
-        parts = [self.query_terms(q) for q in queries]
+        parts = [self.query_terms(q, weight) for q in queries]
         q_indptr = np.zeros(len(parts) + 1, np.int64)
         np.cumsum([len(t) for t, _ in parts], out=q_indptr[1:])
         q_terms = np.concatenate([t for t, _ in parts])

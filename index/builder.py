@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .analyzer import Analyzer, get_analyzer, tokenize_all
+from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer, tokenize_all
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
@@ -27,6 +27,16 @@ from .errors import ConfigError, IngestError
 from .manifest import new_manifest, write_manifest
 from .records import Record
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
+from .tokenize_workers import resolve_workers
+
+# BM25 k1/b chosen together with each analyzer preset on JSQuAD's tune half of the articles
+# (scripts/tune_bm25.py; README "Evaluation"). Other analyzers get rank-bm25's defaults.
+PRESET_BM25 = {"ja": BM25Params(k1=0.3, b=0.6)}
+
+
+def default_bm25(analyzer: Analyzer) -> BM25Params:
+    """The BM25 parameters an index built with ``analyzer`` gets unless told otherwise."""
+    return PRESET_BM25.get(analyzer.name, BM25Params())
 
 
 @dataclass(frozen=True)
@@ -36,10 +46,15 @@ class BuildConfig:
     ``encoder``: None/"none" builds BM25 only; "e5-small" (bundled, no download); "corpus"
     (trained on this corpus, saved in the index); "auto" (e5-small up to
     ``AUTO_E5_MAX_DOCS`` documents, corpus above); or a sentence-transformers model.
+    ``analyzer``: a preset ("ja", "ja-surface", "words") or a JSON object of analyzer
+    options (see :mod:`tansaku.index.analyzer`). ``bm25``: None takes the analyzer's tuned
+    parameters (:func:`default_bm25`). ``workers``: tokenising processes; 0 = automatic
+    (``min(cpus, 4)`` above 5,000 documents, else 1).
     """
 
     analyzer: str = "ja"
-    bm25: BM25Params = field(default_factory=BM25Params)
+    bm25: BM25Params | None = None
+    workers: int = 0
     encoder: str | None = None
     query_prefix: str = ""
     document_prefix: str = ""
@@ -79,14 +94,17 @@ def _encode_texts(encoder: Encoder, texts: Iterable[str], n: int, batch: int,
 
 
 def build_index(path: str | os.PathLike[str], records: Iterable[Record],
-                config: BuildConfig = BuildConfig(), *, encoder: Encoder | None = None,
+                config: BuildConfig = BuildConfig(), *, encoder: Encoder | str | None = None,
                 progress: bool = True, total: int | None = None,
                 log: Callable[[str], None] | None = None) -> Index:
     """Build (or rebuild) the index at ``path`` from ``records`` and open it.
 
-    ``encoder`` (an :class:`Encoder` object) overrides ``config.encoder``. On any
-    error the previous index at ``path`` is left as it was.
+    ``encoder`` (an :class:`Encoder` object, or a spec such as ``"none"``, ``"e5-small"`` or a
+    model path) overrides ``config.encoder``. On any error the previous index at ``path`` is
+    left as it was.
     """
+    if isinstance(encoder, str):
+        config, encoder = replace(config, encoder=encoder), None
     path = Path(path).expanduser().absolute()
     say = log or (lambda _msg: None)
     analyzer = get_analyzer(config.analyzer)
@@ -113,8 +131,10 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
         t0 = time.perf_counter()
         ids: list[str] = []
         texts = (ids.append(r.id) or r.indexed_text for r in corpus.iter_records())
-        bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress),
-                               config.bm25)
+        workers = resolve_workers(config.workers, n)
+        bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress,
+                                            workers=workers),
+                               config.bm25 or default_bm25(analyzer))
         bm25.warm_up()
         timings["tokenize+bm25"] = time.perf_counter() - t0
         checkpoint("tokenize")
@@ -126,8 +146,12 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
             if spec == "corpus":
                 from .corpus_encoder import ENCODER_DIR, load_corpus_encoder, train_corpus_encoder
 
+                # Its tokenizer learns whole words as MeCab writes them: surface forms,
+                # never lemmas, filtered words or n-grams.
+                words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) \
+                    else analyzer
                 train_corpus_encoder(((r.title, r.text) for r in corpus.iter_records()),
-                                     tmp / ENCODER_DIR, analyzer=analyzer, progress=progress, log=say)
+                                     tmp / ENCODER_DIR, analyzer=words, progress=progress, log=say)
                 encoder = load_corpus_encoder(tmp / ENCODER_DIR)
                 timings["train-encoder"] = time.perf_counter() - t0
             else:
@@ -147,7 +171,7 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
         corpus.close()
         write_parts(tmp, ids, analyzer, bm25, dense, encoder,
                     build={"config": _config_dict(config, encoder), "seconds": timings,
-                           "encoder_choice": choice or None})
+                           "encoder_choice": choice or None, "tokenize_workers": workers})
     # A corpus encoder trained in the staged directory is reopened from its final place.
     return Index.open(path, encoder=None if spec == "corpus" else encoder)
 

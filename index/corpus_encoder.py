@@ -484,7 +484,7 @@ def _stable_key(text: str) -> int:
 def train_corpus_encoder(records_or_texts: Iterable[str | tuple[str, str]],
                          out_dir: str | os.PathLike[str],
                          config: CorpusEncoderConfig | None = None, *,
-                         analyzer: str | Analyzer = "ja", progress: bool = True,
+                         analyzer: str | Analyzer = "ja-surface", progress: bool = True,
                          log: Callable[[str], None] | None = None) -> Path:
     """Train an encoder on a corpus and save it as a sentence-transformers directory.
 

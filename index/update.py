@@ -31,6 +31,7 @@ from .encoders import Encoder
 from .errors import IngestError
 from .records import Record
 from .store import CORPUS_FILE, ENCODER_DIR, Index
+from .tokenize_workers import resolve_workers
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
             is_new = reuse_arr < 0
             bm25 = _updated_bm25(old.bm25, reuse_arr, is_new,
                                  list(tokenize_all(old.analyzer, new_texts, total=len(new_texts),
-                                                   progress=progress)))
+                                                   progress=progress,
+                                                   workers=resolve_workers(0, len(new_texts)))))
             dense = None
             if old.dense is not None:
                 vectors = np.empty((len(ids), old.dense.dim), dtype=np.float32)

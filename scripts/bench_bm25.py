@@ -39,7 +39,7 @@ Benchmark tansaku's BM25Index against bm25s (method="{BM25S_METHOD}", the varian
 Okapi) and rank-bm25's BM25Okapi on the JSQuAD valid corpus.
 
 Corpus = the distinct paragraphs, "title [SEP] text" turned into "title text"; queries = the
-questions. Every engine gets THE SAME tokens: tansaku's "ja" analyzer (fugashi + unidic-lite)
+questions. Every engine gets THE SAME tokens: tansaku's "ja-surface" analyzer (fugashi + unidic-lite)
 runs once up front (its time is reported separately) and the token lists are handed to all
 engines. Each engine then runs in its own subprocess, so its peak RSS is its own (Linux VmHWM;
 getrusage ru_maxrss is not used there because a child inherits its parent's high-water mark;
@@ -653,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tansaku.index.analyzer import get_analyzer
 
     started = time.perf_counter()
-    tokenize = get_analyzer("ja").tokenize
+    tokenize = get_analyzer("ja-surface").tokenize  # plain MeCab surface forms, as published
     paragraphs, questions, gold = load_jsquad(args.jsquad)
     base = jsquad_dataset(paragraphs, questions, gold, tokenize, args.queries)
     runs = [bench_corpus(base, args, args.rank_bm25_queries)]

@@ -10,7 +10,7 @@ from helpers import sample_rows
 from tansaku.index import BM25Index, BM25Params, ConfigError, get_analyzer
 from tansaku.pipeline.datasets import load_jsquad
 
-JA = get_analyzer("ja")
+JA = get_analyzer("ja-surface")  # rank-bm25 parity is pinned on plain fugashi surface forms
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,28 @@ def test_parity_with_rank_bm25_on_jsquad(jsquad_path):
     docs = [JA.tokenize(f"{d['title']} {d['text']}") for d in ds.corpus]
     queries = [JA.tokenize(q) for q in list(ds.queries.values())[::40]]  # 112 real questions
     assert_parity(docs, queries)
+
+
+def test_parity_with_rank_bm25_on_ja_tokens_and_weighted_ngrams():
+    """The ``ja`` analyzer's words + n-grams are plain tokens to BM25; an n-gram weight w
+    scales exactly that term's rank-bm25 contribution."""
+    ja = get_analyzer("ja")
+    rows = sample_rows()
+    docs = [ja.tokenize(f"{r['title']} {r['text']}") for r in rows]
+    queries = [ja.tokenize(q) for q in ("富士山の高さは", "検索エンジンの仕組み", "の の は")]
+    ours, ref = assert_parity(docs, queries)
+    weighted = get_analyzer({"ngram": {"n": 2, "weight": 0.3}})
+    for q in queries:
+        expected = sum(weighted.term_weight(t) * ref.get_scores([t]) for t in q)
+        got = ours.get_scores(q, weighted.term_weight)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+        pos, scores = ours.top_k(q, 5, weight=weighted.term_weight)
+        assert list(pos) == sorted(np.flatnonzero(got > 0), key=lambda i: (-got[i], i))[:5]
+        np.testing.assert_allclose(scores, got[pos], atol=1e-9)
+        (bpos, bscores), = ours.top_k_batch([q], 5, weight=weighted.term_weight)
+        np.testing.assert_array_equal(bpos, pos)
+    assert not np.allclose(ours.get_scores(queries[0], weighted.term_weight),
+                           ours.get_scores(queries[0]))
 
 
 def test_negative_idf_floor_and_empty_docs():

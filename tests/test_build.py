@@ -24,6 +24,7 @@ from tansaku.index import (
     read_file,
 )
 from tansaku.index.atomic import write_lock
+from tansaku.index.builder import PRESET_BM25
 from tansaku.index.manifest import FORMAT_VERSION
 from tansaku.retrieve import (
     BM25Retriever,
@@ -31,6 +32,7 @@ from tansaku.retrieve import (
     DenseRetriever,
     FusionConfig,
     HybridRetriever,
+    default_weights,
     make_retriever,
 )
 
@@ -59,7 +61,9 @@ def test_directory_layout_and_manifest(sample_index):
     assert {"manifest.json", "corpus.sqlite", "ids.npy", "bm25", "dense"} <= names
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     assert m["format_version"] == FORMAT_VERSION and m["counts"]["docs"] == 56
-    assert m["analyzer"]["name"] == "ja" and m["bm25"]["params"]["k1"] == 1.5
+    assert m["analyzer"]["name"] == "ja" and m["analyzer"]["ngram"]["n"] == 2
+    tuned = PRESET_BM25["ja"]  # the default analyzer's k1/b are recorded
+    assert (m["bm25"]["params"]["k1"], m["bm25"]["params"]["b"]) == (tuned.k1, tuned.b)
     assert m["versions"]["faiss-cpu"] and m["versions"]["fugashi"]
     assert m["dense"]["faiss"]["kind"] == "flat" and "needed to train" in m["dense"]["reason"]
     assert m["dense"]["encoder"]["query_prefix"] == "query: "
@@ -97,14 +101,22 @@ def test_retrievers_rank_and_fuse(sample_index):
         assert hit.score == pytest.approx(expected)
     fused = HybridRetriever([BM25Retriever(sample_index), DenseRetriever(sample_index)],
                             FusionConfig(method="score", weights=(1.0, 0.0)))
-    assert [h.doc_id for h in fused.retrieve("検索エンジンの仕組み", 5)] == [
-        h.doc_id for h in bm25[:5]]
-    # The default hybrid: equal-weight min-max score fusion.
+    # Min-max scales BM25's last hit to 0, where it ties with dense-only documents: compare
+    # the hits above it.
+    top = min(5, len(bm25) - 1)
+    assert [h.doc_id for h in fused.retrieve("検索エンジンの仕組み", top)] == [
+        h.doc_id for h in bm25[:top]]
+    # The default hybrid: min-max score fusion with the encoder type's dense weight.
+    encoder_type = sample_index.manifest["dense"]["encoder"]["type"]
+    weights = default_weights(encoder_type)
+    assert encoder_type == "sentence-transformers" and weights == pytest.approx((0.65, 0.35))
     default = make_retriever(sample_index, "hybrid").retrieve("検索エンジンの仕組み", 10)
     norm = [{h.doc_id: (h.score - lst[-1].score) / (lst[0].score - lst[-1].score) for h in lst}
             for lst in (bm25, dense)]
     for hit in default:
-        assert hit.score == pytest.approx(sum(n.get(hit.doc_id, 0.0) for n in norm))
+        assert hit.score == pytest.approx(sum(w * n.get(hit.doc_id, 0.0)
+                                              for w, n in zip(weights, norm, strict=True)))
+    assert default_weights("corpus") == pytest.approx((0.85, 0.15))
     batch = make_retriever(sample_index, "hybrid").retrieve_batch(["東京", "寿司"], 5)
     assert [[h.doc_id for h in b] for b in batch] == [
         [h.doc_id for h in make_retriever(sample_index, "hybrid").retrieve(q, 5)]
