@@ -12,6 +12,7 @@ from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, SentenceTransformerEncoder, load_encoder
 from .errors import ConfigError, IndexFormatError, IngestError, ModelLoadError, TansakuError
+from .filters import Filter, create_field_index, parse_filter
 from .hit import Hit
 from .records import FieldMap, Record, read_dicts, read_file
 from .sample import SAMPLE_CORPUS
@@ -19,8 +20,8 @@ from .store import Index
 
 __all__ = [
     "Analyzer", "BM25Index", "BM25Params", "BuildConfig", "ConfigError", "Corpus", "DenseIndex",
-    "Encoder", "FaissParams", "FieldMap", "Hit", "Index", "IndexFormatError", "IngestError",
+    "Encoder", "FaissParams", "FieldMap", "Filter", "Hit", "Index", "IndexFormatError", "IngestError",
     "JapaneseAnalyzer", "ModelLoadError", "Record", "SAMPLE_CORPUS", "SentenceTransformerEncoder",
-    "TansakuError", "WordAnalyzer", "build_index", "get_analyzer", "load_encoder", "read_dicts",
-    "read_file",
+    "TansakuError", "WordAnalyzer", "build_index", "create_field_index", "get_analyzer",
+    "load_encoder", "parse_filter", "read_dicts", "read_file",
 ]

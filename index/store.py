@@ -16,6 +16,7 @@ from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError
+from .filters import FilterMasks, FilterSpec, parse_filter
 from .hit import Hit
 from .manifest import read_manifest
 
@@ -44,6 +45,7 @@ class Index:
         self.dense = dense
         self.doc_ids = doc_ids
         self._encoder = encoder
+        self._masks = FilterMasks(corpus.db.conn, doc_ids)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mmap: bool = True,
@@ -90,6 +92,17 @@ class Index:
         if self._encoder is None:
             self._encoder = encoder_from_config(self.manifest["dense"]["encoder"], base=self.path)
         return self._encoder
+
+    def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
+        """The documents a metadata filter allows, as a read-only boolean mask over positions.
+
+        None when ``spec`` is None or matches everything (no restriction). Masks are
+        cached per filter (this object is one index version; updates open a new one).
+        """
+        flt = parse_filter(spec)
+        if flt is None or flt.matches_all:
+            return None
+        return self._masks.mask(flt)
 
     def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         return [str(self.doc_ids[int(p)]) for p in positions]

@@ -10,8 +10,10 @@ from typing import Any
 
 from tansaku.index import Index
 from tansaku.index.errors import ConfigError
+from tansaku.index.filters import FilterSpec
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
+from .rerank_fusion import check_fusion_weight, default_fusion_weight
 from .search import SearchPipeline, SearchResult, check_ks
 
 
@@ -21,6 +23,10 @@ class SearchConfig:
 
     ``mode`` None means hybrid when the index has a dense part, else bm25.
     ``reranker`` is a model id or directory, or None for no rerank stage.
+    ``rerank_fusion_weight`` w ranks reranked candidates by ``w · reranker + (1 - w) · first
+    stage`` (per-query min-max normalised scores); 1.0 is pure reranker order. None means the
+    weight a ``tansaku train-reranker`` model records (chosen on held-out training queries),
+    else 1.0.
     """
 
     mode: str | None = None
@@ -30,11 +36,14 @@ class SearchConfig:
     reranker: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
     nprobe: int | None = None
+    rerank_fusion_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"unknown search mode {self.mode!r}; choose one of {', '.join(MODES)}")
         check_ks(self.retrieve_k, self.rerank_k, self.top_n, reranking=bool(self.reranker))
+        if self.rerank_fusion_weight is not None:
+            check_fusion_weight(self.rerank_fusion_weight)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,15 +106,25 @@ class Searcher:
         cfg = replace(self.config, **overrides) if overrides else self.config
         mode = cfg.mode or ("hybrid" if index.dense is not None else "bm25")
         retriever = make_retriever(index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
-        return SearchPipeline(retriever, self._reranker(cfg.reranker), retrieve_k=cfg.retrieve_k,
-                              rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=index.hydrate)
+        reranker = self._reranker(cfg.reranker)
+        weight = cfg.rerank_fusion_weight
+        if weight is None:
+            weight = default_fusion_weight(reranker) if reranker is not None else 1.0
+        return SearchPipeline(retriever, reranker, retrieve_k=cfg.retrieve_k,
+                              rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=index.hydrate,
+                              rerank_fusion_weight=weight)
 
-    def search(self, query: str, **overrides: Any) -> SearchResult:
-        """Search one query; keyword arguments override :class:`SearchConfig` fields."""
-        return self.pipeline(**overrides).search(query)
+    def search(self, query: str, *, filter: FilterSpec = None, **overrides: Any) -> SearchResult:
+        """Search one query; keyword arguments override :class:`SearchConfig` fields.
 
-    def search_batch(self, queries: list[str], **overrides: Any) -> list[SearchResult]:
-        return self.pipeline(**overrides).search_batch(queries)
+        ``filter`` restricts every stage to documents whose metadata match it, e.g.
+        ``{"lang": "ja", "year": {"$gte": 2020}}`` (see :mod:`tansaku.index.filters`).
+        """
+        return self.pipeline(**overrides).search(query, filter=filter)
+
+    def search_batch(self, queries: list[str], *, filter: FilterSpec = None,
+                     **overrides: Any) -> list[SearchResult]:
+        return self.pipeline(**overrides).search_batch(queries, filter=filter)
 
     def close(self) -> None:
         self.index.close()

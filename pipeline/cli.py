@@ -62,12 +62,27 @@ examples:
                    help="index the sample corpus shipped with tansaku (50 Japanese + 6 English docs)")
     add_input_options(p)
     g = p.add_argument_group("analysis and BM25")
-    g.add_argument("--analyzer", default="ja", choices=["ja", "words"],
-                   help="ja: MeCab (fugashi+unidic-lite) surface forms; words: regex \\w+ words "
-                        "for space-delimited languages. Both NFKC-normalise and lowercase. "
-                        "(default: ja)")
-    g.add_argument("--k1", type=float, default=1.5, help="BM25 k1 (default: 1.5)")
-    g.add_argument("--b", type=float, default=0.75, help="BM25 b (default: 0.75)")
+    g.add_argument("--analyzer", default="ja", metavar="PRESET|JSON",
+                   help="ja (default): MeCab (fugashi+unidic-lite) lemmas of NFKC-normalised, "
+                        "lowercased text with look-alike prolonged marks unified to ー; "
+                        "particles, auxiliary verbs, symbols, pronouns and light verbs "
+                        "(する, ある...) dropped; plus the text's character bigrams counting 0.3 "
+                        "(an n-gram stream, so differently segmented words still match); the "
+                        "best on JSQuAD. ja-surface: plain MeCab surface forms (exactly "
+                        "rank-bm25 over fugashi tokens, the JQaRA baseline). words: regex \\w+ "
+                        "words for space-delimited languages. Or a JSON object of options over "
+                        "a preset, e.g. '{\"form\": \"lemma\", \"ngram\": {\"n\": 3, "
+                        "\"weight\": 0.5}}'; keys: preset, normalize (list of nfkc, kana_width, "
+                        "repetition, prolonged, lower), form (surface|lemma), drop_pos (UniDic "
+                        "POS prefixes), ngram (null or {n, source: text|words, weight}). Every "
+                        "option is recorded in the manifest")
+    g.add_argument("--k1", type=float,
+                   help="BM25 k1 (default: tuned per analyzer: ja 0.3, others rank-bm25's 1.5)")
+    g.add_argument("--b", type=float,
+                   help="BM25 b (default: tuned per analyzer: ja 0.6, others 0.75)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="tokenising processes (default 0: min(cpus, 4) above 5,000 documents, "
+                        "else 1)")
     g.add_argument("--bm25-dtype", default="float64", choices=["float64", "float32"],
                    help="weight storage: float64 is exact vs rank-bm25, float32 half the size")
     g = p.add_argument_group("dense index")
@@ -126,9 +141,15 @@ def run_build(args: argparse.Namespace) -> int:
     inputs = list(args.inputs) + ([SAMPLE_CORPUS] if args.sample else [])
     if not inputs:
         raise TansakuError("nothing to index: give document files or --sample")
+    from tansaku.index.analyzer import get_analyzer
+    from tansaku.index.builder import default_bm25
+
+    tuned = default_bm25(get_analyzer(args.analyzer))  # a bad --analyzer fails here, early
     config = BuildConfig(
         analyzer=args.analyzer,
-        bm25=BM25Params(k1=args.k1, b=args.b, dtype=args.bm25_dtype),
+        bm25=BM25Params(k1=tuned.k1 if args.k1 is None else args.k1,
+                        b=tuned.b if args.b is None else args.b, dtype=args.bm25_dtype),
+        workers=args.workers,
         encoder=args.encoder,
         query_prefix=args.query_prefix, document_prefix=args.document_prefix,
         faiss=FaissParams(kind=args.faiss, nlist=args.nlist, m=args.pq_m, nbits=args.nbits,
@@ -167,6 +188,7 @@ Search INDEX for QUERY. The first stage (bm25, dense or hybrid) retrieves
 examples:
   tansaku search my-index "富士山の高さ"
   tansaku search my-index "検索エンジンの仕組み" -k 100 --mode bm25 --json
+  tansaku search my-index "日本の料理" --filter '{"lang": "ja", "year": {"$gte": 2020}}'
 """)
     p.add_argument("index", type=Path, help="index directory")
     p.add_argument("query", help="the query text")
@@ -181,9 +203,29 @@ examples:
                    help="hybrid fusion: per-query min-max normalised score sum (default; never "
                         "below BM25 on JSQuAD) or reciprocal rank fusion (k=60)")
     p.add_argument("--nprobe", type=int, help="IVF lists searched (IVFPQ indexes)")
+    add_filter_option(p)
     p.add_argument("--snippet", type=int, default=80, help="snippet length in characters")
     p.add_argument("--json", action="store_true", help="print hits and timings as JSON")
     p.set_defaults(handler=run_search)
+
+
+FILTER_HELP = (
+    "only documents whose metadata match this JSON filter, applied before every stage's "
+    "top-k: equality {\"lang\": \"ja\"}; $eq $ne $gt $gte $lt $lte, e.g. "
+    "{\"year\": {\"$gte\": 2020}}; $in/$nin with a list; {\"note\": {\"$exists\": true}}; $and/$or "
+    "(lists of filters) and $not; on list fields any element may match. Fewer hits come back "
+    "when fewer documents match.")
+
+
+def add_filter_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filter", metavar="JSON", help=FILTER_HELP)
+
+
+def parse_filter_arg(args: argparse.Namespace) -> Any:
+    """The parsed --filter (None without one); bad JSON or operators fail before any work."""
+    from tansaku.index.filters import parse_filter
+
+    return parse_filter(args.filter) if getattr(args, "filter", None) is not None else None
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -191,18 +233,19 @@ def run_search(args: argparse.Namespace) -> int:
 
     from .api import open_index
 
+    flt = parse_filter_arg(args)
     retrieve_k = args.retrieve_k or max(100, args.top_n)
     with open_index(args.index, reranker=make_reranker(args), mode=args.mode,
                     retrieve_k=retrieve_k, rerank_k=args.rerank_k or min(100, retrieve_k),
                     top_n=args.top_n, fusion=FusionConfig(method=args.fusion),
-                    nprobe=args.nprobe) as searcher:
-        result = searcher.search(args.query)
+                    nprobe=args.nprobe, rerank_fusion_weight=args.rerank_fusion) as searcher:
+        result = searcher.search(args.query, filter=flt)
         mode = searcher.pipeline().retriever.stage
     if args.json:
         _emit_json({"mode": mode, **result.to_dict()})
         return 0
     if not result.hits:
-        print(f"no documents match {args.query!r}")
+        print(f"no documents match {args.query!r}" + (" and the --filter" if flt else ""))
     for hit in result.hits:
         text = " ".join((hit.text or "").split())
         snippet = text[:args.snippet] + ("…" if len(text) > args.snippet else "")
@@ -288,8 +331,22 @@ def add_rerank_options(p: argparse.ArgumentParser, *, required: bool = False) ->
                    help="reranker max tokens per (query, document) pair; longer documents "
                         "are scored as the best of overlapping windows (default: 512)")
     g.add_argument("--rerank-batch-size", type=int, default=32, help="reranker batch size")
+    g.add_argument("--rerank-fusion", type=float, metavar="W",
+                   help="rank reranked candidates by W * reranker + (1 - W) * first-stage score "
+                        "(per-query min-max normalised); 1 = pure reranker order. Default: the "
+                        "weight a `tansaku train-reranker` model records (chosen on held-out "
+                        "queries), else 1")
+    add_quantize_option(g)
     g.add_argument("--raw-scores", action="store_true",
                    help="raw logits instead of sigmoid scores in [0, 1]")
+
+
+def add_quantize_option(group: Any) -> None:
+    """``--quantize``: the faster int8 CPU path for the reranker (shared with ``serve``)."""
+    group.add_argument("--quantize", choices=("none", "int8"), default="none",
+                       help="int8: run the reranker's linear layers dynamically quantised (CPU "
+                            "only; faster, scores within ~0.01 of float32; see "
+                            "scripts/bench_rerank.py). Default: none")
 
 
 def make_reranker(args: argparse.Namespace) -> Any | None:
@@ -299,7 +356,7 @@ def make_reranker(args: argparse.Namespace) -> Any | None:
     from tansaku.rerank import CrossEncoderReranker
 
     return CrossEncoderReranker(spec, max_length=args.max_length,
-                                batch_size=args.rerank_batch_size,
+                                batch_size=args.rerank_batch_size, quantize=args.quantize,
                                 activation="none" if args.raw_scores else "sigmoid")
 
 
@@ -319,6 +376,7 @@ def add_rerank(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-n", type=int, help="print only the best N")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per pair")
     p.add_argument("--rerank-batch-size", type=int, default=32, help="batch size")
+    add_quantize_option(p)
     p.add_argument("--raw-scores", action="store_true", help="raw logits instead of sigmoid")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(handler=run_rerank)
@@ -370,6 +428,7 @@ runs: TREC format, plain or .gz.""")
     p.add_argument("--mode", choices=["bm25", "dense", "hybrid"], help="first stage")
     p.add_argument("--retrieve-k", type=int, default=100, help="first-stage candidates")
     p.add_argument("--fusion", choices=["score", "rrf"], default="score", help="hybrid fusion")
+    add_filter_option(p)
     add_rerank_options(p)
     p.add_argument("--out", type=Path, default=Path("runs"),
                    help="directory for the stages' TREC run files (default: runs/)")
@@ -384,6 +443,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from .trec import read_qrels, read_queries, read_run, write_run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.filter is not None and (args.run or args.candidates):
+        raise TansakuError("--filter applies to searching an INDEX, not to --run or --candidates")
     if args.run:
         if not args.qrels:
             raise TansakuError("--run needs --qrels")
@@ -421,13 +482,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
         from .api import open_index
 
+        flt = parse_filter_arg(args)
         queries, qrels = read_queries(args.queries), read_qrels(args.qrels)
         with open_index(args.index, reranker=make_reranker(args), mode=args.mode,
                         retrieve_k=args.retrieve_k,
                         rerank_k=args.rerank_k or min(100, args.retrieve_k),
-                        fusion=FusionConfig(method=args.fusion)) as searcher:
+                        fusion=FusionConfig(method=args.fusion),
+                        rerank_fusion_weight=args.rerank_fusion) as searcher:
             reports = evaluate_pipeline(searcher.pipeline(), queries, qrels, metrics,
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, filter=flt)
     args.out.mkdir(parents=True, exist_ok=True)
     files = {}
     for report in reports:
@@ -482,8 +545,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
+def add_train_reranker(sub: argparse._SubParsersAction) -> None:
+    from .train_cli import add_train_reranker as add
+
+    add(sub)
+
+
 COMMANDS = (add_build, add_search, add_rerank, add_eval, add_add, add_delete, add_serve,
-            add_models)
+            add_models, add_train_reranker)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
+from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
 
 from .metrics import DEFAULT_METRICS, per_query
@@ -45,12 +46,14 @@ def score_stage(stage: str, results: dict[str, list[Hit]], qrels: Qrels,
 
 def evaluate_pipeline(pipeline: SearchPipeline, queries: Mapping[str, str], qrels: Qrels,
                       metrics: Sequence[str] = DEFAULT_METRICS, *, batch_size: int = 32,
-                      progress: bool = True) -> list[StageReport]:
+                      progress: bool = True, filter: FilterSpec = None) -> list[StageReport]:
     """Run every judged query; report the first stage and (if any) the reranked stage.
 
     The reranked list is scored over all ``rerank_k`` reranked candidates (not just
-    ``top_n``), so Recall@100 after reranking is meaningful.
+    ``top_n``), so Recall@100 after reranking is meaningful. ``filter`` (a metadata
+    filter) restricts every query's search; judged documents it excludes count as misses.
     """
+    parsed = parse_filter(filter)  # a bad filter fails before the first batch
     qids = [q for q in queries if q in qrels]
     first: dict[str, list[Hit]] = {}
     reranked: dict[str, list[Hit]] = {}
@@ -59,7 +62,8 @@ def evaluate_pipeline(pipeline: SearchPipeline, queries: Mapping[str, str], qrel
     it = iter(qids)
     with tqdm(total=len(qids), desc="evaluate", unit="query", disable=not progress) as bar:
         while batch := list(islice(it, batch_size)):
-            results = pipeline.search_batch([queries[q] for q in batch], top_n=top_n)
+            results = pipeline.search_batch([queries[q] for q in batch], top_n=top_n,
+                                            filter=parsed)
             for qid, res in zip(batch, results, strict=True):
                 first[qid] = res.candidates
                 seconds["retrieve"] += res.timings_ms.get("retrieve", 0.0) / 1000
@@ -133,10 +137,11 @@ def format_table(reports: Sequence[StageReport], metrics: Sequence[str]) -> str:
 
 def evaluate_candidates(dataset: Any, reranker: Any | None,
                         metrics: Sequence[str] = ("ndcg@10", "mrr@10"), *,
-                        analyzer: str = "ja", progress: bool = True) -> list[StageReport]:
+                        analyzer: str = "ja-surface", progress: bool = True) -> list[StageReport]:
     """Score each query's own candidates (as the JQaRA evaluator does).
 
-    Stages: ``bm25`` (BM25Okapi over that query's candidates, "title text") and,
+    Stages: ``bm25`` (BM25Okapi over that query's candidates, "title text"; ``ja-surface``
+    tokens by default, the fugashi surface forms of JQaRA's own BM25 baseline) and,
     with a reranker, ``rerank`` (the cross-encoder over the same "title text").
     """
     from tansaku.index import BM25Index, get_analyzer
@@ -152,7 +157,7 @@ def evaluate_candidates(dataset: Any, reranker: Any | None,
                 for i, c in enumerate(dataset.candidates[qid])]
         t0 = time.perf_counter()
         index = BM25Index.build([an.tokenize(d.text or "") for d in docs])
-        scores = index.get_scores(an.tokenize(query))
+        scores = index.get_scores(an.tokenize(query), getattr(an, "term_weight", None))
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
         bm25_results[qid] = [Hit(docs[i].doc_id, float(scores[i]), r, "bm25")
                              for r, i in enumerate(order, 1)]

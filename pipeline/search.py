@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tansaku.index.errors import ConfigError
+from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
 from tansaku.retrieve import Retriever
+
+from .rerank_fusion import check_fusion_weight, fuse
 
 
 def check_ks(retrieve_k: int, rerank_k: int, top_n: int, *, reranking: bool = True) -> None:
@@ -52,22 +55,31 @@ class SearchPipeline:
 
     def __init__(self, retriever: Retriever, reranker: Any | None = None, *,
                  retrieve_k: int = 100, rerank_k: int = 100, top_n: int = 10,
-                 prepare: Callable[[list[Hit]], list[Hit]] | None = None) -> None:
+                 prepare: Callable[[list[Hit]], list[Hit]] | None = None,
+                 rerank_fusion_weight: float = 1.0) -> None:
         check_ks(retrieve_k, rerank_k, top_n, reranking=reranker is not None)
         self.retriever = retriever
         self.reranker = reranker
+        # 1.0 = pure reranker order; below, reranker and first-stage scores are fused
+        self.rerank_fusion_weight = check_fusion_weight(rerank_fusion_weight)
         self.retrieve_k = retrieve_k
         self.rerank_k = rerank_k
         self.top_n = top_n
         index = getattr(retriever, "index", None)
         self.prepare = prepare or getattr(index, "hydrate", None)
 
-    def search(self, query: str, **overrides: int) -> SearchResult:
-        return self.search_batch([query], **overrides)[0]
+    def search(self, query: str, *, filter: FilterSpec = None, **overrides: int) -> SearchResult:
+        return self.search_batch([query], filter=filter, **overrides)[0]
 
     def search_batch(self, queries: Sequence[str], *, retrieve_k: int | None = None,
-                     rerank_k: int | None = None, top_n: int | None = None) -> list[SearchResult]:
-        """Search every query; k values may be overridden for this call."""
+                     rerank_k: int | None = None, top_n: int | None = None,
+                     filter: FilterSpec = None) -> list[SearchResult]:
+        """Search every query; k values may be overridden for this call.
+
+        ``filter`` (a metadata filter: dict, JSON text or parsed) restricts the first stage's
+        candidates, so every stage after it sees only matching documents.
+        """
+        parsed = parse_filter(filter)
         retrieve_k = retrieve_k or self.retrieve_k
         rerank_k = rerank_k or self.rerank_k
         top_n = top_n or self.top_n
@@ -76,7 +88,9 @@ class SearchPipeline:
             if not isinstance(q, str) or not q.strip():
                 raise ConfigError("query must be a non-empty string")
         t0 = time.perf_counter()
-        candidate_lists = self.retriever.retrieve_batch(list(queries), retrieve_k)
+        # A retriever written before filters existed keeps working when none is given.
+        extra = {} if parsed is None else {"filter": parsed}
+        candidate_lists = self.retriever.retrieve_batch(list(queries), retrieve_k, **extra)
         retrieve_ms = (time.perf_counter() - t0) * 1000 / max(1, len(queries))
         results = []
         for query, candidates in zip(queries, candidate_lists, strict=True):
@@ -108,5 +122,11 @@ class SearchPipeline:
         # keep title and text apart.
         inputs = [h.replace(text=f"{h.title} {h.text}" if h.title else h.text) for h in head]
         by_id = {h.doc_id: h for h in head}
+        reranker = self.reranker
+        assert reranker is not None  # only called with a rerank stage
+        if self.rerank_fusion_weight < 1.0:
+            reranked = fuse(head, reranker.rerank(query, inputs), self.rerank_fusion_weight, top_n)
+        else:
+            reranked = reranker.rerank(query, inputs, top_n=top_n)
         return [by_id[r.doc_id].replace(score=r.score, rank=r.rank, stage=r.stage)
-                for r in self.reranker.rerank(query, inputs, top_n=top_n)]
+                for r in reranked]

@@ -149,10 +149,15 @@ def _config_error_field(message: str) -> str | None:
 
 @dataclass(frozen=True)
 class RerankOutcome:
-    """Ranked ``(request index, score)`` pairs, best first, and the input tokens counted."""
+    """Ranked ``(request index, score)`` pairs, best first, and the input tokens counted.
+
+    Scores are sigmoid scores in [0, 1]; ``raw`` holds the logits they come from, in the same
+    order, only when raw scores were asked for.
+    """
 
     ranked: list[tuple[int, float]]
     tokens: int
+    raw: list[float] | None = None
 
 
 class RerankService:
@@ -186,13 +191,20 @@ class RerankService:
     def rerank(self, query: str, texts: Sequence[str], *, top_n: int | None = None,
                raw: bool = False, max_chunks: int | None = None,
                max_tokens: int | None = None) -> RerankOutcome:
-        """Score and rank ``texts`` (runs on an inference thread)."""
+        """Score and rank ``texts`` (runs on an inference thread).
+
+        Ranked like the in-process reranker (ties keep request order); with ``raw`` on the
+        logits, so both the logits and the scores come out in descending order even where
+        float32 sigmoids saturate to equal scores.
+        """
         from tansaku.rerank.base import ranked_hits
 
         texts, tokens = self.truncate_and_count(query, texts, max_tokens)
-        scores = self._scores(self._with_max_chunks(max_chunks), query, texts, raw)
-        hits = ranked_hits(texts, scores, top_n)
-        return RerankOutcome([(int(h.doc_id), float(h.score)) for h in hits], tokens)
+        scores, logits = self._scores(self._with_max_chunks(max_chunks), query, texts, raw)
+        key = scores if logits is None else logits
+        order = [int(h.doc_id) for h in ranked_hits(texts, key, top_n)]
+        return RerankOutcome([(i, float(scores[i])) for i in order], tokens,
+                             None if logits is None else [float(logits[i]) for i in order])
 
     def truncate_and_count(self, query: str, texts: Sequence[str],
                            max_tokens: int | None) -> tuple[list[str], int]:
@@ -253,16 +265,36 @@ class RerankService:
                 self._variants[max_chunks] = variant
         return variant
 
-    @staticmethod
-    def _scores(reranker: Any, query: str, texts: list[str], raw: bool) -> np.ndarray:
+    def _scores(self, reranker: Any, query: str, texts: list[str],
+                raw: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores in [0, 1] and, when ``raw``, the logits they are the sigmoid of.
+
+        ``relevance_score`` promises [0, 1] to every client, so a logit is never returned as
+        a score: it goes to its own field.
+        """
         pairs = [(query, text) for text in texts]
         compute = getattr(reranker, "compute_score", None)
         if compute is not None:
-            # explicit normalisation: sigmoid scores whatever activation the reranker was built with
-            return np.asarray(compute(pairs, normalize=not raw), dtype=np.float32)
+            if not raw:
+                # explicit normalisation: sigmoid scores whatever activation the reranker has
+                return np.asarray(compute(pairs, normalize=True), dtype=np.float32), None
+            logits = np.asarray(compute(pairs, normalize=False), dtype=np.float32)
+            return _sigmoid(logits), logits
         if raw:
             raise ApiError(422, "this reranker cannot return raw scores", field="raw_scores")
-        return np.asarray(reranker.score(pairs), dtype=np.float32)
+        scores = np.asarray(reranker.score(pairs), dtype=np.float32)
+        if not np.all((scores >= 0) & (scores <= 1)):  # NaN fails too
+            raise TansakuError(f"reranker {self.source!r} returned scores outside [0, 1] (e.g. "
+                               "logits); serve it with a compute_score(pairs, normalize=...) "
+                               "method or sigmoid scores")
+        return scores, None
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    # torch's float32 sigmoid, as CrossEncoderReranker applies it: equal to its normalized scores
+    import torch
+
+    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits))).numpy()
 
 
 def _public_name(source: str) -> str:
@@ -497,12 +529,13 @@ class ServerState:
                                 f"({self.max_documents}, --max-documents)",
                            field=name, kind="payload_too_large")
 
-    def run_search(self, query: str, overrides: dict[str, Any]) -> tuple[Any, str]:
+    def run_search(self, query: str, overrides: dict[str, Any],
+                   flt: Any = None) -> tuple[Any, str]:
         # one search at a time: the index's SQLite connection and MeCab tagger are shared
         assert self.searcher is not None
         with self.search_lock:
             pipeline = self.searcher.pipeline(**overrides)
-            return pipeline.search(query), str(pipeline.retriever.stage)
+            return pipeline.search(query, filter=flt), str(pipeline.retriever.stage)
 
 
 def create_app(searcher: "Searcher | None", reranker: "Reranker | None", *,
@@ -659,8 +692,10 @@ async def cohere_rerank(st: ServerState, body: "CohereRerankRequest", *,
                                  raw=bool(body.raw_scores), max_chunks=max_chunks,
                                  max_tokens=body.max_tokens_per_doc)
     results = []
-    for index, score in outcome.ranked:
+    for n, (index, score) in enumerate(outcome.ranked):
         result: dict[str, Any] = {"index": index, "relevance_score": score}
+        if outcome.raw is not None:
+            result["raw_score"] = outcome.raw[n]
         if body.return_documents:
             result["document"] = _returned_document(body.documents[index], texts[index])
         results.append(result)
@@ -686,9 +721,11 @@ async def tei_rerank(st: ServerState, body: "TEIRerankRequest") -> list[dict[str
     # truncate: score only the first window; otherwise long texts get their best window
     outcome = await st.queue.run(service.rerank, body.query, body.texts, raw=body.raw_scores,
                                  max_chunks=1 if body.truncate else None)
+    scores = outcome.raw if outcome.raw is not None else [s for _, s in outcome.ranked]
+    # TEI's own contract: with raw_scores, "score" is the logit
     return [{"index": index, "score": score, **({"text": body.texts[index]} if body.return_text
                                                 else {})}
-            for index, score in outcome.ranked]
+            for (index, _), score in zip(outcome.ranked, scores, strict=True)]
 
 
 async def run_search(st: ServerState, body: "SearchRequest") -> dict[str, Any]:
@@ -709,11 +746,17 @@ async def run_search(st: ServerState, body: "SearchRequest") -> dict[str, Any]:
     if body.mode in ("dense", "hybrid") and searcher.index.dense is None:
         raise ApiError(422, f"mode {body.mode!r} needs a dense index; this index is BM25 only",
                        field="mode")
+    from tansaku.index.filters import parse_filter
+
+    try:
+        flt = parse_filter(body.filter)
+    except ConfigError as exc:  # the message names the operator or field inside the filter
+        raise ApiError(422, str(exc), field="filter") from None
     overrides: dict[str, Any] = {"retrieve_k": retrieve_k, "rerank_k": rerank_k,
                                  "top_n": body.top_n or config.top_n}
     if body.mode:
         overrides["mode"] = body.mode
-    result, mode = await st.queue.run(st.run_search, body.query, overrides)
+    result, mode = await st.queue.run(st.run_search, body.query, overrides, flt)
     reranked = bool(config.reranker) and config.reranker.lower() != "none"
     model = (st.service.name if st.service else config.reranker) if reranked else None
     return {"query": body.query, "mode": mode, "model": model,
@@ -758,14 +801,18 @@ Endpoints (OpenAPI docs at http://HOST:PORT/docs):
         names get a 404 naming "model"), top_n (default: all),
         return_documents, max_chunks_per_doc (v1; capped at --max-chunks-per-doc),
         max_tokens_per_doc (v2; each document cut to its first N tokens, then
-        windowed as usual), raw_scores (logits instead of sigmoid scores in [0, 1]).
-        Answer: {"id", "results": [{"index", "relevance_score", "document"?}],
+        windowed as usual), raw_scores (each result also gets its logit as
+        "raw_score"; relevance_score is always the sigmoid score in [0, 1]).
+        Answer: {"id", "results": [{"index", "relevance_score", "raw_score"?,
+        "document"?}],
         "meta", "usage", "model"}. The Cohere SDKs, LiteLLM (cohere/, jina_ai/)
         and other Cohere/Jina clients work unchanged with this server as base URL.
   POST /rerank with a TEI body (query, texts, raw_scores, return_text, truncate)
         answers Text Embeddings Inference's bare array [{"index", "score", "text"?}].
-  POST /v1/search   query, top_n, retrieve_k, rerank_k, mode → ranked hits
+  POST /v1/search   query, top_n, retrieve_k, rerank_k, mode, filter → ranked hits
         (id, title, text, score, rank, stage, metadata), timings_ms, counts.
+        filter: a metadata filter object, e.g. {"lang": "ja", "year": {"$gte": 2020}}
+        ($eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not).
   GET  /v1/models   what is loaded (OpenAI-style list); GET /health: liveness.
 
 Errors are {"error": {"message", "type", "field"}, "detail"} with a 4xx status
@@ -791,6 +838,8 @@ examples:
       -d '{"query": "富士山の高さ", "texts": ["富士山は3776m", "東京の人口"], "return_text": true}'
   curl -s localhost:8080/v1/search -H 'Content-Type: application/json' \\
       -d '{"query": "検索エンジンの仕組み", "top_n": 3, "mode": "bm25"}'
+  curl -s localhost:8080/v1/search -H 'Content-Type: application/json' \\
+      -d '{"query": "日本の料理", "filter": {"category": "food", "year": {"$gte": 2020}}}'
   curl -s localhost:8080/v1/models -H "Authorization: Bearer $TANSAKU_API_KEY"
 
   python: cohere.ClientV2(api_key="secret", base_url="http://127.0.0.1:8080").rerank(
@@ -825,6 +874,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-chunks-per-doc", type=int, default=8,
                    help="windows scored per long document; a request's max_chunks_per_doc can "
                         "lower it, not raise it (default: 8)")
+    from .cli import add_quantize_option
+
+    add_quantize_option(g)
     g = p.add_argument_group("HTTP server")
     g.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to bind (default: {DEFAULT_HOST}, this machine only; use "
@@ -905,7 +957,7 @@ def _load_reranker(args: argparse.Namespace) -> Any | None:
 
     _say(f"loading reranker {args.reranker}")
     return CrossEncoderReranker(args.reranker, max_length=args.max_length,
-                                batch_size=args.rerank_batch_size,
+                                batch_size=args.rerank_batch_size, quantize=args.quantize,
                                 max_chunks_per_doc=args.max_chunks_per_doc)
 
 

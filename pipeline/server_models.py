@@ -59,7 +59,8 @@ class CohereRerankRequest(_Strict):
     max_tokens_per_doc: PositiveInt | None = Field(
         None, description="truncate each document to its first N tokens before scoring")
     raw_scores: StrictBool | None = Field(
-        None, description="raw logits instead of sigmoid relevance scores in [0, 1]")
+        None, description="also return each result's logit as raw_score (relevance_score stays "
+                          "the sigmoid score in [0, 1])")
     priority: int | None = Field(None, description="accepted for Cohere v2 and ignored (one queue)")
     relevant_spans: dict[str, Any] | None = Field(
         None, description="Cohere v2; only {'mode': 'disabled'} is supported")
@@ -92,6 +93,10 @@ class SearchRequest(_Strict):
     rerank_k: PositiveInt | None = Field(None, description="candidates passed to the reranker")
     mode: Literal["bm25", "dense", "hybrid"] | None = Field(
         None, description="first stage (default: hybrid if the index has a dense part, else bm25)")
+    filter: dict[str, Any] | None = Field(
+        None, description="metadata filter applied before every stage's top-k, e.g. "
+                          '{"lang": "ja", "year": {"$gte": 2020}}: $eq $ne $gt $gte $lt $lte '
+                          "$in $nin $exists $and $or $not; on list fields any element may match")
 
     query_not_blank = field_validator("query")(_not_blank)
 
@@ -107,7 +112,9 @@ class RerankDocument(BaseModel):
 
 class RerankResult(BaseModel):
     index: int = Field(..., description="position of the document in the request")
-    relevance_score: float = Field(..., description="sigmoid score in [0, 1] (or the raw logit)")
+    relevance_score: float = Field(..., description="sigmoid score in [0, 1], never a logit")
+    raw_score: float | None = Field(
+        None, description="the logit; only present when raw_scores is true")
     document: RerankDocument | None = Field(
         None, description="only present when return_documents is true (absent, not null, else)")
 

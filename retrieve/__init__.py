@@ -1,5 +1,7 @@
 """tansaku.retrieve: first-stage retrievers over an index (BM25, dense, hybrid fusion)."""
 
+from dataclasses import replace
+
 from tansaku.index import Index
 from tansaku.index.errors import ConfigError
 
@@ -7,7 +9,7 @@ from .base import Retriever
 from .bm25 import BM25Retriever
 from .dense import DenseRetriever
 from .fusion import minmax, reciprocal_rank_fusion, score_fusion
-from .hybrid import FusionConfig, HybridRetriever
+from .hybrid import FusionConfig, HybridRetriever, default_weights
 
 MODES = ("bm25", "dense", "hybrid")
 
@@ -20,10 +22,14 @@ def make_retriever(index: Index, mode: str = "bm25", *, fusion: FusionConfig | N
     if mode == "dense":
         return DenseRetriever(index, nprobe=nprobe)
     if mode == "hybrid":
-        return HybridRetriever([BM25Retriever(index), DenseRetriever(index, nprobe=nprobe)],
-                               fusion or FusionConfig())
+        fusion = fusion or FusionConfig()
+        if fusion.method == "score" and fusion.weights is None:
+            dense = (index.manifest.get("dense") or {}).get("encoder") or {}
+            fusion = replace(fusion, weights=default_weights(dense.get("type")))
+        return HybridRetriever([BM25Retriever(index), DenseRetriever(index, nprobe=nprobe)], fusion)
     raise ConfigError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 __all__ = ["BM25Retriever", "DenseRetriever", "FusionConfig", "HybridRetriever", "MODES",
-           "Retriever", "make_retriever", "minmax", "reciprocal_rank_fusion", "score_fusion"]
+           "Retriever", "default_weights", "make_retriever", "minmax", "reciprocal_rank_fusion",
+           "score_fusion"]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tansaku.index import Index
+from tansaku.index.filters import FilterSpec
 from tansaku.index.hit import Hit
 
 from .base import check_k
@@ -19,16 +20,26 @@ class BM25Retriever:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        # Analyzers with an n-gram stream weigh its query terms against words.
+        self._weight = getattr(index.analyzer, "term_weight", None)
 
-    def retrieve(self, query: str, k: int = 100) -> list[Hit]:
+    def retrieve(self, query: str, k: int = 100, *, filter: FilterSpec = None) -> list[Hit]:
+        """The best ``k`` documents; a ``filter`` restricts them before the top-k (scores keep
+        the whole corpus's statistics, so a document scores the same with or without it)."""
         check_k(k)
-        return self._hits(*self.index.bm25.top_k(self.index.analyzer.tokenize(query), k))
+        mask = self.index.filter_mask(filter)
+        return self._hits(*self.index.bm25.top_k(self.index.analyzer.tokenize(query), k,
+                                                 allowed=mask, weight=self._weight))
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Hit]]:
+    def retrieve_batch(self, queries: Sequence[str], k: int = 100, *,
+                       filter: FilterSpec = None) -> list[list[Hit]]:
         """All queries through the parallel top-k kernel (same results as :meth:`retrieve`)."""
         check_k(k)
+        mask = self.index.filter_mask(filter)
         tokens = [self.index.analyzer.tokenize(q) for q in queries]
-        return [self._hits(pos, scores) for pos, scores in self.index.bm25.top_k_batch(tokens, k)]
+        return [self._hits(pos, scores)
+                for pos, scores in self.index.bm25.top_k_batch(tokens, k, allowed=mask,
+                                                               weight=self._weight)]
 
     def _hits(self, positions: np.ndarray, scores: np.ndarray) -> list[Hit]:
         ids = self.index.ids_at(positions)

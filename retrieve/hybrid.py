@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tansaku.index.errors import ConfigError
+from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
 
 from .base import Retriever, check_k
@@ -18,13 +19,13 @@ FUSIONS = ("rrf", "score")
 class FusionConfig:
     """``score`` (per-query min-max normalised weighted sum) or ``rrf`` (rank-based, k=60).
 
-    ``weights`` pair with the retrievers in order (default equal); ``depth`` is how
+    ``weights`` pair with the retrievers in order (None: equal, or for BM25 + dense built by
+    :func:`~tansaku.retrieve.make_retriever`, the index's default); ``depth`` is how
     many candidates each retriever contributes (at least the requested k).
 
-    The default, equal-weight score fusion, was chosen on JSQuAD (BM25 + e5-small):
-    it beat BM25 alone on both article halves (nDCG@10 0.9454 / 0.9571 vs 0.9295 /
-    0.9427), while RRF fell below BM25 on one half (0.9409) because the weaker dense
-    list pulls RRF's rank-only votes down.
+    The default is score fusion with the index's dense weight (``weights=None``, see
+    :func:`default_weights`). RRF fell below BM25 on JSQuAD (its rank-only votes let the
+    weaker dense list pull good BM25 hits down), score fusion did not.
     """
 
     method: str = "score"
@@ -37,6 +38,21 @@ class FusionConfig:
             raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.method!r}")
         if self.rrf_k < 0 or self.depth < 1:
             raise ConfigError("fusion needs rrf_k >= 0 and depth >= 1")
+
+
+# Dense weight in score fusion (BM25 gets 1 - w), per encoder type, chosen on the tune half
+# of JSQuAD's articles over the `ja` analyzer (scripts/tune_bm25.py, scripts/bench_quality.py):
+# e5-small 0.35 (tune nDCG@10 0.9593 vs BM25 0.9551; check 0.9677 vs 0.9634), the static
+# corpus encoder 0.15 (0.9550 vs 0.9551; check 0.9650 vs 0.9634; equal weights fell below
+# BM25: 0.9545 vs 0.9583 on all questions). Hub models default like e5-small.
+DENSE_WEIGHTS = {"corpus": 0.15}
+DEFAULT_DENSE_WEIGHT = 0.35
+
+
+def default_weights(encoder_type: str | None) -> tuple[float, float]:
+    """(BM25, dense) score-fusion weights for an index whose encoder has ``encoder_type``."""
+    dense = DENSE_WEIGHTS.get(encoder_type or "", DEFAULT_DENSE_WEIGHT)
+    return (1.0 - dense, dense)
 
 
 class HybridRetriever:
@@ -59,11 +75,15 @@ class HybridRetriever:
             return reciprocal_rank_fusion(lists, k, rrf_k=self.fusion.rrf_k, weights=weights)
         return score_fusion(lists, k, weights=weights)
 
-    def retrieve(self, query: str, k: int = 100) -> list[Hit]:
-        return self.retrieve_batch([query], k)[0]
+    def retrieve(self, query: str, k: int = 100, *, filter: FilterSpec = None) -> list[Hit]:
+        return self.retrieve_batch([query], k, filter=filter)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Hit]]:
+    def retrieve_batch(self, queries: Sequence[str], k: int = 100, *,
+                       filter: FilterSpec = None) -> list[list[Hit]]:
+        """Each retriever's (filtered) list, fused; a ``filter`` applies to every retriever."""
         check_k(k)
         depth = max(k, self.fusion.depth)
-        per_retriever = [r.retrieve_batch(queries, depth) for r in self.retrievers]
+        parsed = parse_filter(filter)  # once, so a bad filter fails before any retriever runs
+        extra = {} if parsed is None else {"filter": parsed}
+        per_retriever = [r.retrieve_batch(queries, depth, **extra) for r in self.retrievers]
         return [self._fuse([lists[i] for lists in per_retriever], k) for i in range(len(queries))]
