@@ -1,0 +1,78 @@
+"""Fusing first-stage and reranker scores, and choosing the fusion weight on held-out queries.
+
+Why: a reranker trained on little data can be weaker alone than BM25/hybrid, yet still
+know things the first stage does not. The final score
+``w · minmax(reranker) + (1 - w) · minmax(first stage)`` (per query, over the reranked
+candidates) keeps both; ``w = 1`` is pure reranker order, ``w = 0`` the first stage's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tansaku.index.errors import ConfigError
+from tansaku.index.hit import Hit
+from tansaku.retrieve import minmax
+
+DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
+
+
+def check_fusion_weight(weight: Any, name: str = "rerank_fusion_weight (--rerank-fusion)") -> float:
+    """``weight`` as a float in [0, 1]; anything else is a ConfigError naming ``name``."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1] (1 = pure reranker order, "
+                          f"0 = first-stage order), got {weight!r}")
+    return float(weight)
+
+
+def fuse(first_stage: Sequence[Hit], reranked: Sequence[Hit], weight: float,
+         top_n: int | None = None) -> list[Hit]:
+    """The reranked hits re-ordered by the fused score (which becomes their score).
+
+    Both score lists are min-max normalised over the reranked candidates only, so the
+    first stage's scale (BM25, cosine, fused) never matters. Ties keep the reranker's order.
+    """
+    check_fusion_weight(weight)
+    head = {h.doc_id for h in reranked}
+    first = minmax([h for h in first_stage if h.doc_id in head])
+    second = minmax(reranked)
+    scored = [(weight * second[h.doc_id] + (1 - weight) * first.get(h.doc_id, 0.0), i, h)
+              for i, h in enumerate(reranked)]
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    if top_n is not None:
+        scored = scored[:top_n]
+    return [h.replace(score=s, rank=rank) for rank, (s, _, h) in enumerate(scored, 1)]
+
+
+def sweep_fusion_weights(first_stage: Mapping[str, Sequence[Hit]],
+                         reranked: Mapping[str, Sequence[Hit]],
+                         qrels: Mapping[str, Mapping[str, int]],
+                         grid: Sequence[float] = DEFAULT_GRID,
+                         metric: str = "ndcg@10") -> dict[float, float]:
+    """``metric`` of the fused ranking for each weight in ``grid`` (mean over ``qrels``' queries)."""
+    from .metrics import evaluate  # pytrec_eval: only needed when tuning, not for searching
+
+    qids = [q for q in qrels if q in reranked]
+    if not qids:
+        raise ConfigError("no reranked queries with judgements to choose a fusion weight on")
+    judged = {q: qrels[q] for q in qids}
+    out = {}
+    for w in grid:
+        run = {q: {h.doc_id: h.score for h in fuse(first_stage[q], reranked[q], w)} for q in qids}
+        out[float(w)] = evaluate(judged, run, [metric])[metric]
+    return out
+
+
+def best_weight(scores: Mapping[float, float]) -> float:
+    """The weight with the best score; among equal scores the one nearest the reranker (largest)."""
+    return max(scores, key=lambda w: (round(scores[w], 10), w))
+
+
+def default_fusion_weight(reranker: Any) -> float:
+    """The weight a trained reranker directory records (chosen on held-out queries), else 1.0."""
+    from tansaku.rerank.training import recommended_fusion_weight
+
+    name = getattr(reranker, "model_name", None)
+    weight = recommended_fusion_weight(name) if isinstance(name, str) else None
+    return 1.0 if weight is None else check_fusion_weight(weight)
