@@ -41,8 +41,8 @@ import numpy as np
 from _bench_common import format_table
 
 import tansaku
-from tansaku.index.analyzer import get_analyzer
 from tansaku.index import BuildConfig, Hit, Index, build_index, read_dicts
+from tansaku.index.analyzer import get_analyzer
 from tansaku.pipeline.datasets import RetrievalDataset, load_jsquad
 from tansaku.pipeline.metrics import evaluate
 from tansaku.pipeline.rerank_fusion import best_weight, fuse, sweep_fusion_weights
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. the hybrid index (BM25 + e5-small)
     # named by the build defaults, so a change of default analyzer or BM25 parameters rebuilds
     build_config = BuildConfig(encoder="e5-small")
-    index_dir = work / f"index-e5-{key(build_config, get_analyzer(build_config.analyzer).to_config(), tansaku.__version__)}"
+    analyzer = get_analyzer(build_config.analyzer).to_config()
+    index_dir = work / f"index-e5-{key(build_config, analyzer, tansaku.__version__)}"
     if not (index_dir / "manifest.json").is_file():
         t0 = time.perf_counter()
         build_index(index_dir, read_dicts(ds.corpus), build_config, progress=True)
@@ -179,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = [ds.queries[q] for q in scored_q]
     runs = {}
     for mode in ("bm25", "hybrid"):
-        runs[mode] = cached_lists(work / f"run-{mode}-{key(scored_q, stamp_index)}.json", lambda mode=mode: dict(
-            zip(scored_q, first_stage(index, texts, mode, 100, desc=mode), strict=True)))
+        runs[mode] = cached_lists(
+            work / f"run-{mode}-{key(scored_q, stamp_index)}.json", lambda mode=mode: dict(
+                zip(scored_q, first_stage(index, texts, mode, 100, desc=mode), strict=True)))
 
     # 3 + 4. negatives and training
     if args.model:
