@@ -51,6 +51,9 @@ class BM25Params:
             raise ConfigError(f"BM25 dtype must be float32 or float64, got {self.dtype!r}")
 
 
+_WEIGHT_BLOCK = 1 << 23  # postings per block of the weight computation
+
+
 class BM25Index:
     """Postings of every term (CSC: ``indptr[t]:indptr[t+1]`` slices ``postings``/``weights``)."""
 
@@ -131,12 +134,19 @@ class BM25Index:
         mean_idf = float(idf.sum() / len(idf)) if len(idf) else 0.0
         idf[idf < 0] = p.epsilon * mean_idf
         avgdl = float(self.doc_len.sum()) / n_docs if n_docs else 0.0
-        tf = self.tf.astype(np.float64)
-        dl = self.doc_len[self.postings].astype(np.float64)
-        norm = p.k1 * (1 - p.b + p.b * dl / avgdl) if avgdl > 0 else np.full_like(tf, p.k1)
-        term_of_posting = np.repeat(np.arange(len(df)), df)
-        weights = idf[term_of_posting] * (tf * (p.k1 + 1) / (tf + norm))
-        return weights.astype(p.dtype)
+        weights = np.empty(len(self.postings), dtype=p.dtype)
+        # In blocks of whole terms: the float64 temporaries of one expression over every
+        # posting would need ~6 arrays of 8 bytes per posting (several GB at 1M documents).
+        bounds = np.searchsorted(self.indptr, np.arange(0, len(self.postings), _WEIGHT_BLOCK))
+        starts = np.unique(np.append(bounds, len(df)))
+        for t0, t1 in zip(starts[:-1], starts[1:], strict=True):
+            lo, hi = int(self.indptr[t0]), int(self.indptr[t1])
+            tf = self.tf[lo:hi].astype(np.float64)
+            dl = self.doc_len[self.postings[lo:hi]].astype(np.float64)
+            norm = p.k1 * (1 - p.b + p.b * dl / avgdl) if avgdl > 0 else np.full_like(tf, p.k1)
+            term_idf = np.repeat(idf[t0:t1], df[t0:t1])
+            weights[lo:hi] = term_idf * (tf * (p.k1 + 1) / (tf + norm))
+        return weights
 
     # -- scoring ------------------------------------------------------------------------------
 

@@ -87,6 +87,9 @@ def add_train_reranker(sub: argparse._SubParsersAction) -> None:
                         "of the weights and of the optimizer's memory)")
     g.add_argument("--freeze-layers", type=int, default=0,
                    help="also freeze the lowest N encoder layers (faster steps; default: 0)")
+    g.add_argument("--layers", type=int,
+                   help="keep only the base's lowest N encoder layers: a shallower model, faster "
+                        "to train and to serve (default: all)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     g = p.add_argument_group("checkpoints")
     g.add_argument("--checkpoint-every", type=int, default=100,
@@ -123,7 +126,8 @@ def run_train_reranker(args: argparse.Namespace) -> int:
                          warmup_ratio=args.warmup, weight_decay=args.weight_decay,
                          max_length=args.max_length, queries_per_step=args.queries_per_step,
                          seed=args.seed, train_embeddings=args.train_embeddings,
-                         freeze_layers=args.freeze_layers, max_steps=args.max_steps,
+                         freeze_layers=args.freeze_layers, layers=args.layers,
+                         max_steps=args.max_steps,
                          checkpoint_every=args.checkpoint_every,
                          keep_checkpoints=args.keep_checkpoints, threads=args.threads)
     mining = MiningConfig(mode=args.mode, depth=args.depth, negatives=args.negatives,

@@ -10,11 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from fixtures_models import *  # noqa: E402,F401,F403  (session-scoped tiny-model fixtures)
+from loopback import LoopbackServers  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 JSQUAD = REPO.parent / "shared" / "data" / "jsquad" / "valid-v1.3.json"
@@ -26,3 +28,19 @@ def jsquad_path() -> Path:
     if not JSQUAD.exists():
         pytest.skip(f"JSQuAD benchmark file not found at {JSQUAD} (../shared is not beside the repo)")
     return JSQUAD
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[LoopbackServers]:
+    """Loopback servers started by a test module; all are shut down at the module's end."""
+    running = LoopbackServers()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_bert_reranker_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny BERT reranker with a 128-token window (long test documents get several)."""
+    from tansaku.rerank import CrossEncoderReranker
+
+    return CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)

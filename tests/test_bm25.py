@@ -42,6 +42,18 @@ def test_parity_with_rank_bm25_on_sample(sample_tokens):
     assert_parity(docs, queries, BM25Params(dtype="float32"), tol=1e-4)
 
 
+def test_weights_computed_in_blocks_equal_one_pass(sample_tokens, monkeypatch):
+    """Large corpora compute posting weights block by block; blocks must not change a bit."""
+    import tansaku.index.bm25 as bm25_module
+
+    docs, queries = sample_tokens
+    whole = BM25Index.build(docs)
+    monkeypatch.setattr(bm25_module, "_WEIGHT_BLOCK", 37)  # many blocks, some mid-term
+    blocked, _ = assert_parity(docs, queries)
+    assert len(blocked.weights) > 20 * 37
+    np.testing.assert_array_equal(blocked.weights, whole.weights)
+
+
 def test_parity_with_rank_bm25_on_jsquad(jsquad_path):
     ds = load_jsquad(jsquad_path)
     docs = [JA.tokenize(f"{d['title']} {d['text']}") for d in ds.corpus]

@@ -30,13 +30,12 @@ from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
 
 import tansaku  # noqa: E402
 import tansaku.pipeline.api as api_module  # noqa: E402
-from loopback import LoopbackServers, Served  # noqa: E402
+from loopback import Served  # noqa: E402
 from tansaku.index import SAMPLE_CORPUS, ConfigError, Hit, build_index, read_file  # noqa: E402
 from tansaku.pipeline import langchain as lc  # noqa: E402
 from tansaku.pipeline import llamaindex as li  # noqa: E402
 from tansaku.pipeline.api import Searcher  # noqa: E402
 from tansaku.pipeline.client import RemoteError  # noqa: E402
-from tansaku.rerank import CrossEncoderReranker  # noqa: E402
 
 MODEL = "tiny-reranker"
 KEY = "integration-key"
@@ -44,18 +43,6 @@ QUERY = "東京の電波塔と富士山の高さ"  # BM25 matches more than 30 d
 OTHER_QUERY = "富士山の高さ"
 SETTINGS = {"retrieve_k": 30, "rerank_k": 20, "top_n": 5}
 FILTERS_LANDED = "filter" in Path(api_module.__file__).read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[LoopbackServers]:
-    running = LoopbackServers()
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def reranker(tiny_bert_reranker_dir) -> CrossEncoderReranker:
-    return CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)
 
 
 @pytest.fixture(scope="module")

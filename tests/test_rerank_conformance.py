@@ -8,7 +8,6 @@ sends the request shape, the unchanged Cohere SDK (v1/v2) and LiteLLM's jina_ai 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 # LiteLLM otherwise downloads its model price list on import.
@@ -19,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
-from loopback import LoopbackServers, Served  # noqa: E402
+from loopback import Served  # noqa: E402
 from tansaku.index.hit import Hit  # noqa: E402
 from tansaku.pipeline.server import create_app  # noqa: E402
 from tansaku.rerank import CrossEncoderReranker, ranked_hits  # noqa: E402
@@ -38,18 +37,6 @@ DOCS = [
 COHERE_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 LONG_DOC = "".join(JA_PARAGRAPHS)  # ~480 tokens: several 128-token windows
 MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[LoopbackServers]:
-    running = LoopbackServers()
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def reranker(tiny_bert_reranker_dir) -> CrossEncoderReranker:
-    return CrossEncoderReranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH)
 
 
 @pytest.fixture(scope="module")

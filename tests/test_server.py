@@ -61,11 +61,6 @@ def serve() -> Iterator[Callable[[Any], Served]]:
 
 
 @pytest.fixture(scope="module")
-def reranker(tiny_bert_reranker_dir) -> CrossEncoderReranker:
-    return CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)
-
-
-@pytest.fixture(scope="module")
 def searcher(tmp_path_factory, reranker) -> Iterator[Searcher]:
     path = tmp_path_factory.mktemp("serve") / "idx"
     build_index(path, read_file(SAMPLE_CORPUS), progress=False).close()

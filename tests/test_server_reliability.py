@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,10 @@ import pytest
 
 import tansaku
 from helpers import sample_rows
-from loopback import LoopbackServers
 from tansaku.index import build_index, read_dicts
 from tansaku.index.update import update_index
 from tansaku.pipeline.server import create_app
 from tansaku.rerank import CrossEncoderReranker
-
-
-@pytest.fixture
-def servers() -> Iterator[LoopbackServers]:
-    running = LoopbackServers()
-    yield running
-    running.close()
 
 
 def test_search_requests_keep_working_during_updates(tmp_path, servers):
