@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# A query whose postings number at least n_docs / DENSE_SCAN_RATIO finds its touched
+# documents with a pass over the corpus instead of a branch per posting.
+DENSE_SCAN_RATIO = 4
+
 
 @njit(cache=True, inline="always")
 def _worse(s_a: float, p_a: int, s_b: float, p_b: int) -> bool:
@@ -20,36 +24,59 @@ def _worse(s_a: float, p_a: int, s_b: float, p_b: int) -> bool:
 
 @njit(cache=True)
 def _sift_down(hs, hp, size, i):  # type: ignore[no-untyped-def]
+    # Moves the hole down and writes the sifted entry once (half the stores of swapping).
+    s = hs[i]
+    p = hp[i]
     while True:
         left = 2 * i + 1
         if left >= size:
-            return
+            break
         worst = left
         right = left + 1
         if right < size and _worse(hs[right], hp[right], hs[left], hp[left]):
             worst = right
-        if _worse(hs[worst], hp[worst], hs[i], hp[i]):
-            hs[i], hs[worst] = hs[worst], hs[i]
-            hp[i], hp[worst] = hp[worst], hp[i]
+        if _worse(hs[worst], hp[worst], s, p):
+            hs[i] = hs[worst]
+            hp[i] = hp[worst]
             i = worst
         else:
-            return
+            break
+    hs[i] = s
+    hp[i] = p
 
 
 @njit(cache=True)
 def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,  # type: ignore[no-untyped-def]
                scores, seen, touched, out_pos, out_score):
     n_touched = 0
+    n_postings = 0
     for j in range(len(terms)):
-        t = terms[j]
-        c = counts[j]
-        for p in range(indptr[t], indptr[t + 1]):
-            d = postings[p]
-            if not seen[d]:
+        n_postings += indptr[terms[j] + 1] - indptr[terms[j]]
+    if n_postings >= len(seen) // DENSE_SCAN_RATIO:
+        # Many postings for the corpus size: mark without branching, then list the
+        # touched documents with one pass over the (small) corpus.
+        for j in range(len(terms)):
+            t = terms[j]
+            c = counts[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                d = postings[p]
                 seen[d] = True
+                scores[d] += weights[p] * c
+        for d in range(len(seen)):
+            if seen[d]:
                 touched[n_touched] = d
                 n_touched += 1
-            scores[d] += weights[p] * c
+    else:
+        for j in range(len(terms)):
+            t = terms[j]
+            c = counts[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                d = postings[p]
+                if not seen[d]:
+                    seen[d] = True
+                    touched[n_touched] = d
+                    n_touched += 1
+                scores[d] += weights[p] * c
     # Min-heap (worst on top) of the best k touched documents.
     hs = np.empty(k, np.float64)
     hp = np.empty(k, np.int64)
@@ -72,15 +99,38 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
             hs[0] = s
             hp[0] = d
             _sift_down(hs, hp, k, 0)
-    # Best first: stable sort by position, then stable sort by descending score.
-    by_pos = np.argsort(hp[:size], kind="mergesort")
-    hs2 = hs[:size][by_pos]
-    hp2 = hp[:size][by_pos]
-    order = np.argsort(-hs2, kind="mergesort")
+    if 0 < size < k:
+        for h in range(size // 2 - 1, -1, -1):
+            _sift_down(hs, hp, size, h)
+    # Best first, in place: heapsort moves the worst remaining to the end each time
+    # (the same total order as the heap: score descending, then position ascending).
+    for end in range(size - 1, 0, -1):
+        hs[0], hs[end] = hs[end], hs[0]
+        hp[0], hp[end] = hp[end], hp[0]
+        _sift_down(hs, hp, end, 0)
     for r in range(size):
-        out_pos[r] = hp2[order[r]]
-        out_score[r] = hs2[order[r]]
+        out_pos[r] = hp[r]
+        out_score[r] = hs[r]
     return size
+
+
+@njit(cache=True)
+def top_k_serial(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
+                 allowed, use_allowed, n_chunks):
+    """:func:`top_k_batch` in one thread (``n_chunks`` is ignored)."""
+    n_queries = len(q_indptr) - 1
+    out_pos = np.full((n_queries, k), -1, np.int64)
+    out_score = np.zeros((n_queries, k), np.float64)
+    out_n = np.zeros(n_queries, np.int64)
+    scores = np.zeros(n_docs, np.float64)
+    seen = np.zeros(n_docs, np.bool_)
+    touched = np.empty(n_docs, np.int64)
+    for q in range(n_queries):
+        lo = q_indptr[q]
+        hi = q_indptr[q + 1]
+        out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
+                              allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q])
+    return out_pos, out_score, out_n
 
 
 @njit(cache=True, parallel=True)

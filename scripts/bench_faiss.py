@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["index", "nprobe", "rescore", "recall@100", "q/s b1", "q/s b64", "build s",
                         "RSS MB", "+mapped MB"], rows))
     print(f"RSS MB: anonymous resident-set growth of a fresh process that loads the index and "
-          f"searches the {len(queries)} queries; +mapped MB: pages of the memory-mapped float vectors "
-          f"that re-scoring touched (file-backed: the kernel drops them under memory pressure); peak "
-          f"RSS of this benchmark process {peak_rss_mb():,.0f} MB")
+          f"searches the {len(queries)} queries; +mapped MB: file-backed pages of the memory-mapped "
+          f"float vectors mapped while re-scoring (page cache, dropped under memory pressure; the "
+          f"kernel also maps cached pages around each one read, so this overstates what re-scoring "
+          f"reads); peak RSS of this benchmark process {peak_rss_mb():,.0f} MB")
     shutil.rmtree(tmp, ignore_errors=True)
     if best is None:
         print("VERDICT: MISS: no setting reached recall@100 >= 0.95")
