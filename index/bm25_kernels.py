@@ -11,10 +11,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# A query whose postings number at least n_docs / DENSE_SCAN_RATIO finds its touched
-# documents with a pass over the corpus instead of a branch per posting.
-DENSE_SCAN_RATIO = 4
-
 
 @njit(cache=True, inline="always")
 def _worse(s_a: float, p_a: int, s_b: float, p_b: int) -> bool:
@@ -49,34 +45,16 @@ def _sift_down(hs, hp, size, i):  # type: ignore[no-untyped-def]
 def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,  # type: ignore[no-untyped-def]
                scores, seen, touched, out_pos, out_score):
     n_touched = 0
-    n_postings = 0
     for j in range(len(terms)):
-        n_postings += indptr[terms[j] + 1] - indptr[terms[j]]
-    if n_postings >= len(seen) // DENSE_SCAN_RATIO:
-        # Many postings for the corpus size: mark without branching, then list the
-        # touched documents with one pass over the (small) corpus.
-        for j in range(len(terms)):
-            t = terms[j]
-            c = counts[j]
-            for p in range(indptr[t], indptr[t + 1]):
-                d = postings[p]
+        t = terms[j]
+        c = counts[j]
+        for p in range(indptr[t], indptr[t + 1]):
+            d = postings[p]
+            if not seen[d]:
                 seen[d] = True
-                scores[d] += weights[p] * c
-        for d in range(len(seen)):
-            if seen[d]:
                 touched[n_touched] = d
                 n_touched += 1
-    else:
-        for j in range(len(terms)):
-            t = terms[j]
-            c = counts[j]
-            for p in range(indptr[t], indptr[t + 1]):
-                d = postings[p]
-                if not seen[d]:
-                    seen[d] = True
-                    touched[n_touched] = d
-                    n_touched += 1
-                scores[d] += weights[p] * c
+            scores[d] += weights[p] * c
     # Min-heap (worst on top) of the best k touched documents.
     hs = np.empty(k, np.float64)
     hp = np.empty(k, np.int64)
