@@ -8,6 +8,7 @@ from rank_bm25 import BM25Okapi
 
 from helpers import sample_rows
 from tansaku.index import BM25Index, BM25Params, ConfigError, get_analyzer
+from tansaku.index import bm25_kernels as kernels
 from tansaku.pipeline.datasets import load_jsquad
 
 JA = get_analyzer("ja-surface")  # rank-bm25 parity is pinned on plain fugashi surface forms
@@ -135,12 +136,19 @@ def test_top_k_matches_reference_ranking_on_jsquad(jsquad_path):
     ds = load_jsquad(jsquad_path)
     index = BM25Index.build([JA.tokenize(f"{d['title']} {d['text']}") for d in ds.corpus])
     queries = [JA.tokenize(q) for q in list(ds.queries.values())[::20]]
+    # single words too: few postings take the kernel's branchy path, many its marking pass
+    queries += [[t] for t in index.vocab[::400]]
+    postings = [int(np.diff(index.indptr)[index.query_terms(q)[0]].sum()) for q in queries]
+    threshold = index.n_docs // kernels.DENSE_MARK_RATIO
+    assert min(postings) < threshold <= max(postings)
     for q, (pos, scores) in zip(queries, index.top_k_batch(queries, 100), strict=True):
         full = index.get_scores(q)
         matched = np.flatnonzero(full > 0)
         expected = sorted(matched, key=lambda i: (-full[i], i))[:100]
         assert list(pos) == expected
         np.testing.assert_allclose(scores, full[expected], rtol=0, atol=1e-9)
+        single_pos, single_scores = index.top_k(q, 100)
+        assert list(single_pos) == expected and np.array_equal(single_scores, scores)
 
 
 def test_repeated_query_terms_count_each_time(sample_tokens):
