@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import bm25_kernels as kernels
+from .arrays import load_array
 from .errors import ConfigError, IndexFormatError
 
 _NO_MASK = np.zeros(0, dtype=np.bool_)
@@ -297,12 +298,10 @@ class BM25Index:
         missing = [f for f in _FILES if not (directory / f).exists()]
         if missing:
             raise IndexFormatError(f"BM25 index at {directory} is incomplete: missing {missing}")
-        mode = "r" if mmap else None
-
         def arr(name: str) -> np.ndarray:
             # asarray drops the np.memmap subclass (same pages): its Python-level
             # indexing overhead otherwise dominates a query.
-            return np.asarray(np.load(directory / name, mmap_mode=mode, allow_pickle=False))
+            return np.asarray(load_array(directory / name, mmap=mmap))
 
         with open(directory / "vocab.json", encoding="utf-8") as fh:
             vocab = json.load(fh)

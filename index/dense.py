@@ -15,6 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .arrays import load_array
 from .dense_kernels import dot_rows
 from .errors import ConfigError, IndexFormatError
 
@@ -277,6 +278,5 @@ class DenseIndex:
         index = faiss.read_index(str(path))
         vectors = None
         if (directory / "vectors.npy").exists():
-            vectors = np.load(directory / "vectors.npy", mmap_mode="r" if mmap else None,
-                              allow_pickle=False)
+            vectors = load_array(directory / "vectors.npy", mmap=mmap)
         return cls(index, params, reason=reason, vectors=vectors)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .analyzer import Analyzer, analyzer_from_config
+from .arrays import load_array
 from .atomic import reading, recover
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
@@ -68,8 +69,7 @@ class Index:
                 d = manifest["dense"]
                 dense = DenseIndex.load(path / DENSE_DIR, FaissParams(**d["faiss"]),
                                         reason=d.get("reason", ""), mmap=mmap)
-            doc_ids = np.load(path / IDS_FILE, mmap_mode="r" if mmap else None,
-                              allow_pickle=False)
+            doc_ids = load_array(path / IDS_FILE, mmap=mmap)
             corpus = Corpus(path / CORPUS_FILE, readonly=True)
         except (KeyError, TypeError, FileNotFoundError) as exc:
             raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
