@@ -114,6 +114,20 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
 
 
 @njit(cache=True)
+def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
+             allowed, use_allowed, first, stop, out_pos, out_score, out_n):
+    """Queries ``first`` to ``stop`` of a batch, sharing one set of O(n_docs) buffers."""
+    scores = np.zeros(n_docs, np.float64)
+    seen = np.zeros(n_docs, np.bool_)
+    touched = np.empty(n_docs, np.int64)
+    for q in range(first, stop):
+        lo = q_indptr[q]
+        hi = q_indptr[q + 1]
+        out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
+                              allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q])
+
+
+@njit(cache=True)
 def top_k_serial(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
                  allowed, use_allowed, n_chunks):
     """:func:`top_k_batch` in one thread (``n_chunks`` is ignored)."""
@@ -121,14 +135,8 @@ def top_k_serial(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs,
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
     out_n = np.zeros(n_queries, np.int64)
-    scores = np.zeros(n_docs, np.float64)
-    seen = np.zeros(n_docs, np.bool_)
-    touched = np.empty(n_docs, np.int64)
-    for q in range(n_queries):
-        lo = q_indptr[q]
-        hi = q_indptr[q + 1]
-        out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
-                              allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q])
+    _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
+             use_allowed, 0, n_queries, out_pos, out_score, out_n)
     return out_pos, out_score, out_n
 
 
@@ -140,15 +148,8 @@ def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, 
     out_score = np.zeros((n_queries, k), np.float64)
     out_n = np.zeros(n_queries, np.int64)
     per_chunk = (n_queries + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        # One set of O(n_docs) buffers per chunk (thread), reused by its queries.
-        scores = np.zeros(n_docs, np.float64)
-        seen = np.zeros(n_docs, np.bool_)
-        touched = np.empty(n_docs, np.int64)
-        for q in range(c * per_chunk, min(n_queries, (c + 1) * per_chunk)):
-            lo = q_indptr[q]
-            hi = q_indptr[q + 1]
-            out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
-                                  allowed, use_allowed, scores, seen, touched, out_pos[q],
-                                  out_score[q])
+    for c in prange(n_chunks):  # one chunk of queries per thread
+        _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
+                 use_allowed, c * per_chunk, min(n_queries, (c + 1) * per_chunk), out_pos,
+                 out_score, out_n)
     return out_pos, out_score, out_n
