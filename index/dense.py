@@ -218,14 +218,7 @@ class DenseIndex:
     def _search_exact(self, queries: np.ndarray, k: int,
                       ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of the queries with the vectors at ``ids`` (sorted positions)."""
-        if self.params.kind == "flat":
-            # A view of the Flat index's own storage: nothing is copied.
-            stored = faiss.rev_swig_ptr(self.index.get_xb(), self.ntotal * self.dim)
-            vectors = np.asarray(stored).reshape(self.ntotal, self.dim)
-        else:
-            assert self.vectors is not None
-            vectors = np.asarray(self.vectors)
-        all_scores = dot_rows(vectors, ids.astype(np.int64), queries)
+        all_scores = dot_rows(self.all_vectors(), ids.astype(np.int64), queries)
         scores = np.empty((len(queries), k), dtype=np.float32)
         positions = np.empty((len(queries), k), dtype=np.int64)
         for row, row_scores in enumerate(all_scores):
@@ -236,9 +229,15 @@ class DenseIndex:
         return scores, positions
 
     def all_vectors(self) -> np.ndarray:
-        """Every indexed vector, exactly (Flat stores them; IVFPQ keeps vectors.npy)."""
+        """Every indexed vector, exactly (Flat stores them; IVFPQ keeps vectors.npy).
+
+        A read-only view, never a copy: valid while this index is alive.
+        """
         if self.params.kind == "flat":
-            return self.index.reconstruct_n(0, self.ntotal)  # type: ignore[no-any-return]
+            stored = faiss.rev_swig_ptr(self.index.get_xb(), self.ntotal * self.dim)
+            view = np.asarray(stored).reshape(self.ntotal, self.dim)
+            view.flags.writeable = False
+            return view
         if self.vectors is None:
             raise IndexFormatError("this IVFPQ index kept no float vectors; rebuild it")
         return np.asarray(self.vectors)
