@@ -54,9 +54,10 @@ import scipy.sparse as sp
 from _bench_common import format_table
 from bench_quality import split_by_article
 
-from tansaku.index import BM25Index, BM25Params
+from tansaku.index import BM25Index, BM25Params, Hit
 from tansaku.index.analyzer import JapaneseAnalyzer, get_analyzer
 from tansaku.pipeline.datasets import RetrievalDataset, load_jsquad
+from tansaku.retrieve import reciprocal_rank_fusion, score_fusion
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared/data/jsquad/valid-v1.3.json"
@@ -185,42 +186,31 @@ def top_lists(scores: np.ndarray, k: int = 100) -> list[tuple[np.ndarray, np.nda
     return out
 
 
+def _hits(pos: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    # zero-padded ids: fusion breaks ties by id, which then means by position
+    return [Hit(f"{p:09d}", float(v), r, "x") for r, (p, v) in
+            enumerate(zip(pos.tolist(), scores.tolist(), strict=True), 1)]
+
+
+def _gold_ranks(fused: list[list[Hit]], gold: np.ndarray) -> np.ndarray:
+    out = np.full(len(gold), 10**9)
+    for i, hits in enumerate(fused):
+        out[i] = next((h.rank for h in hits if int(h.doc_id) == gold[i]), 10**9)
+    return out
+
+
 def fuse_ranks(bm25: list[tuple[np.ndarray, np.ndarray]], dense: list[tuple[np.ndarray, np.ndarray]],
                gold: np.ndarray, w_dense: float) -> np.ndarray:
     """Gold ranks after tansaku's score fusion (min-max per list, weighted sum, ties by id)."""
-    out = np.full(len(gold), 10**9)
-    for i, ((bp, bs), (dp, ds)) in enumerate(zip(bm25, dense, strict=True)):
-        fused: dict[int, float] = {}
-        for pos, sc, w in ((bp, bs, 1 - w_dense), (dp, ds, w_dense)):
-            if len(pos) == 0:
-                continue
-            lo, hi = sc.min(), sc.max()
-            norm = (sc - lo) / (hi - lo) if hi > lo else np.ones_like(sc)
-            for p, v in zip(pos.tolist(), norm.tolist(), strict=True):
-                fused[p] = fused.get(p, 0.0) + w * v
-        order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:100]
-        for rank, (p, _) in enumerate(order, 1):
-            if p == gold[i]:
-                out[i] = rank
-                break
-    return out
+    return _gold_ranks([score_fusion([_hits(*b), _hits(*d)], 100, weights=(1 - w_dense, w_dense))
+                        for b, d in zip(bm25, dense, strict=True)], gold)
 
 
 def rrf_ranks(bm25: list[tuple[np.ndarray, np.ndarray]], dense: list[tuple[np.ndarray, np.ndarray]],
               gold: np.ndarray, rrf_k: int = 60) -> np.ndarray:
     """Gold ranks after reciprocal rank fusion (tansaku's ``--fusion rrf``: k=60, ties by id)."""
-    out = np.full(len(gold), 10**9)
-    for i, ((bp, _), (dp, _)) in enumerate(zip(bm25, dense, strict=True)):
-        fused: dict[int, float] = {}
-        for pos in (bp, dp):
-            for rank, p in enumerate(pos.tolist(), 1):
-                fused[p] = fused.get(p, 0.0) + 1 / (rrf_k + rank)
-        order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:100]
-        for rank, (p, _) in enumerate(order, 1):
-            if p == gold[i]:
-                out[i] = rank
-                break
-    return out
+    return _gold_ranks([reciprocal_rank_fusion([_hits(*b), _hits(*d)], 100, rrf_k=rrf_k)
+                        for b, d in zip(bm25, dense, strict=True)], gold)
 
 
 def dense_lists(ds: RetrievalDataset, qids: list[str], cache: Path, name: str
