@@ -26,6 +26,11 @@ class Hit:
     text: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def indexed_text(self) -> str | None:
+        """What BM25 indexed and a reranker reads: "title text" (see ``Record.indexed_text``)."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
     def replace(self, **changes: Any) -> Hit:
         """A copy with some fields changed (hits are immutable)."""
         return replace(self, **changes)

@@ -120,7 +120,7 @@ class SearchPipeline:
     def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:
         # The cross-encoder reads "title text", as BM25 indexed it; the hits handed back
         # keep title and text apart.
-        inputs = [h.replace(text=f"{h.title} {h.text}" if h.title else h.text) for h in head]
+        inputs = [h.replace(text=h.indexed_text) for h in head]
         by_id = {h.doc_id: h for h in head}
         reranker = self.reranker
         assert reranker is not None  # only called with a rerank stage

@@ -142,11 +142,6 @@ class MiningConfig:
         return self.mode or ("hybrid" if index.dense is not None else "bm25")
 
 
-def doc_text(title: str | None, text: str | None) -> str:
-    """What the reranker reads for a document: "title text", as BM25 indexed it."""
-    return f"{title} {text}" if title else (text or "")
-
-
 def _batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -197,9 +192,9 @@ def mine_hard_negatives(index: Index, pairs: Sequence[TrainingPair],
             negatives += _random_fill(index, rng, set(pair.positives) | set(negatives),
                                       config.negatives - len(negatives))
         chosen.append(negatives)
-    texts = {**{d: doc_text(r.title, r.text) for d, r in records.items()}}
+    texts = {d: r.indexed_text for d, r in records.items()}
     need = sorted({d for negs in chosen for d in negs} - set(texts))
-    texts.update({d: doc_text(r.title, r.text) for d, r in index.corpus.get_many(need).items()})
+    texts.update({d: r.indexed_text for d, r in index.corpus.get_many(need).items()})
     return [TrainExample(pair.query, texts[pos], tuple(texts[d] for d in negs))
             for pair, negs in zip(pairs, chosen, strict=True) for pos in pair.positives]
 
@@ -221,7 +216,7 @@ def rerank_lists(index: Index, reranker: Any, queries: Sequence[str], candidates
     for query, hits in tqdm(list(zip(queries, candidates, strict=True)), desc="reranking",
                             unit="query", disable=not progress):
         head = index.hydrate(hits[:k])
-        inputs = [h.replace(text=doc_text(h.title, h.text)) for h in head]
+        inputs = [h.replace(text=h.indexed_text) for h in head]
         out.append(reranker.rerank(query, inputs) if inputs else [])
     return out
 
