@@ -70,6 +70,9 @@ class BM25Index:
         self.doc_len = doc_len
         self.params = params
         self._local = threading.local()
+        # Per term: do all its weights add a positive amount (-1 = not yet known)? Filled
+        # in by the kernel; 1 byte per term, small next to the vocabulary itself.
+        self._positive = np.full(len(vocab), -1, np.int8)
 
     # -- building -----------------------------------------------------------------------------
 
@@ -238,7 +241,7 @@ class BM25Index:
         pos = np.empty(k, np.int64)
         scores = np.empty(k, np.float64)
         n = kernels.top_k_one(self.indptr, self.postings, self.weights, terms, counts, k, mask,
-                              use_mask, *self._buffers(), pos, scores)
+                              use_mask, *self._buffers(), pos, scores, self._positive)
         return pos[:n], scores[:n]
 
     def top_k_batch(self, queries: Sequence[Sequence[str]], k: int,
@@ -267,7 +270,7 @@ class BM25Index:
         # with one chunk, measured on JSQuAD).
         kernel = kernels.top_k_batch if n_chunks > 1 else kernels.top_k_serial
         pos, scores, n = kernel(self.indptr, self.postings, self.weights, q_indptr, q_terms,
-                                q_counts, self.n_docs, k, mask, use_mask, n_chunks)
+                                q_counts, self.n_docs, k, mask, use_mask, n_chunks, self._positive)
         return [(pos[i, :n[i]], scores[i, :n[i]]) for i in range(len(queries))]
 
     # -- persistence --------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 A query accumulates its terms' precomputed weights into a per-thread score
 buffer, remembers which documents it touched, keeps the best ``k`` of those in a
 heap and resets only the touched entries, so the cost is O(postings + touched ·
-log k) whatever the corpus size (no O(n_docs) pass per query).
+log k) whatever the corpus size (no O(n_docs) pass per query). Queries whose
+postings are on the order of the corpus size instead make one pass over all
+documents, which is cheaper than listing the touched ones.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-DENSE_MARK_RATIO = 4  # queries with >= n_docs / this many postings take the marking pass
+DENSE_MARK_RATIO = 4  # queries with >= n_docs / this many postings take a pass over all docs
 
 
 @njit(cache=True, inline="always")
@@ -44,16 +46,74 @@ def _sift_down(hs, hp, size, i):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def _all_positive(indptr, weights, terms, counts, positive):  # type: ignore[no-untyped-def]
+    """Whether every posting of every query term adds a positive amount.
+
+    ``positive`` caches the per-term answer (-1 = not yet known): the first query
+    with a term pays one pass over its weights.
+    """
+    for j in range(len(terms)):
+        if counts[j] <= 0.0:
+            return False
+        t = terms[j]
+        known = positive[t]
+        if known < 0:
+            known = 1
+            for p in range(indptr[t], indptr[t + 1]):
+                if not weights[p] > 0.0:
+                    known = 0
+                    break
+            positive[t] = known
+        if known == 0:
+            return False
+    return True
+
+
+@njit(cache=True)
 def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,  # type: ignore[no-untyped-def]
-               scores, seen, touched, out_pos, out_score):
-    n_touched = 0
+               scores, seen, touched, out_pos, out_score, positive):
+    """The best ``k`` documents of one query: ``out_pos``/``out_score`` best first; the count."""
+    hs = np.empty(k, np.float64)
+    hp = np.empty(k, np.int64)
+    size = 0
     n_postings = 0
     for j in range(len(terms)):
         n_postings += indptr[terms[j] + 1] - indptr[terms[j]]
-    if n_postings >= len(seen) // DENSE_MARK_RATIO:
-        # Postings on the order of the corpus size: marking without a branch and then
-        # listing the touched documents in one pass is ~2x faster (measured: 1M synthetic
-        # documents, 2.2M postings per query).
+    n_docs = len(seen)
+    n_touched = 0
+    if n_postings >= n_docs // DENSE_MARK_RATIO and _all_positive(indptr, weights, terms, counts,
+                                                                   positive):
+        # Postings on the order of the corpus size, all adding positive weights: a
+        # non-zero score marks a match, so no per-posting bookkeeping is needed
+        # (measured on 1M synthetic documents: scatter + this pass take half the time of
+        # the marking pass below plus listing the touched documents).
+        for j in range(len(terms)):
+            t = terms[j]
+            c = counts[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                scores[postings[p]] += weights[p] * c
+        # One pass ranks and resets; most documents fail the first comparison.
+        for d in range(n_docs):
+            s = scores[d]
+            if s == 0.0:
+                continue
+            scores[d] = 0.0
+            if use_allowed and not allowed[d]:
+                continue
+            if size < k:
+                hs[size] = s
+                hp[size] = d
+                size += 1
+                if size == k:
+                    for h in range(k // 2 - 1, -1, -1):
+                        _sift_down(hs, hp, k, h)
+            elif s > hs[0]:  # ties go to the lower position, already in the heap
+                hs[0] = s
+                hp[0] = d
+                _sift_down(hs, hp, k, 0)
+    elif n_postings >= n_docs // DENSE_MARK_RATIO:
+        # Many postings, some weights <= 0 (tiny corpora): mark without a branch,
+        # then list the touched documents in one pass.
         for j in range(len(terms)):
             t = terms[j]
             c = counts[j]
@@ -61,7 +121,7 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
                 d = postings[p]
                 seen[d] = True
                 scores[d] += weights[p] * c
-        for d in range(len(seen)):
+        for d in range(n_docs):
             if seen[d]:
                 touched[n_touched] = d
                 n_touched += 1
@@ -77,9 +137,6 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
                     n_touched += 1
                 scores[d] += weights[p] * c
     # Min-heap (worst on top) of the best k touched documents.
-    hs = np.empty(k, np.float64)
-    hp = np.empty(k, np.int64)
-    size = 0
     for i in range(n_touched):
         d = touched[i]
         s = scores[d]
@@ -115,7 +172,7 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
 
 @njit(cache=True)
 def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-             allowed, use_allowed, first, stop, out_pos, out_score, out_n):
+             allowed, use_allowed, first, stop, out_pos, out_score, out_n, positive):
     """Queries ``first`` to ``stop`` of a batch, sharing one set of O(n_docs) buffers."""
     scores = np.zeros(n_docs, np.float64)
     seen = np.zeros(n_docs, np.bool_)
@@ -124,25 +181,26 @@ def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, 
         lo = q_indptr[q]
         hi = q_indptr[q + 1]
         out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
-                              allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q])
+                              allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q],
+                              positive)
 
 
 @njit(cache=True)
 def top_k_serial(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-                 allowed, use_allowed, n_chunks):
+                 allowed, use_allowed, n_chunks, positive):
     """:func:`top_k_batch` in one thread (``n_chunks`` is ignored)."""
     n_queries = len(q_indptr) - 1
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
     out_n = np.zeros(n_queries, np.int64)
     _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
-             use_allowed, 0, n_queries, out_pos, out_score, out_n)
+             use_allowed, 0, n_queries, out_pos, out_score, out_n, positive)
     return out_pos, out_score, out_n
 
 
 @njit(cache=True, parallel=True)
 def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-                allowed, use_allowed, n_chunks):
+                allowed, use_allowed, n_chunks, positive):
     n_queries = len(q_indptr) - 1
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
@@ -151,5 +209,5 @@ def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, 
     for c in prange(n_chunks):  # one chunk of queries per thread
         _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
                  use_allowed, c * per_chunk, min(n_queries, (c + 1) * per_chunk), out_pos,
-                 out_score, out_n)
+                 out_score, out_n, positive)
     return out_pos, out_score, out_n

@@ -93,6 +93,27 @@ def test_negative_idf_floor_and_empty_docs():
     np.testing.assert_allclose(scores, ref.get_scores(["a"])[[1, 0, 2]])
 
 
+def test_dense_queries_with_zero_and_negative_weights_still_return_every_match():
+    """Large queries skip per-posting bookkeeping only when every weight is positive."""
+    # "half" is in exactly half the documents: idf 0, so its matches score exactly 0;
+    # with epsilon=-1 the frequent "most" gets negative weights.
+    docs = [["half", "most"] if i % 2 else ["most", f"w{i}"] for i in range(400)]
+    docs += [[f"w{i}", "half"] if i % 2 else [f"w{i}"] for i in range(400, 440)]
+    for params in (BM25Params(), BM25Params(epsilon=-1.0)):
+        index = BM25Index.build(docs, params)
+        for q in (["half"], ["half", "w3"], ["most", "w1"], ["most"]):
+            postings = int(np.diff(index.indptr)[index.query_terms(q)[0]].sum())
+            assert postings >= index.n_docs // kernels.DENSE_MARK_RATIO
+            full = index.get_scores(q)
+            matched = sorted({int(d) for t in index.query_terms(q)[0]
+                              for d in index.postings[index.indptr[t]:index.indptr[t + 1]]})
+            expected = sorted(matched, key=lambda i: (-full[i], i))
+            pos, scores = index.top_k(q, len(docs))
+            assert list(pos) == expected, (params, q)
+            np.testing.assert_array_equal(scores, full[expected])
+    assert (BM25Index.build(docs).get_scores(["half"]) == 0).all()  # the zero case is real
+
+
 def test_top_k_order_ties_and_limits(sample_tokens):
     docs, queries = sample_tokens
     index = BM25Index.build(docs)
