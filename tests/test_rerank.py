@@ -490,18 +490,103 @@ def test_tiny_bi_encoder_fixture(tiny_bi_encoder_dir: Path) -> None:
 
 
 def test_int8_scores_close_to_float32(model_dir: Path) -> None:
+    from tansaku.rerank.quantize import TokenScaledInt8Linear
+
     exact = reranker(model_dir).score(PAIRS)
     quantized = reranker(model_dir, quantize="int8")
     assert quantized.quantize == "int8" and "quantize='int8'" in repr(quantized)
-    float_linear = [name for name, m in quantized._model.named_modules() if type(m) is torch.nn.Linear]
-    # the encoder's Linear layers became dynamically quantised ones; the small head stays float
-    assert float_linear and all(not name.startswith(quantized._model.base_model_prefix)
-                                for name in float_linear)
+    model = quantized._model
+    assert any(isinstance(m, TokenScaledInt8Linear) for m in model.modules())
+    # every per-token Linear became int8; only the once-per-pair pooler and head stay float
+    float_linear = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    assert all({"pooler", "classifier", "head"} & set(name.split(".")) for name in float_linear)
     scores = quantized.score(PAIRS)
     assert not np.array_equal(scores, exact)  # really a different arithmetic path
-    # tiny random models quantise worse than real ones (bench_rerank.py measures a real one)
-    np.testing.assert_allclose(scores, exact, atol=0.06, rtol=0)
-    assert float(np.mean(np.abs(scores - exact))) < 0.02
+    # measured: max 0.008-0.014, mean 0.003-0.005 on these tiny random models; per-tensor
+    # quantize_dynamic of the same layers gave max 0.018-0.035, mean 0.008-0.014
+    np.testing.assert_allclose(scores, exact, atol=0.03, rtol=0)
+    assert float(np.mean(np.abs(scores - exact))) < 0.008
+
+
+def test_int8_linear_scales_each_token_on_its_own() -> None:
+    """A token with a massive activation must not coarsen the other tokens' quantisation.
+
+    BERT/e5 encoders carry channels 10-50x larger than usual on their [CLS]/[SEP] tokens;
+    per-tensor dynamic int8 then rounds every other token to a few levels.
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    from tansaku.rerank.quantize import TokenScaledInt8Linear, _TokenRows
+
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 64, generator=generator) / 8)
+    x = torch.randn(2, 12, 64, generator=generator)
+    x[:, 0, 5] = 300.0  # the massive activation, on each sequence's first token
+    exact = linear(x)
+
+    def relative_error(y: torch.Tensor) -> float:  # on the ordinary tokens only
+        return float((y - exact)[:, 1:].norm() / exact[:, 1:].norm())
+
+    per_token = TokenScaledInt8Linear(linear, _TokenRows(torch.empty(0, dtype=torch.long)))
+    per_tensor = quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        assert relative_error(per_token(x)) < 0.02
+        assert relative_error(per_tensor(x)) > 0.2  # the failure this layer exists to avoid
+        # the massive token itself keeps its weight rounding only (measured 0.027); in a model
+        # such tokens run in float32 (test_int8_runs_special_tokens_in_float32)
+        assert float((per_token(x) - exact)[:, 0].norm() / exact[:, 0].norm()) < 0.05
+
+
+def test_int8_runs_special_tokens_in_float32(tiny_bert_reranker_dir: Path) -> None:
+    """[CLS] and every [SEP] (attention sinks) are computed from the float32 weights.
+
+    The tiny BERT's config names no cls/sep ids: they are found as the first and last real
+    token and at the segment boundary, with either padding side.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tansaku.rerank.quantize import quantize_int8
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_reranker_dir)
+    exact_model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_reranker_dir).eval()
+    int8_model = quantize_int8(AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert_reranker_dir).eval())
+    sinks = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> object:
+        return lambda module, args, out: outputs.__setitem__(name, out.clone())
+
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        batch = tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], padding=True,
+                          return_tensors="pt")
+        for name, model in (("exact", exact_model), ("int8", int8_model)):
+            value = model.bert.encoder.layer[0].attention.self.value
+            handle = value.register_forward_hook(keep(name))  # type: ignore[arg-type]
+            with torch.inference_mode():
+                model(**batch)
+            handle.remove()
+        is_sink = torch.isin(batch["input_ids"], sinks)
+        real = batch["attention_mask"].bool()
+        difference = (outputs["int8"] - outputs["exact"]).abs().amax(-1)
+        assert int(is_sink.sum()) == 3 * len(PAIRS)
+        assert float(difference[is_sink].max()) < 1e-5, side
+        assert float(difference[real & ~is_sink].min()) > 0  # the other tokens ran in int8
+
+
+def test_int8_scores_the_same_from_several_threads(tiny_xlmr_reranker_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    quantized = reranker(tiny_xlmr_reranker_dir, quantize="int8", batch_size=2)
+    requests = [PAIRS[i:] + PAIRS[:i] for i in range(6)]
+    alone = [quantized.score(pairs) for pairs in requests]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(quantized.score, requests * 2))
+    for got, expected in zip(together, alone * 2, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_int8_refuses_gpu_and_fp16_and_unknown_values(tiny_bert_reranker_dir: Path) -> None:
