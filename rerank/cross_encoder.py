@@ -15,6 +15,7 @@ from tansaku.index.errors import ConfigError, ModelLoadError
 from tansaku.index.hit import Hit
 from tansaku.rerank.base import check_top_n, document_texts, ranked_hits
 from tansaku.rerank.loading import load_cross_encoder
+from tansaku.rerank.packing import pack_encoder
 from tansaku.rerank.quantize import Quantize, check_quantize, quantize_int8
 from tansaku.rerank.windows import PairTemplate, window_starts
 
@@ -41,6 +42,11 @@ class CrossEncoderReranker:
     document gets its best window's score. Queries longer than half of ``max_length`` are
     truncated to that half on this path. Only ``Hit.text`` is scored, never the title.
 
+    On the CPU, BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA, e5) run their layers on
+    the real tokens only, attention per pair at its own length (:mod:`tansaku.rerank.packing`):
+    the same scores as the padded batch, ~1.3-1.5x faster on mixed-length pairs;
+    ``unpad=False`` keeps the stock padded forward.
+
     ``quantize="int8"`` (CPU only) runs the encoder's linear layers in int8 with per-token
     scales (see :mod:`tansaku.rerank.quantize`): ~1.3x faster on CPU, scores within ~0.02 of
     float32 on a trained reranker (``scripts/bench_rerank.py`` measures both).
@@ -59,6 +65,7 @@ class CrossEncoderReranker:
         chunk_overlap: int = 64,
         show_progress: bool = False,
         quantize: Quantize = "none",
+        unpad: bool = True,
     ) -> None:
         _check_positive("max_length", max_length)
         _check_positive("batch_size", batch_size)
@@ -85,6 +92,9 @@ class CrossEncoderReranker:
         if self._fp16:
             self._model.half()
         self._model.eval()
+        # CPU: the encoder layers skip padded positions (same scores; see packing.py). On a
+        # GPU one padded batch is already a single kernel per step.
+        self._packed = bool(unpad) and torch.device(self._device).type == "cpu" and pack_encoder(self._model)
         if quantize == "int8":
             self._model = quantize_int8(self._model)
         self._num_labels = int(self._model.config.num_labels)

@@ -26,8 +26,9 @@ What this module does instead, for each quantised layer:
 - the first and last real token of each sequence, segment boundaries and the tokens whose ids
   are the config's bos/eos/sep/cls ids (the attention sinks) are computed in float32 from the
   float32 weights (a few percent of the rows). The rows come from the encoder's
-  ``input_ids``; a model called without them, or one that drops padding inside (rows !=
-  batch x length), runs every row in int8 and loses that accuracy.
+  ``input_ids`` (and follow tansaku's padding-free layers, see packing.py); a model called
+  without them, or one that drops padding some other way (rows != batch x length), runs
+  every row in int8 and loses that accuracy.
 
 The float32 weights are kept for those rows (memory: the int8 copy comes on top).
 
@@ -49,6 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from tansaku.index.errors import ConfigError
+
+from .packing import packed_encoder
 
 Quantize = Literal["none", "int8"]
 QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8")
@@ -91,6 +94,9 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
                 replaced += 1
     if replaced:
         state.attach(target)
+        packed = packed_encoder(model)
+        if packed is not None:  # the layers see only real tokens: follow them to the sink rows
+            packed.add_listener(state.repack)
     return model
 
 
@@ -128,6 +134,7 @@ class _TokenRows(threading.local):
         return cls(special_ids, positions)
 
     def clear(self) -> None:
+        self.sink: torch.Tensor | None = None  # flattened [batch * width] bool
         self.rows: torch.Tensor | None = None
         self.n_rows = -1
         self.scratch: torch.Tensor | None = None
@@ -148,9 +155,16 @@ class _TokenRows(threading.local):
         self.clear()
         input_ids = self._argument("input_ids", args, kwargs)
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
-            self.rows = self.sink_rows(input_ids, self._argument("attention_mask", args, kwargs),
+            self.sink = self.sink_rows(input_ids, self._argument("attention_mask", args, kwargs),
                                        self._argument("token_type_ids", args, kwargs))
+            self.rows = self.sink.nonzero().flatten()
             self.n_rows = input_ids.numel()
+
+    def repack(self, keep: torch.Tensor) -> None:
+        """The layers will run on the rows ``keep`` selects (padding dropped, see packing.py)."""
+        if self.sink is not None and self.sink.shape == keep.shape:
+            self.rows = self.sink[keep].nonzero().flatten()
+            self.n_rows = int(keep.sum())
 
     def after_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.clear()  # nothing from this batch outlives the call (memory, stale rows)
@@ -170,7 +184,7 @@ class _TokenRows(threading.local):
         if isinstance(token_type_ids, torch.Tensor) and token_type_ids.shape == input_ids.shape:
             # the [SEP] ending the first segment, for configs that do not name its id
             sink[:, :-1] |= token_type_ids[:, 1:] != token_type_ids[:, :-1]
-        return (sink & real).flatten().nonzero().flatten()
+        return (sink & real).flatten()
 
     def buffer(self, numel: int) -> torch.Tensor:
         if self.scratch is None or self.scratch.numel() < numel:

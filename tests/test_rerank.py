@@ -539,20 +539,24 @@ def test_int8_linear_scales_each_token_on_its_own() -> None:
         assert float((per_token(x) - exact)[:, 0].norm() / exact[:, 0].norm()) < 0.05
 
 
-def test_int8_runs_special_tokens_in_float32(tiny_bert_reranker_dir: Path) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_int8_runs_special_tokens_in_float32(tiny_bert_reranker_dir: Path, packed: bool) -> None:
     """[CLS] and every [SEP] (attention sinks) are computed from the float32 weights.
 
     The tiny BERT's config names no cls/sep ids: they are found as the first and last real
-    token and at the segment boundary, with either padding side.
+    token and at the segment boundary, with either padding side; with the padding-free
+    encoder (packed) the rows are found among the real tokens only.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from tansaku.rerank.packing import pack_encoder
     from tansaku.rerank.quantize import quantize_int8
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_reranker_dir)
     exact_model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_reranker_dir).eval()
-    int8_model = quantize_int8(AutoModelForSequenceClassification.from_pretrained(
-        tiny_bert_reranker_dir).eval())
+    int8_model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_reranker_dir).eval()
+    assert pack_encoder(int8_model) if packed else True
+    int8_model = quantize_int8(int8_model)
     sinks = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])
     outputs: dict[str, torch.Tensor] = {}
 
@@ -571,10 +575,65 @@ def test_int8_runs_special_tokens_in_float32(tiny_bert_reranker_dir: Path) -> No
             handle.remove()
         is_sink = torch.isin(batch["input_ids"], sinks)
         real = batch["attention_mask"].bool()
+        assert not bool(real.all())  # the batch has padding to drop
+        if packed and side == "right":  # the layers saw the real tokens only, pair after pair
+            assert outputs["int8"].shape == (int(real.sum()), outputs["exact"].shape[-1])
+            outputs["exact"], is_sink, real = outputs["exact"][real], is_sink[real], real[real]
         difference = (outputs["int8"] - outputs["exact"]).abs().amax(-1)
         assert int(is_sink.sum()) == 3 * len(PAIRS)
         assert float(difference[is_sink].max()) < 1e-5, side
         assert float(difference[real & ~is_sink].min()) > 0  # the other tokens ran in int8
+
+
+# -- padding-free encoder layers (CPU) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture, packs", [
+    ("tiny_bert_reranker_dir", True), ("tiny_bert_japanese_reranker_dir", True),
+    ("tiny_xlmr_reranker_dir", True), ("tiny_modernbert_reranker_dir", False)])
+def test_cpu_reranker_runs_encoder_layers_on_real_tokens_only(
+        request: pytest.FixtureRequest, fixture: str, packs: bool) -> None:
+    """BERT-layout encoders skip padded positions; other layouts keep the stock forward
+    (test_scores_match_cross_encoder_predict checks the scores of both)."""
+    from tansaku.rerank.packing import PackedEncoder
+
+    path = request.getfixturevalue(fixture)
+    model = reranker(path, batch_size=len(PAIRS))
+    packed = [m for m in model._model.modules() if isinstance(m, PackedEncoder)]
+    assert len(packed) == int(packs)
+    if not packs:
+        return
+    units, _ = model._encode(list(PAIRS))
+    lengths = [len(unit["input_ids"]) for unit in units]
+    assert len(set(lengths)) > 1
+    seen: list[tuple[int, ...]] = []
+    query = packed[0].inner.layer[0].attention.self.query
+    handle = query.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        model.score(PAIRS)
+    finally:
+        handle.remove()
+    assert seen == [(sum(lengths), query.in_features)]  # one batch, no padded rows
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_packed_encoder_gives_the_padded_forwards_logits(tiny_xlmr_reranker_dir: Path, side: str) -> None:
+    """Right padding is packed; left padding (rare for this layout) keeps the stock forward."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tansaku.rerank.packing import pack_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_xlmr_reranker_dir, padding_side=side)
+    stock = AutoModelForSequenceClassification.from_pretrained(tiny_xlmr_reranker_dir).eval()
+    packed = AutoModelForSequenceClassification.from_pretrained(tiny_xlmr_reranker_dir).eval()
+    assert pack_encoder(packed) and pack_encoder(packed)  # idempotent
+    batch = tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], padding=True, return_tensors="pt")
+    assert not bool(batch["attention_mask"].bool().all())
+    same = tokenizer([PAIRS[0][0]] * 2, [PAIRS[0][1]] * 2, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        assert float(stock(**batch).logits.std()) > 1e-3  # a model whose scores differ
+        for inputs in (batch, same):  # with padding, and without any (the stock path)
+            torch.testing.assert_close(packed(**inputs).logits, stock(**inputs).logits, atol=1e-5, rtol=0)
 
 
 def test_int8_scores_the_same_from_several_threads(tiny_xlmr_reranker_dir: Path) -> None:
