@@ -11,7 +11,10 @@ stream) and prints docs/s, the speed-up over one process and the load average
 seconds each run used (this process + its worker processes, read from /proc) and the
 "CPU-bound speed-up" that work allows on min(cores, workers) free cores: single-process
 CPU seconds / (parallel CPU seconds / cores). On a machine shared with other jobs the wall
-speed-up depends on their load; the CPU-bound figure does not.
+speed-up depends on their load; the CPU-bound figure does not. Last, it measures what two
+processes can gain on this machine at all: the same job twice, one after the other in one
+process vs at once in two (an interpreter-bound loop, and MeCab alone through fugashi,
+without tansaku: the ceiling for the worker speed-up).
 
 Examples:
   python scripts/bench_tokenize.py --quick
@@ -94,6 +97,64 @@ class ChildCpu:
         self._thread.join()
 
 
+# -- what two processes can gain on this machine at all -------------------------------------
+
+_TAGGER = None
+
+
+def _start_tagger() -> None:
+    global _TAGGER
+    import fugashi
+
+    _TAGGER = fugashi.Tagger()
+    _TAGGER("準備")
+
+
+def _job_python(n: int) -> float:
+    """Interpreter-bound: a pure Python loop (its data lives in L1)."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(n * 1_000_000):
+        total += i * i % 7
+    return time.perf_counter() - start
+
+
+def _job_mecab(args: tuple[list[str], int]) -> float:
+    """MeCab alone (fugashi, no tansaku): the tokeniser's own scaling."""
+    texts, n = args
+    assert _TAGGER is not None
+    start = time.perf_counter()
+    for _ in range(n):
+        for text in texts:
+            for word in _TAGGER(text):
+                word.feature.lemma  # noqa: B018 (read like the ja analyzer reads it)
+    return time.perf_counter() - start
+
+
+def machine_ceiling(paragraphs: list[str]) -> list[dict[str, object]]:
+    """Speed-up of two copies of a job run at once over the same two run one after the other.
+
+    An interpreter-bound loop reaches ~2x on two free cores; MeCab alone (its dictionary
+    lookups touch far more memory) is the ceiling for tansaku's tokenising workers.
+    """
+    from multiprocessing import get_context
+
+    jobs = [("Python loop", _job_python, 12), ("MeCab (fugashi) alone", _job_mecab, (paragraphs[:300], 6))]
+    out = []
+    with get_context("fork").Pool(2, initializer=_start_tagger) as pool:
+        _start_tagger()
+        for name, job, n in jobs:
+            job(n)  # warm up here, and in both workers:
+            pool.map(job, [n, n], chunksize=1)
+            alone = job(n) + job(n)
+            # each job times itself (its setup and the pool's messages excluded); at once, the
+            # pair is done when the slower of the two is
+            together = max(pool.map(job, [n, n], chunksize=1))
+            out.append({"job": name, "one_after_other_s": round(alone, 2), "at_once_s": round(together, 2),
+                        "speedup": round(alone / together, 2)})
+    return out
+
+
 def run(analyzer_name: str, paragraphs: list[str], n_docs: int, workers: int,
         chunk_size: int | None, progress: bool) -> dict[str, object]:
     """Tokenise the corpus once; returns time, counts and a digest of the token stream."""
@@ -132,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-size", type=int, help="texts per worker task (default: tansaku's)")
     p.add_argument("--quick", action="store_true", help="20,000 documents")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-machine-check", action="store_true",
+                   help="skip the ~20 s check of what two processes can gain on this machine "
+                        "(a Python loop, and MeCab alone)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = p.parse_args(argv)
     if not args.jsquad.exists():
@@ -158,8 +222,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['docs_per_s']:,}", f"{r['speedup']}x", f"{r['parent_cpu_s']}+{r['worker_cpu_s']}",
           f"{r['cpu_bound_speedup']}x", f"{r['load_before']} / {r['load_after']}"] for r in rows]))
     print(f"identical token streams across worker counts: {same}")
+    ceiling = [] if args.no_machine_check else machine_ceiling(paragraphs)
+    if ceiling:
+        print("what two processes gain on this machine (the same job twice, one after the other "
+              "vs at once in 2 processes):")
+        print(format_table(["job", "one after the other s", "at once s", "speed-up"],
+                           [[str(c["job"]), f"{c['one_after_other_s']}", f"{c['at_once_s']}",
+                             f"{c['speedup']}x"] for c in ceiling]))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": rows, "machine": ceiling}, indent=2))
     return 0 if same else 1
 
 
