@@ -33,10 +33,12 @@ What this module does instead, for each quantised layer:
 The float32 weights are kept for those rows (memory: the int8 copy comes on top).
 
 Measured on the 100 JSQuAD pairs of ``scripts/bench_rerank.py`` (max |score difference| from
-float32, sigmoid scale): the trained 12-layer reranker 0.985 -> ~0.02; the bench's xsmall model
-(random head) 0.999 -> ~0.07, a model so sensitive that rounding only its weights to bfloat16
-moves its scores by 0.04. The row scaling and float32 rows cost part of int8's speed (about
-1.2x float32 instead of 1.4x on 1 thread, AVX2); see README.md.
+float32, sigmoid scale): a 12-layer reranker trained by tansaku 0.985 -> 0.02-0.04 (mean
+~0.001; 0.02 on a partly trained checkpoint, 0.04 on the final model); the bench's xsmall model (random
+head) 0.999 -> ~0.07, a model so sensitive that rounding only its weights to bfloat16 moves
+its scores by 0.04. The row scaling and float32 rows cost part of int8's speed (about 1.2x
+float32 instead of 1.4x on 1 thread, AVX2; ~1.1x over the padding-free float32 layers of
+packing.py, which shrink the float32 baseline); see README.md.
 """
 
 from __future__ import annotations

@@ -150,6 +150,8 @@ def run(args: argparse.Namespace, model_dir: Path) -> tuple[list[Row], dict[str,
 
     from tansaku.rerank import CrossEncoderReranker
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pairs = workload(args.jsquad, args.queries, args.pairs // args.queries)
     warm = pairs[: args.batch_size]
     cuda = torch.cuda.is_available() and not args.cpu
@@ -214,13 +216,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tansaku-bench-rerank",
                    help="where the default model is built once (default: $TMPDIR/tansaku-bench-rerank)")
+    p.add_argument("--threads", type=int, help="torch threads for every engine (default: torch's choice)")
     p.add_argument("--cpu", action="store_true", help="skip the CUDA rows even on a GPU machine")
     p.add_argument("--quick", action="store_true", help="one timed run per engine")
     p.add_argument("--json", action="store_true", help="print rows and settings as JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.repeat = 1
-    if min(args.pairs, args.queries, args.batch_size, args.max_length, args.repeat) < 1:
+    if min(args.pairs, args.queries, args.batch_size, args.max_length, args.repeat, args.threads or 1) < 1:
         p.error("sizes must be positive")
     if args.pairs % args.queries:
         p.error("--pairs must be a multiple of --queries")
