@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,13 @@ _NO_MASK = np.zeros(0, dtype=np.bool_)
 TermWeight = Callable[[str], float]  # how much one occurrence of a query token counts
 
 _FILES = ("weights.npy", "tf.npy", "postings.npy", "indptr.npy", "doc_len.npy", "vocab.json")
+# Written since the dense rows were added; an index without them computes them on load.
+_DENSE_FILES = ("dense_rows.npy", "dense_weights.npy")
+
+# Terms in at least this share of the documents also get a dense row of weights: at 1/2 the
+# row (8 bytes per document) takes no more room than the term's postings (doc id, weight and
+# tf: 16 bytes per posting), and a query adds it in one SIMD pass instead of a scatter.
+DENSE_DF_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ class BM25Index:
 
     def __init__(self, *, vocab: list[str], indptr: np.ndarray, postings: np.ndarray,
                  tf: np.ndarray, weights: np.ndarray, doc_len: np.ndarray,
-                 params: BM25Params) -> None:
+                 params: BM25Params, dense_rows: np.ndarray | None = None,
+                 dense_weights: np.ndarray | None = None) -> None:
         self.vocab = vocab
         self.term_ids = {term: i for i, term in enumerate(vocab)}
         self.indptr = indptr
@@ -73,6 +82,11 @@ class BM25Index:
         # Per term: do all its weights add a positive amount (-1 = not yet known)? Filled
         # in by the kernel; 1 byte per term, small next to the vocabulary itself.
         self._positive = np.full(len(vocab), -1, np.int8)
+        # Term -> row of dense_weights (-1: postings only); see DENSE_DF_FRACTION.
+        self.dense_rows = dense_rows
+        self.dense_weights = dense_weights
+        if weights.shape == postings.shape and (dense_rows is None or dense_weights is None):
+            self.dense_rows, self.dense_weights = self._dense_columns()
 
     # -- building -----------------------------------------------------------------------------
 
@@ -120,6 +134,7 @@ class BM25Index:
                     weights=np.zeros(0), doc_len=np.asarray(doc_len, dtype=np.int32),
                     params=params)
         index.weights = index._compute_weights()
+        index.dense_rows, index.dense_weights = index._dense_columns()
         return index
 
     def doc_term(self) -> sp.csr_matrix:
@@ -151,6 +166,18 @@ class BM25Index:
             term_idf = np.repeat(idf[t0:t1], df[t0:t1])
             weights[lo:hi] = term_idf * (tf * (p.k1 + 1) / (tf + norm))
         return weights
+
+    def _dense_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dense weight rows of the terms in at least DENSE_DF_FRACTION of the documents."""
+        df = np.diff(self.indptr)
+        terms = np.flatnonzero((df >= DENSE_DF_FRACTION * self.n_docs) & (df > 0))
+        rows = np.full(len(df), -1, np.int64)
+        rows[terms] = np.arange(len(terms))
+        dense = np.zeros((len(terms), self.n_docs), dtype=self.weights.dtype)
+        for r, t in enumerate(terms):
+            lo, hi = int(self.indptr[t]), int(self.indptr[t + 1])
+            dense[r, self.postings[lo:hi]] = self.weights[lo:hi]
+        return rows, dense
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -193,6 +220,21 @@ class BM25Index:
             return list(counts), [float(n) for n in counts.values()]
         token_of = dict(zip(ids, tokens, strict=True))
         return list(counts), [n * weight(token_of[t]) for t, n in counts.items()]
+
+    def _batch_terms(self, queries: Sequence[Sequence[str]], weight: TermWeight | None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`query_terms` of many queries as ``(indptr, terms, counts)`` arrays.
+
+        Lookups run in C (``map``) over all tokens at once and the counting in the
+        kernel: per-query Python work was ~1/6 of a batch's time on JSQuAD.
+        """
+        flat = list(chain.from_iterable(queries))
+        lengths = np.fromiter(map(len, queries), np.int64, len(queries))
+        ids = np.fromiter(map(self.term_ids.get, flat, repeat(-1)), np.int64, len(flat))
+        token_weights = (np.fromiter(map(weight, flat), np.float64, len(flat))
+                         if weight is not None else np.zeros(0))
+        return kernels.query_term_counts(lengths, ids, token_weights, weight is not None,
+                                         len(self.vocab))
 
     def get_scores(self, tokens: Sequence[str], weight: TermWeight | None = None) -> np.ndarray:
         """The BM25 score of every document for an analysed query (rank-bm25's ``get_scores``).
@@ -241,7 +283,8 @@ class BM25Index:
         pos = np.empty(k, np.int64)
         scores = np.empty(k, np.float64)
         n = kernels.top_k_one(self.indptr, self.postings, self.weights, terms, counts, k, mask,
-                              use_mask, *self._buffers(), pos, scores, self._positive)
+                              use_mask, *self._buffers(), pos, scores, self._positive,
+                              self.dense_rows, self.dense_weights)
         return pos[:n], scores[:n]
 
     def top_k_batch(self, queries: Sequence[Sequence[str]], k: int,
@@ -253,16 +296,7 @@ class BM25Index:
             raise ConfigError(f"k must be an integer >= 1, got {k!r}")
         if not queries:
             return []
-        all_terms: list[int] = []
-        all_counts: list[float] = []
-        q_indptr = np.zeros(len(queries) + 1, np.int64)
-        for i, query in enumerate(queries):
-            terms, counts = self._term_counts(query, weight)
-            all_terms += terms
-            all_counts += counts
-            q_indptr[i + 1] = len(all_terms)
-        q_terms = np.fromiter(all_terms, np.int64, len(all_terms))
-        q_counts = np.fromiter(all_counts, np.float64, len(all_counts))
+        q_indptr, q_terms, q_counts = self._batch_terms(queries, weight)
         mask, use_mask = self._allowed(allowed)
         n_chunks = max(1, min(len(queries), threads or numba.get_num_threads()))
         k = min(int(k), self.n_docs)
@@ -270,8 +304,10 @@ class BM25Index:
         # with one chunk, measured on JSQuAD).
         kernel = kernels.top_k_batch if n_chunks > 1 else kernels.top_k_serial
         pos, scores, n = kernel(self.indptr, self.postings, self.weights, q_indptr, q_terms,
-                                q_counts, self.n_docs, k, mask, use_mask, n_chunks, self._positive)
-        return [(pos[i, :n[i]], scores[i, :n[i]]) for i in range(len(queries))]
+                                q_counts, self.n_docs, k, mask, use_mask, n_chunks, self._positive,
+                                self.dense_rows, self.dense_weights)
+        return [(p, s) if m == k else (p[:m], s[:m])
+                for p, s, m in zip(list(pos), list(scores), n.tolist(), strict=True)]
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -284,13 +320,15 @@ class BM25Index:
         np.save(directory / "postings.npy", np.ascontiguousarray(self.postings))
         np.save(directory / "indptr.npy", np.ascontiguousarray(self.indptr))
         np.save(directory / "doc_len.npy", np.ascontiguousarray(self.doc_len))
+        np.save(directory / "dense_rows.npy", np.ascontiguousarray(self.dense_rows))
+        np.save(directory / "dense_weights.npy", np.ascontiguousarray(self.dense_weights))
         with open(directory / "vocab.json", "w", encoding="utf-8") as fh:
             json.dump(self.vocab, fh, ensure_ascii=False)
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
         return {"params": asdict(self.params), "docs": self.n_docs, "terms": len(self.vocab),
-                "postings": self.n_postings,
+                "postings": self.n_postings, "dense_terms": int(len(self.dense_weights)),
                 "avgdl": float(self.doc_len.mean()) if self.n_docs else 0.0}
 
     @classmethod
@@ -308,6 +346,13 @@ class BM25Index:
 
         with open(directory / "vocab.json", encoding="utf-8") as fh:
             vocab = json.load(fh)
+        doc_len = arr("doc_len.npy")
+        dense = ({"dense_rows": arr("dense_rows.npy"), "dense_weights": arr("dense_weights.npy")}
+                 if all((directory / f).exists() for f in _DENSE_FILES) else {})
+        if dense and (dense["dense_rows"].shape != (len(vocab),)
+                      or dense["dense_weights"].shape[1:] != doc_len.shape):
+            raise IndexFormatError(f"BM25 index at {directory}: dense rows do not match the "
+                                   "vocabulary or the documents (rebuild the index)")
         return cls(vocab=vocab, indptr=arr("indptr.npy"), postings=arr("postings.npy"),
-                   tf=arr("tf.npy"), weights=arr("weights.npy"), doc_len=arr("doc_len.npy"),
-                   params=params)
+                   tf=arr("tf.npy"), weights=arr("weights.npy"), doc_len=doc_len,
+                   params=params, **dense)

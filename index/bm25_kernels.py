@@ -5,7 +5,8 @@ buffer, remembers which documents it touched, keeps the best ``k`` of those in a
 heap and resets only the touched entries, so the cost is O(postings + touched ·
 log k) whatever the corpus size (no O(n_docs) pass per query). Queries whose
 postings are on the order of the corpus size instead make one pass over all
-documents, which is cheaper than listing the touched ones.
+documents, which is cheaper than listing the touched ones; there, terms in at least half
+the documents are read from a dense row of weights (one SIMD pass instead of a scatter).
 """
 
 from __future__ import annotations
@@ -70,12 +71,115 @@ def _all_positive(indptr, weights, terms, counts, positive):  # type: ignore[no-
 
 
 @njit(cache=True)
+def query_term_counts(lengths, ids, token_weights, weighted, n_terms):  # type: ignore[no-untyped-def]
+    """Per query, its distinct known term ids (first-occurrence order) and their counts.
+
+    ``ids`` holds every query's token ids back to back (-1: not in the vocabulary),
+    ``lengths`` how many belong to each query. A count is the number of occurrences, times
+    the token's weight when ``weighted`` (``token_weights`` parallel to ``ids``). Returns
+    ``(indptr, terms, counts)``: query ``q``'s terms are ``terms[indptr[q]:indptr[q+1]]``.
+    """
+    n_queries = len(lengths)
+    indptr = np.zeros(n_queries + 1, np.int64)
+    terms = np.empty(len(ids), np.int64)
+    counts = np.empty(len(ids), np.float64)
+    first = np.empty(len(ids), np.int64)  # a distinct term's first token (for its weight)
+    slot = np.full(n_terms, -1, np.int64)  # term -> its place in this query's output
+    start = 0
+    n = 0
+    for q in range(n_queries):
+        stop = start + lengths[q]
+        for i in range(start, stop):
+            t = ids[i]
+            if t < 0:
+                continue
+            s = slot[t]
+            if s < 0:
+                slot[t] = n
+                terms[n] = t
+                counts[n] = 1.0
+                first[n] = i
+                n += 1
+            else:
+                counts[s] += 1.0
+        for j in range(indptr[q], n):
+            slot[terms[j]] = -1
+            if weighted:
+                counts[j] = counts[j] * token_weights[first[j]]
+        indptr[q + 1] = n
+        start = stop
+    return indptr, terms[:n], counts[:n]
+
+
+@njit(cache=True)
+def _heap_touched(scores, seen, touched, n_touched, k, allowed, use_allowed, hs, hp):  # type: ignore[no-untyped-def]
+    """Best ``k`` of the touched documents into the min-heap ``hs``/``hp``; resets them; the size."""
+    size = 0
+    for i in range(n_touched):
+        d = touched[i]
+        s = scores[d]
+        seen[d] = False
+        scores[d] = 0.0
+        if use_allowed and not allowed[d]:
+            continue
+        if size < k:
+            hs[size] = s
+            hp[size] = d
+            size += 1
+            if size == k:
+                for h in range(k // 2 - 1, -1, -1):
+                    _sift_down(hs, hp, k, h)
+        elif _worse(hs[0], hp[0], s, d):
+            hs[0] = s
+            hp[0] = d
+            _sift_down(hs, hp, k, 0)
+    return size
+
+
+@njit(cache=True)
+def _heap_all(scores, k, allowed, use_allowed, hs, hp):  # type: ignore[no-untyped-def]
+    """Best ``k`` non-zero scores of all documents (scanned in order) into the heap; the size.
+
+    In position order a later document never wins a tie, so once the heap is full a
+    document enters only with a score above the heap's worst: one compare per document,
+    and the reset is one fill afterwards (half the time of resetting and testing each
+    document in one loop, measured on 1M documents).
+    """
+    n_docs = len(scores)
+    size = 0
+    first = 0
+    while first < n_docs and size < k:
+        s = scores[first]
+        if s != 0.0 and not (use_allowed and not allowed[first]):
+            hs[size] = s
+            hp[size] = first
+            size += 1
+        first += 1
+    if size == k:
+        for h in range(k // 2 - 1, -1, -1):
+            _sift_down(hs, hp, k, h)
+        worst = hs[0]
+        for d in range(first, n_docs):
+            s = scores[d]
+            if s > worst and not (use_allowed and not allowed[d]):
+                hs[0] = s
+                hp[0] = d
+                _sift_down(hs, hp, k, 0)
+                worst = hs[0]
+    scores[:] = 0.0
+    return size
+
+
+@njit(cache=True)
 def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,  # type: ignore[no-untyped-def]
-               scores, seen, touched, out_pos, out_score, positive):
-    """The best ``k`` documents of one query: ``out_pos``/``out_score`` best first; the count."""
+               scores, seen, touched, out_pos, out_score, positive, dense_rows, dense_weights):
+    """The best ``k`` documents of one query: ``out_pos``/``out_score`` best first; the count.
+
+    ``dense_weights[dense_rows[t]]`` (when ``dense_rows[t] >= 0``) holds term ``t``'s weights
+    for every document, 0 where it does not occur: the same numbers as its postings.
+    """
     hs = np.empty(k, np.float64)
     hp = np.empty(k, np.int64)
-    size = 0
     n_postings = 0
     for j in range(len(terms)):
         n_postings += indptr[terms[j] + 1] - indptr[terms[j]]
@@ -91,8 +195,17 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
         for j in range(len(terms)):
             t = terms[j]
             c = counts[j]
-            for p in range(indptr[t], indptr[t + 1]):
-                scores[postings[p]] += weights[p] * c
+            r = dense_rows[t]
+            if r >= 0:
+                # A term in most documents: adding its dense row runs 2.5x faster than
+                # scattering its postings (1M synthetic docs), and adds the same numbers
+                # in the same order (+0.0 where it is absent), so scores stay bit-identical.
+                row = dense_weights[r]
+                for d in range(n_docs):
+                    scores[d] += row[d] * c
+            else:
+                for p in range(indptr[t], indptr[t + 1]):
+                    scores[postings[p]] += weights[p] * c
     elif dense:
         # Many postings, some weights <= 0 (tiny corpora): mark without a branch,
         # then list the touched documents in one pass.
@@ -119,30 +232,10 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
                     n_touched += 1
                 scores[d] += weights[p] * c
     # Min-heap (worst on top) of the best k candidates; scores and marks are reset on the way.
-    for i in range(n_docs if unmarked else n_touched):
-        if unmarked:
-            d = i
-            s = scores[d]
-            if s == 0.0:
-                continue
-        else:
-            d = touched[i]
-            s = scores[d]
-            seen[d] = False
-        scores[d] = 0.0
-        if use_allowed and not allowed[d]:
-            continue
-        if size < k:
-            hs[size] = s
-            hp[size] = d
-            size += 1
-            if size == k:
-                for h in range(k // 2 - 1, -1, -1):
-                    _sift_down(hs, hp, k, h)
-        elif _worse(hs[0], hp[0], s, d):
-            hs[0] = s
-            hp[0] = d
-            _sift_down(hs, hp, k, 0)
+    if unmarked:
+        size = _heap_all(scores, k, allowed, use_allowed, hs, hp)
+    else:
+        size = _heap_touched(scores, seen, touched, n_touched, k, allowed, use_allowed, hs, hp)
     if 0 < size < k:
         for h in range(size // 2 - 1, -1, -1):
             _sift_down(hs, hp, size, h)
@@ -160,7 +253,8 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
 
 @njit(cache=True)
 def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-             allowed, use_allowed, first, stop, out_pos, out_score, out_n, positive):
+             allowed, use_allowed, first, stop, out_pos, out_score, out_n, positive,
+             dense_rows, dense_weights):
     """Queries ``first`` to ``stop`` of a batch, sharing one set of O(n_docs) buffers."""
     scores = np.zeros(n_docs, np.float64)
     seen = np.zeros(n_docs, np.bool_)
@@ -170,25 +264,25 @@ def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, 
         hi = q_indptr[q + 1]
         out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
                               allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q],
-                              positive)
+                              positive, dense_rows, dense_weights)
 
 
 @njit(cache=True)
 def top_k_serial(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-                 allowed, use_allowed, n_chunks, positive):
+                 allowed, use_allowed, n_chunks, positive, dense_rows, dense_weights):
     """:func:`top_k_batch` in one thread (``n_chunks`` is ignored)."""
     n_queries = len(q_indptr) - 1
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
     out_n = np.zeros(n_queries, np.int64)
     _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
-             use_allowed, 0, n_queries, out_pos, out_score, out_n, positive)
+             use_allowed, 0, n_queries, out_pos, out_score, out_n, positive, dense_rows, dense_weights)
     return out_pos, out_score, out_n
 
 
 @njit(cache=True, parallel=True)
 def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-                allowed, use_allowed, n_chunks, positive):
+                allowed, use_allowed, n_chunks, positive, dense_rows, dense_weights):
     n_queries = len(q_indptr) - 1
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
@@ -197,5 +291,5 @@ def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, 
     for c in prange(n_chunks):  # one chunk of queries per thread
         _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
                  use_allowed, c * per_chunk, min(n_queries, (c + 1) * per_chunk), out_pos,
-                 out_score, out_n, positive)
+                 out_score, out_n, positive, dense_rows, dense_weights)
     return out_pos, out_score, out_n

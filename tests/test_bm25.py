@@ -7,7 +7,7 @@ import pytest
 from rank_bm25 import BM25Okapi
 
 from helpers import sample_rows
-from tansaku.index import BM25Index, BM25Params, ConfigError, get_analyzer
+from tansaku.index import BM25Index, BM25Params, ConfigError, IndexFormatError, get_analyzer
 from tansaku.index import bm25_kernels as kernels
 from tansaku.pipeline.datasets import load_jsquad
 
@@ -112,6 +112,66 @@ def test_dense_queries_with_zero_and_negative_weights_still_return_every_match()
             assert list(pos) == expected, (params, q)
             np.testing.assert_array_equal(scores, full[expected])
     assert (BM25Index.build(docs).get_scores(["half"]) == 0).all()  # the zero case is real
+
+
+def _without_dense_rows(index):
+    """The same index scoring every term from its postings (no dense rows)."""
+    plain = BM25Index(vocab=index.vocab, indptr=index.indptr, postings=index.postings, tf=index.tf,
+                      weights=index.weights, doc_len=index.doc_len, params=index.params,
+                      dense_rows=np.full(len(index.vocab), -1, np.int64),
+                      dense_weights=np.zeros((0, index.n_docs)))
+    return plain
+
+
+def test_dense_rows_score_bit_identically_to_postings(sample_tokens):
+    """Terms in >= half the documents are added from a dense row: same numbers, same order."""
+    docs, queries = sample_tokens
+    ngram = get_analyzer({"ngram": {"n": 2, "weight": 0.3}})
+    rows = sample_rows()
+    for tokens in (docs, [ngram.tokenize(f"{r['title']} {r['text']}") for r in rows]):
+        index = BM25Index.build(tokens)
+        df = np.diff(index.indptr)
+        dense_terms = np.flatnonzero(index.dense_rows >= 0)
+        assert len(dense_terms) > 0
+        assert set(dense_terms) == set(np.flatnonzero(df >= index.n_docs / 2))
+        for t in dense_terms:
+            row = index.dense_weights[index.dense_rows[t]]
+            lo, hi = index.indptr[t], index.indptr[t + 1]
+            np.testing.assert_array_equal(row[index.postings[lo:hi]], index.weights[lo:hi])
+            assert np.count_nonzero(row) == np.count_nonzero(index.weights[lo:hi])  # 0 elsewhere
+        plain = _without_dense_rows(index)
+        frequent = [index.vocab[t] for t in dense_terms]
+        qs = [ngram.tokenize(q) for q in ("富士山の高さは", "検索エンジンの仕組み")] + queries
+        qs += [frequent, frequent[:1] * 3 + ["寿司"]]
+        mask = np.arange(index.n_docs) % 3 > 0
+        for weight in (None, ngram.term_weight):
+            for allowed in (None, mask):
+                got = index.top_k_batch(qs, 7, allowed=allowed, weight=weight)
+                want = plain.top_k_batch(qs, 7, allowed=allowed, weight=weight)
+                for q, (pos, sc), (wpos, wsc) in zip(qs, got, want, strict=True):
+                    np.testing.assert_array_equal(pos, wpos)
+                    np.testing.assert_array_equal(sc, wsc)  # bit for bit
+                    one = index.top_k(q, 7, allowed=allowed, weight=weight)
+                    np.testing.assert_array_equal(one[0], pos)
+                    np.testing.assert_array_equal(one[1], sc)
+
+
+def test_index_without_dense_rows_on_disk_computes_them(tmp_path, sample_tokens):
+    docs, queries = sample_tokens
+    index = BM25Index.build(docs)
+    index.save(tmp_path / "bm25")
+    for name in ("dense_rows.npy", "dense_weights.npy"):  # as written before they existed
+        (tmp_path / "bm25" / name).unlink()
+    loaded = BM25Index.load(tmp_path / "bm25", BM25Params())
+    np.testing.assert_array_equal(loaded.dense_rows, index.dense_rows)
+    np.testing.assert_array_equal(loaded.dense_weights, index.dense_weights)
+    for q in queries:
+        for a, b in zip(loaded.top_k(q, 10), index.top_k(q, 10), strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.save(tmp_path / "bm25" / "dense_rows.npy", index.dense_rows[:-1])
+    np.save(tmp_path / "bm25" / "dense_weights.npy", index.dense_weights)
+    with pytest.raises(IndexFormatError, match="dense rows"):
+        BM25Index.load(tmp_path / "bm25", BM25Params())
 
 
 def test_top_k_order_ties_and_limits(sample_tokens):
