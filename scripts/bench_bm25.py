@@ -587,7 +587,7 @@ def print_report(run: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\n== {run['dataset']}: {run['docs']:,} docs ({run['tokens']:,} tokens), "
           f"{run['queries']:,} queries, k={args.k}, best of {args.repeat}, "
           f"{args.threads} threads ==")
-    print("tokenise (ja analyzer, once, shared by all engines): "
+    print("tokenise (ja-surface analyzer, once, shared by all engines): "
           + ", ".join(f"{name} {s:.2f} s" for name, s in tok.items()))
     print(results_table(run, args.threads))
     for line in [*note_lines(run), *ratio_lines(run, args.threads), *check_lines(run, args.k)]:
