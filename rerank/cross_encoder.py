@@ -48,7 +48,7 @@ class CrossEncoderReranker:
     ``unpad=False`` keeps the stock padded forward.
 
     ``quantize="int8"`` (CPU only) runs the encoder's linear layers in int8 with per-token
-    scales (see :mod:`tansaku.rerank.quantize`): ~1.1x faster again on this AVX2 CPU, scores
+    scales (see :mod:`tansaku.rerank.quantize`): 1.1-1.65x faster again on this CPU, scores
     within ~0.04 of float32 (mean ~0.001) on a trained reranker (``scripts/bench_rerank.py``
     measures both).
     """

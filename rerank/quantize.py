@@ -37,8 +37,8 @@ float32, sigmoid scale): a 12-layer reranker trained by tansaku 0.985 -> 0.02-0.
 ~0.001; 0.02 on a partly trained checkpoint, 0.04 on the final model); the bench's xsmall model (random
 head) 0.999 -> ~0.07, a model so sensitive that rounding only its weights to bfloat16 moves
 its scores by 0.04. The row scaling and float32 rows cost part of int8's speed (about 1.2x
-float32 instead of 1.4x on 1 thread, AVX2; ~1.1x over the padding-free float32 layers of
-packing.py, which shrink the float32 baseline); see README.md.
+float32 instead of 1.4x on 1 thread; 1.1-1.65x over the padding-free float32 layers of
+packing.py, which shrink the float32 baseline; runs differ); see README.md.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ class TokenScaledInt8Linear(torch.nn.Module):
             sink_in = rows2d.index_select(0, rows) if rows is not None and rows.numel() else None
             state.prepared = (x, self._group, scaled, row_max, sink_in)
         # reduce_range: 7-bit activations, so fbgemm's int16 pair sums cannot saturate on
-        # AVX2 (8-bit ones measured worse: 0.034 instead of 0.022 on the trained reranker)
+        # fbgemm's u8 x s8 kernels (8-bit ones measured worse: 0.034 instead of 0.022 on the trained reranker)
         out = torch.ops.quantized.linear_dynamic(scaled, self._packed._packed_params, reduce_range=True)
         if self.bias is not None:
             torch.addcmul(self.bias, out, row_max, out=out)
