@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 DENSE_MARK_RATIO = 4  # queries with >= n_docs / this many postings take a pass over all docs
+_SCAN_MAX_TOKENS = 128  # longer queries find their repeated terms by a vocabulary-sized table
 
 
 @njit(cache=True, inline="always")
@@ -84,18 +85,31 @@ def query_term_counts(lengths, ids, token_weights, weighted, n_terms):  # type: 
     terms = np.empty(len(ids), np.int64)
     counts = np.empty(len(ids), np.float64)
     first = np.empty(len(ids), np.int64)  # a distinct term's first token (for its weight)
-    slot = np.full(n_terms, -1, np.int64)  # term -> its place in this query's output
+    # term -> its place in the current query's output; a vocabulary-sized array only once a
+    # long query needs it (short ones scan their few distinct terms instead)
+    slot = np.empty(0, np.int64)
     start = 0
     n = 0
     for q in range(n_queries):
         stop = start + lengths[q]
+        long_query = stop - start > _SCAN_MAX_TOKENS
+        if long_query and len(slot) == 0:
+            slot = np.full(n_terms, -1, np.int64)
         for i in range(start, stop):
             t = ids[i]
             if t < 0:
                 continue
-            s = slot[t]
+            s = -1
+            if long_query:
+                s = slot[t]
+            else:
+                for j in range(indptr[q], n):
+                    if terms[j] == t:
+                        s = j
+                        break
             if s < 0:
-                slot[t] = n
+                if long_query:
+                    slot[t] = n
                 terms[n] = t
                 counts[n] = 1.0
                 first[n] = i
@@ -103,7 +117,8 @@ def query_term_counts(lengths, ids, token_weights, weighted, n_terms):  # type: 
             else:
                 counts[s] += 1.0
         for j in range(indptr[q], n):
-            slot[terms[j]] = -1
+            if long_query:
+                slot[terms[j]] = -1
             if weighted:
                 counts[j] = counts[j] * token_weights[first[j]]
         indptr[q + 1] = n

@@ -260,3 +260,27 @@ def test_params_validated():
         BM25Params(b=1.5)
     with pytest.raises(ConfigError):
         BM25Params(dtype="int8")
+
+
+def test_batch_term_counting_short_and_long_queries():
+    """Batches count repeated terms like single queries, by scanning (short queries) or by a
+    vocabulary table (long ones, e.g. a whole document as the query)."""
+    ngram = get_analyzer({"ngram": {"n": 2, "weight": 0.3}})
+    docs = [ngram.tokenize(f"{r['title']} {r['text']}") for r in sample_rows()]
+    index = BM25Index.build(docs)
+    long_query = docs[0] * 3 + ["未知語"] + docs[1]
+    assert len(long_query) > kernels._SCAN_MAX_TOKENS
+    short = [ngram.tokenize(q) for q in ("富士山の高さは", "寿司 寿司 寿司")]
+    many = [short[1], long_query, [], short[0], long_query[::-1], ["寿司", "未知語", "寿司"]]
+    for weight in (None, ngram.term_weight):
+        indptr, terms, counts = index._batch_terms(many, weight)
+        for q, lo, hi in zip(many, indptr[:-1], indptr[1:], strict=True):
+            want_terms, want_counts = index.query_terms(q, weight)
+            np.testing.assert_array_equal(terms[lo:hi], want_terms)
+            np.testing.assert_array_equal(counts[lo:hi], want_counts)
+        for q, (pos, sc) in zip(many, index.top_k_batch(many, 5, weight=weight), strict=True):
+            one = index.top_k(q, 5, weight=weight)
+            np.testing.assert_array_equal(pos, one[0])
+            np.testing.assert_array_equal(sc, one[1])
+    assert not np.array_equal(index._batch_terms(short, None)[2],
+                              index._batch_terms(short, ngram.term_weight)[2])
