@@ -83,10 +83,13 @@ class BM25Index:
         # in by the kernel; 1 byte per term, small next to the vocabulary itself.
         self._positive = np.full(len(vocab), -1, np.int8)
         # Term -> row of dense_weights (-1: postings only); see DENSE_DF_FRACTION.
-        self.dense_rows = dense_rows
-        self.dense_weights = dense_weights
-        if weights.shape == postings.shape and (dense_rows is None or dense_weights is None):
-            self.dense_rows, self.dense_weights = self._dense_columns()
+        if dense_rows is None or dense_weights is None:
+            # (from_doc_term computes the weights after construction, then the rows again)
+            dense_rows, dense_weights = (
+                self._dense_columns() if weights.shape == postings.shape
+                else (np.full(len(vocab), -1, np.int64), np.zeros((0, len(doc_len)))))
+        self.dense_rows: np.ndarray = dense_rows
+        self.dense_weights: np.ndarray = dense_weights
 
     # -- building -----------------------------------------------------------------------------
 
@@ -213,9 +216,9 @@ class BM25Index:
                      ) -> tuple[list[int], list[float]]:
         # Per-query Python work is most of a query's time on small corpora: lookups and
         # counting run in C (map, Counter), in first-occurrence order as before.
-        ids = list(map(self.term_ids.get, tokens))
+        ids = list(map(self.term_ids.get, tokens, repeat(-1)))
         counts = Counter(ids)
-        counts.pop(None, None)
+        counts.pop(-1, None)
         if weight is None:
             return list(counts), [float(n) for n in counts.values()]
         token_of = dict(zip(ids, tokens, strict=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,12 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
 
         t0 = time.perf_counter()
         ids: list[str] = []
-        texts = (ids.append(r.id) or r.indexed_text for r in corpus.iter_records())
+        def texts_keeping_ids() -> Iterator[str]:
+            for r in corpus.iter_records():
+                ids.append(r.id)  # one pass over the corpus: ids are collected as it streams
+                yield r.indexed_text
+
+        texts = texts_keeping_ids()
         workers = resolve_workers(config.workers, n)
         bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress,
                                             workers=workers),
