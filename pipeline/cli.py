@@ -344,10 +344,10 @@ def add_rerank_options(p: argparse.ArgumentParser, *, required: bool = False) ->
 def add_quantize_option(group: Any) -> None:
     """``--quantize``: the faster int8 CPU path for the reranker (shared with ``serve``)."""
     group.add_argument("--quantize", choices=("none", "int8"), default="none",
-                       help="int8: run the reranker's linear layers in int8 with per-token "
-                            "scales (CPU only; 1.1-1.65x faster than the default float32 path here, "
-                            "scores within ~0.04 of it on a trained reranker; see "
-                            "scripts/bench_rerank.py). Default: none")
+                       help="int8: run the reranker's query/key/value and FFN-input layers in "
+                            "int8 with per-token scales (CPU only; ~1.3x faster than the default "
+                            "float32 path here, scores within ~0.01 of it on a trained reranker; "
+                            "see scripts/bench_rerank.py). Default: none")
 
 
 def make_reranker(args: argparse.Namespace) -> Any | None:

@@ -47,9 +47,9 @@ class CrossEncoderReranker:
     the same scores as the padded batch, ~1.3-1.5x faster on mixed-length pairs;
     ``unpad=False`` keeps the stock padded forward.
 
-    ``quantize="int8"`` (CPU only) runs the encoder's linear layers in int8 with per-token
-    scales (see :mod:`tansaku.rerank.quantize`): 1.1-1.65x faster again on this CPU, scores
-    within ~0.04 of float32 (mean ~0.001) on a trained reranker (``scripts/bench_rerank.py``
+    ``quantize="int8"`` (CPU only) runs the encoder's query/key/value and FFN-input layers in
+    int8 with per-token scales (see :mod:`tansaku.rerank.quantize`): ~1.3x faster again, scores
+    within ~0.01 of float32 on a trained 6-layer reranker (``scripts/bench_rerank.py``
     measures both).
     """
 

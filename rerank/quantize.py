@@ -1,10 +1,16 @@
 """Faster CPU inference: int8 linear layers with per-token activation scales.
 
-Which layers: every ``nn.Linear`` of the encoder's transformer layers (attention query, key,
-value and output projections, FFN input ``intermediate.dense`` and output ``output.dense``),
-the layers that run once per token and hold nearly all of the model's multiply-adds. The
-embeddings, LayerNorms, the pooler and the classification head stay float32: the pooler and
-head run on one vector per pair (nothing to gain) and the head amplifies any error.
+Which layers: the ``nn.Linear`` layers of the encoder's transformer layers that read the
+hidden states: attention query, key and value, and the FFN input ``intermediate.dense`` (2/3
+of a layer's multiply-adds). The two projections that write back into the residual stream
+(children of an ``output`` module: ``attention.output.dense`` and the FFN's ``output.dense``;
+ModernBERT's ``Wo``) stay float32: their rounding goes straight into every later layer, and
+their inputs (attention context, GELU output) carry the outlier channels. On a 6-layer
+reranker trained by tansaku (xsmall's size) that costs part of int8's gain (2.6x -> 2.1x
+CrossEncoder.predict) and cuts the max score difference from 0.039 to 0.011 (either one alone:
+0.025 / 0.037). The embeddings, LayerNorms, the pooler and the classification head stay
+float32: the pooler and head run on one vector per pair (nothing to gain) and the head
+amplifies any error.
 
 Why not plain ``torch.ao.quantization.quantize_dynamic``: it quantises each layer's whole input
 batch with one scale (per tensor). BERT/XLM-R-family encoders (e5 included) have "massive
@@ -33,12 +39,12 @@ What this module does instead, for each quantised layer:
 The float32 weights are kept for those rows (memory: the int8 copy comes on top).
 
 Measured on the 100 JSQuAD pairs of ``scripts/bench_rerank.py`` (max |score difference| from
-float32, sigmoid scale): a 12-layer reranker trained by tansaku 0.985 -> 0.02-0.04 (mean
-~0.001; 0.02 on a partly trained checkpoint, 0.04 on the final model); the bench's xsmall model (random
-head) 0.999 -> ~0.07, a model so sensitive that rounding only its weights to bfloat16 moves
-its scores by 0.04. The row scaling and float32 rows cost part of int8's speed (about 1.2x
-float32 instead of 1.4x on 1 thread; 1.1-1.65x over the padding-free float32 layers of
-packing.py, which shrink the float32 baseline; runs differ); see README.md.
+float32, sigmoid scale), per-tensor -> per-token with every per-token layer in int8: a 12-layer
+reranker trained by tansaku 0.985 -> 0.02-0.04; the bench's xsmall model (random head) 0.999 ->
+~0.07, a model so sensitive that rounding only its weights to bfloat16 moves its scores by
+0.04. With the residual projections in float32 as now: a 6-layer reranker trained by tansaku
+0.039 -> 0.011 at 2.1x CrossEncoder.predict (~1.3x tansaku's padding-free float32 path), the
+random-head model 0.065. See README.md.
 """
 
 from __future__ import annotations
@@ -61,6 +67,13 @@ QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8")
 # modules that run once per pair, not per token: left in float32 (when the model has no
 # separate encoder, the classification head sits beside the layers)
 _HEAD_NAMES = frozenset({"pooler", "classifier", "pre_classifier", "score", "head", "lm_head"})
+
+# Linear layers that project back into the residual stream, left in float32 (see the module
+# docstring): in the BERT layout every Linear of a module named "output" (BertSelfOutput,
+# BertOutput); elsewhere the usual names of the attention-output and FFN-output projections
+# (ModernBERT's Wo, o_proj/out_proj, down_proj, fc2)
+_RESIDUAL_WRITER_PARENTS = frozenset({"output"})
+_RESIDUAL_WRITER_NAMES = frozenset({"Wo", "o_proj", "out_proj", "down_proj", "fc2"})
 
 # config attributes naming the special tokens that act as attention sinks (pad is not one:
 # padded positions are masked out and their outputs unused)
@@ -90,8 +103,11 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     for parent_name, parent in list(target.named_modules()):
         if _HEAD_NAMES.intersection(parent_name.split(".")):
             continue
+        if parent_name.rsplit(".", 1)[-1] in _RESIDUAL_WRITER_PARENTS:
+            continue
         for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and name not in _HEAD_NAMES:
+            if (type(child) is torch.nn.Linear and name not in _HEAD_NAMES
+                    and name not in _RESIDUAL_WRITER_NAMES):
                 setattr(parent, name, TokenScaledInt8Linear(child, state, group=id(parent)))
                 replaced += 1
     if replaced:
