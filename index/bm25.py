@@ -84,7 +84,8 @@ class BM25Index:
         self._positive = np.full(len(vocab), -1, np.int8)
         # Term -> row of dense_weights (-1: postings only); see DENSE_DF_FRACTION.
         if dense_rows is None or dense_weights is None:
-            # (from_doc_term computes the weights after construction, then the rows again)
+            # from_doc_term constructs with no weights yet (a placeholder here) and sets the
+            # rows itself once it has computed the weights
             dense_rows, dense_weights = (
                 self._dense_columns() if weights.shape == postings.shape
                 else (np.full(len(vocab), -1, np.int64), np.zeros((0, len(doc_len)))))
