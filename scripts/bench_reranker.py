@@ -10,10 +10,13 @@ articles are only ever scored.
 Steps (each cached in --workdir, so a rerun only redoes what changed):
   1. a hybrid index over all paragraphs (BM25 + the bundled e5-small; ~3-5 min to encode)
   2. BM25 and hybrid top-100 for the tune and evaluation queries
-  3. hard negatives for --train-queries training queries: hybrid top --depth minus the positive
+  3. hard negatives for --train-queries training queries: the --mine first stage's (hybrid or
+     BM25) top --depth minus the positive
   4. `tansaku models import e5-small`, then training (the time is measured and printed)
-  5. reranking the hybrid top --rerank-k of tune and evaluation queries (pure and fused)
-  6. the fusion weight with the best nDCG@10 on tune; the table for the evaluation articles
+  5. reranking the BM25 and the hybrid top --rerank-k of tune and evaluation queries (their
+     union, once: a cross-encoder scores every pair on its own)
+  6. for each first stage, pure reranker order and the fusion with that first stage's scores,
+     the fusion weight chosen by nDCG@10 on tune; the table for the evaluation articles
 
 Sizes: the full run trains on --train-queries 600 groups of 1 positive + 7 negatives
 (max_length 256, 1 epoch) and reranks the top 20 of 300 tune and all ~880 evaluation
@@ -99,6 +102,22 @@ def cached_lists(path: Path, compute: Any) -> dict[str, list[Hit]]:
     return lists
 
 
+def union_head(lists: list[list[Hit]], k: int) -> list[Hit]:
+    """The top ``k`` of every list, each document once, in first-seen order."""
+    seen: dict[str, Hit] = {}
+    for hits in lists:
+        for h in hits[:k]:
+            seen.setdefault(h.doc_id, h)
+    return list(seen.values())
+
+
+def restrict(reranked: list[Hit], head: list[Hit]) -> list[Hit]:
+    """The reranked hits of the documents in ``head``, re-ranked among themselves."""
+    ids = {h.doc_id for h in head}
+    kept = [h for h in reranked if h.doc_id in ids]
+    return [h.replace(rank=r) for r, h in enumerate(kept, 1)]
+
+
 def key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -120,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-queries", type=int, default=300,
                    help="held-out queries the fusion weight is chosen on (default: 300)")
     p.add_argument("--eval-queries", type=int, help="cap on evaluation queries (default: all)")
-    p.add_argument("--depth", type=int, default=30, help="mining depth (hybrid top-k; default: 30)")
+    p.add_argument("--mine", choices=["bm25", "hybrid"], default="hybrid",
+                   help="first stage the hard negatives come from (default: hybrid)")
+    p.add_argument("--depth", type=int, default=30, help="mining depth (first-stage top-k; default: 30)")
     p.add_argument("--negatives", type=int, default=7, help="hard negatives per query (default: 7)")
     p.add_argument("--loss", choices=["listwise", "bce"], default="listwise")
     p.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (default: 3e-5)")
@@ -185,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                 zip(scored_q, first_stage(index, texts, mode, 100, desc=mode), strict=True)))
 
     # 3 + 4. negatives and training
+    mining_name = {"bm25": "BM25", "hybrid": "hybrid (BM25 + e5-small)"}
     if args.model:
         model_dir = Path(args.model)
     else:
-        mining = MiningConfig(mode="hybrid", depth=args.depth, negatives=args.negatives, seed=args.seed)
+        mining = MiningConfig(mode=args.mine, depth=args.depth, negatives=args.negatives, seed=args.seed)
         ex_file = work / f"examples-{key(train_q, mining, stamp_index)}.jsonl"
         if ex_file.is_file():
             examples = read_examples(ex_file)
@@ -215,42 +237,53 @@ def main(argv: list[str] | None = None) -> int:
             train_cross_encoder(base, None if resume else examples, model_dir, config, resume=resume,
                                 overwrite=not resume,
                                 provenance={"dataset": "JSQuAD valid-v1.3", "train_queries": len(train_q),
-                                            "mining": f"hybrid (BM25 + e5-small) top-{args.depth} "
+                                            "mining": f"{mining_name[args.mine]} top-{args.depth} "
                                                       "minus the positive"},
                                 log=say)
     manifest = read_manifest(model_dir) or {}
 
-    # 5. rerank tune + eval (cached per model)
+    # 5. rerank tune + eval (cached per model): the union of the BM25 and hybrid heads, once;
+    # a cross-encoder scores each pair alone, so each first stage's list is a subset of it
     from tansaku.rerank import CrossEncoderReranker
 
     reranker = CrossEncoderReranker(model_dir)
-    stamp = key(str(model_dir.resolve()), manifest.get("finished_at"), args.rerank_k, scored_q)
+    stamp = key(str(model_dir.resolve()), manifest.get("finished_at"), args.rerank_k, scored_q, "union")
     cache = work / f"rerank-{stamp}.json"
+    heads = {q: union_head([runs["bm25"][q], runs["hybrid"][q]], args.rerank_k) for q in scored_q}
 
     def rerank_all() -> dict[str, list[Hit]]:
         t0 = time.perf_counter()
-        lists = rerank_lists(index, reranker, texts, [runs["hybrid"][q] for q in scored_q], args.rerank_k)
-        say(f"reranked {len(scored_q)} queries x {args.rerank_k} in {time.perf_counter() - t0:.0f} s")
+        lists = rerank_lists(index, reranker, texts, [heads[q] for q in scored_q], 10 ** 9)
+        n_pairs = sum(len(heads[q]) for q in scored_q)
+        say(f"reranked {len(scored_q)} queries ({n_pairs} pairs: the BM25 and hybrid top-{args.rerank_k} "
+            f"together) in {time.perf_counter() - t0:.0f} s")
         return dict(zip(scored_q, lists, strict=True))
 
     rerank_start = time.perf_counter()
-    reranked = cached_lists(cache, rerank_all)
+    union = cached_lists(cache, rerank_all)
     rerank_seconds = time.perf_counter() - rerank_start
 
-    # 6. fusion weight on tune, table on eval
-    by_weight = sweep_fusion_weights(runs["hybrid"], reranked, {q: ds.qrels[q] for q in tune_q})
-    weight = best_weight(by_weight)
+    # 6. per first stage: the fusion weight with the best nDCG@10 on tune; the table on eval
+    tune_qrels = {q: ds.qrels[q] for q in tune_q}
+    systems = [("bm25", runs["bm25"]), ("hybrid (bm25 + e5-small, default)", runs["hybrid"])]
+    sweeps: dict[str, dict[float, float]] = {}
+    weights: dict[str, float] = {}
+    for stage in ("bm25", "hybrid"):
+        reranked = {q: restrict(union[q], runs[stage][q][: args.rerank_k]) for q in scored_q}
+        sweeps[stage] = sweep_fusion_weights(runs[stage], reranked, tune_qrels)
+        weights[stage] = w = best_weight(sweeps[stage])
+        fused = {q: fuse(runs[stage][q], reranked[q], w) for q in scored_q}
+        systems += [(f"{stage} top-{args.rerank_k} -> reranker (pure, w=1)", reranked),
+                    (f"{stage} top-{args.rerank_k} -> reranker fused w={w:g}", fused)]
+    # the partner whose fused pipeline is best on tune is what the model recommends
+    best_stage = max(sweeps, key=lambda st: (round(sweeps[st][weights[st]], 10), st == "bm25"))
     if "fusion" not in manifest and not args.model:
-        manifest["fusion"] = {"weight": weight, "metric": "ndcg@10",
-                              "by_weight": {f"{w:g}": round(s, 6) for w, s in by_weight.items()},
-                              "first_stage": "hybrid", "rerank_k": args.rerank_k,
+        manifest["fusion"] = {"weight": weights[best_stage], "metric": "ndcg@10",
+                              "by_weight": {f"{w:g}": round(v, 6) for w, v in sweeps[best_stage].items()},
+                              "first_stage": best_stage, "rerank_k": args.rerank_k,
                               "held_out_queries": len(tune_q),
                               "chosen_on": "JSQuAD tune articles (held out of training; not evaluation)"}
         write_manifest(model_dir, manifest)
-    fused = {q: fuse(runs["hybrid"][q], reranked[q], weight) for q in scored_q}
-    systems = [("bm25", runs["bm25"]), ("hybrid (bm25 + e5-small, default)", runs["hybrid"]),
-               (f"hybrid top-{args.rerank_k} -> reranker (pure, w=1.0)", reranked),
-               (f"hybrid top-{args.rerank_k} -> reranker fused w={weight:g}", fused)]
     rows, out = [], []
     for name, lists in systems:
         ev, tu = scores(ds, lists, eval_q), scores(ds, lists, tune_q)
@@ -258,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, *(f"{ev[m]:.4f}" for m in METRICS), f"{tu['ndcg@10']:.4f}"])
     headers = ["system", *(f"eval {m}" for m in METRICS), "tune ndcg@10"]
     print(f"JSQuAD valid-v1.3 split by article: evaluation = {n_articles['eval']} articles, "
-          f"{len(eval_q)} questions; fusion weight chosen on {len(tune_q)} questions of "
+          f"{len(eval_q)} questions; fusion weights chosen on {len(tune_q)} questions of "
           f"{n_articles['tune']} held-out training articles")
     print(format_table(headers, rows))
-    print("fusion weight sweep (tune nDCG@10): "
-          + ", ".join(f"{w:g}: {s:.4f}" for w, s in by_weight.items()))
+    for stage, sweep in sweeps.items():
+        print(f"fusion weight sweep with {stage} (tune nDCG@10): "
+              + ", ".join(f"{w:g}: {v:.4f}" for w, v in sweep.items()))
+    print(f"recommended (best on tune): {best_stage} top-{args.rerank_k} -> reranker fused "
+          f"w={weights[best_stage]:g}")
     params = manifest.get("params", {})
     if manifest.get("train_seconds") is not None:
         print(f"training: {manifest.get('examples')} queries x (1 positive + "
@@ -274,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reranking {len(scored_q)} queries x top {args.rerank_k}: {rerank_seconds:.0f} s "
           f"(0 when cached); model {model_dir}")
     if args.json:
-        print(json.dumps({"systems": out, "fusion": by_weight, "weight": weight,
+        print(json.dumps({"systems": out, "fusion": {st: sw for st, sw in sweeps.items()},
+                          "weights": weights, "recommended": best_stage,
                           "manifest": manifest}, ensure_ascii=False, indent=2, default=str))
     return 0
 
