@@ -49,15 +49,17 @@ class BuildConfig:
     ``analyzer``: a preset ("ja", "ja-surface", "words") or a JSON object of analyzer
     options (see :mod:`tansaku.index.analyzer`). ``bm25``: None takes the analyzer's tuned
     parameters (:func:`default_bm25`). ``workers``: tokenising processes; 0 = automatic
-    (``min(cpus, 4)`` above 5,000 documents, else 1).
+    (``min(cpus, 4)`` above 5,000 documents, else 1). ``query_prefix``/``document_prefix``:
+    prepended to a sentence-transformers model's inputs; None takes the prompts the model
+    declares (the resolved strings are recorded in the manifest).
     """
 
     analyzer: str = "ja"
     bm25: BM25Params | None = None
     workers: int = 0
     encoder: str | None = None
-    query_prefix: str = ""
-    document_prefix: str = ""
+    query_prefix: str | None = None
+    document_prefix: str | None = None
     faiss: FaissParams = field(default_factory=FaissParams)
     encode_batch_size: int = 64
 

@@ -30,22 +30,26 @@ class Encoder(Protocol):
     def to_config(self) -> dict[str, Any]: ...
 
 
+# Prompt names sentence-transformers' encode_document() looks for, in its order.
+DOCUMENT_PROMPTS = ("document", "passage", "corpus")
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers bi-encoder, by hub id or local directory.
 
     ``query_prefix``/``document_prefix`` are prepended to the texts (e5 expects
-    ``"query: "``/``"passage: "``).
+    ``"query: "``/``"passage: "``). ``None`` (the default) takes the model's own prompts
+    (``prompts`` in its ``config_sentence_transformers.json``: ``query``; ``document``,
+    ``passage`` or ``corpus``), or nothing when it declares none.
     """
 
-    def __init__(self, model: str | os.PathLike[str], *, query_prefix: str = "",
-                 document_prefix: str = "", batch_size: int = 32, device: str | None = None,
+    def __init__(self, model: str | os.PathLike[str], *, query_prefix: str | None = None,
+                 document_prefix: str | None = None, batch_size: int = 32, device: str | None = None,
                  max_seq_length: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
         source = resolve(model, what="encoder", option="--encoder")
         self.name = source.name
-        self.query_prefix = query_prefix
-        self.document_prefix = document_prefix
         self.batch_size = batch_size
         try:
             self.model = SentenceTransformer(self.name, device=device,
@@ -54,6 +58,13 @@ class SentenceTransformerEncoder:
             raise ModelLoadError(load_failure(source, exc, what="encoder", option="--encoder")) from exc
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
+        # A model that declares its prompts (e5's "query: "/"passage: ") is wrong without them.
+        prompts = dict(getattr(self.model, "prompts", None) or {})
+        self.query_prefix = (prompts.get("query") or "") if query_prefix is None else query_prefix
+        # sentence-transformers >= 5 adds empty "query"/"document" entries: the first
+        # non-empty one is the model's.
+        self.document_prefix = (next((prompts[n] for n in DOCUMENT_PROMPTS if prompts.get(n)), "")
+                                if document_prefix is None else document_prefix)
         # Renamed in sentence-transformers 6; keep working with 3.x-5.x too.
         get_dim = (getattr(self.model, "get_embedding_dimension", None)
                    or self.model.get_sentence_embedding_dimension)

