@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = {"bm25": bm25}
     for spec in [e.strip() for e in args.encoders.split(",") if e.strip()]:
         label = Path(spec).name if "/" in spec else spec
+        if label in stages:  # e.g. an imported e5-small directory next to the bundled one
+            label = spec
         index, build_s = timed(lambda spec=spec, label=label: build_index(
             args.workdir / label.replace("/", "_"), read_dicts(ds.corpus), BuildConfig(encoder=spec),
             progress=False))
