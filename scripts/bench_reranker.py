@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def rerank_all() -> dict[str, list[Hit]]:
         t0 = time.perf_counter()
-        lists = rerank_lists(index, reranker, texts, [heads[q] for q in scored_q], 10 ** 9)
+        # two top-k heads: at most 2k documents, all of them reranked
+        lists = rerank_lists(index, reranker, texts, [heads[q] for q in scored_q], 2 * args.rerank_k)
         n_pairs = sum(len(heads[q]) for q in scored_q)
         say(f"reranked {len(scored_q)} queries ({n_pairs} pairs: the BM25 and hybrid top-{args.rerank_k} "
             f"together) in {time.perf_counter() - t0:.0f} s")
