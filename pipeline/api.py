@@ -13,7 +13,7 @@ from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
-from .rerank_fusion import check_fusion_weight, default_fusion_weight
+from .rerank_fusion import check_fusion_weight, default_first_stage, default_fusion_weight
 from .search import SearchPipeline, SearchResult, check_ks
 
 
@@ -21,7 +21,9 @@ from .search import SearchPipeline, SearchResult, check_ks
 class SearchConfig:
     """Search settings; any field can be overridden per call to :meth:`Searcher.search`.
 
-    ``mode`` None means hybrid when the index has a dense part, else bm25.
+    ``mode`` None means the first stage a trained reranker's fusion weight was chosen with
+    (when it records one and the index can serve it), else hybrid when the index has a dense
+    part, else bm25.
     ``reranker`` is a model id or directory, or None for no rerank stage.
     ``rerank_fusion_weight`` w ranks reranked candidates by ``w · reranker + (1 - w) · first
     stage`` (per-query min-max normalised scores); 1.0 is pure reranker order. None means the
@@ -104,15 +106,23 @@ class Searcher:
         self.refresh()
         index = self.index
         cfg = replace(self.config, **overrides) if overrides else self.config
-        mode = cfg.mode or ("hybrid" if index.dense is not None else "bm25")
-        retriever = make_retriever(index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
         reranker = self._reranker(cfg.reranker)
+        mode = cfg.mode or self._recommended_mode(reranker) or (
+            "hybrid" if index.dense is not None else "bm25")
+        retriever = make_retriever(index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
         weight = cfg.rerank_fusion_weight
         if weight is None:
             weight = default_fusion_weight(reranker) if reranker is not None else 1.0
         return SearchPipeline(retriever, reranker, retrieve_k=cfg.retrieve_k,
                               rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=index.hydrate,
                               rerank_fusion_weight=weight)
+
+    def _recommended_mode(self, reranker: Any | None) -> str | None:
+        # the fusion weight was tuned with one first stage; keep the pair together by default
+        stage = default_first_stage(reranker) if reranker is not None else None
+        if stage not in MODES or (stage != "bm25" and self.index.dense is None):
+            return None
+        return stage
 
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: Any) -> SearchResult:
         """Search one query; keyword arguments override :class:`SearchConfig` fields.

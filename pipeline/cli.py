@@ -198,7 +198,8 @@ examples:
     p.add_argument("-k", "--top-n", dest="top_n", type=int, default=10,
                    help="number of hits to print (default: 10)")
     p.add_argument("--mode", choices=["bm25", "dense", "hybrid"],
-                   help="first stage (default: hybrid if the index has a dense part, else bm25)")
+                   help="first stage (default: the one a trained --reranker's fusion weight was "
+                        "chosen with, else hybrid if the index has a dense part, else bm25)")
     p.add_argument("--retrieve-k", type=int,
                    help="first-stage candidates (default: max(100, top-n))")
     add_rerank_options(p)

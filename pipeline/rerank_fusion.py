@@ -76,3 +76,11 @@ def default_fusion_weight(reranker: Any) -> float:
     name = getattr(reranker, "model_name", None)
     weight = recommended_fusion_weight(name) if isinstance(name, str) else None
     return 1.0 if weight is None else check_fusion_weight(weight)
+
+
+def default_first_stage(reranker: Any) -> str | None:
+    """The search mode a trained reranker's fusion weight was chosen with, if it records one."""
+    from tansaku.rerank.training import recommended_first_stage
+
+    name = getattr(reranker, "model_name", None)
+    return recommended_first_stage(name) if isinstance(name, str) else None

@@ -323,6 +323,22 @@ def test_pipeline_fusion_weight_and_the_trained_default(corpus_index, e5_like_ba
     with tansaku.open(corpus_index, reranker=str(out), retrieve_k=10, rerank_k=5, top_n=5) as idx:
         assert [h.doc_id for h in idx.search(QUERIES[4]).hits] == [h.doc_id for h in first]
         assert idx.search(QUERIES[4], rerank_fusion_weight=1.0).hits == pure
+    # the recorded first stage is the default mode where the index can serve it
+    manifest["fusion"] = {"weight": 0.5, "first_stage": "hybrid"}
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with tansaku.open(corpus_index, reranker=str(out), retrieve_k=10, rerank_k=5) as idx:
+        assert idx.pipeline().retriever.stage == "bm25"  # BM25-only index: hybrid cannot be served
+    hybrid_index = tmp_path / "hybrid"
+    docs = [{"id": f"d{i:02d}", "title": "", "text": text} for i, text in enumerate(JA_PARAGRAPHS)]
+    build_index(hybrid_index, read_dicts(docs), BuildConfig(encoder="corpus"), progress=False).close()
+    with tansaku.open(hybrid_index, reranker=str(out), retrieve_k=10, rerank_k=5) as idx:
+        assert idx.pipeline().retriever.stage == "hybrid"
+        manifest["fusion"]["first_stage"] = "bm25"
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+        assert idx.pipeline().retriever.stage == "bm25"
+        assert idx.pipeline(mode="dense").retriever.stage == "dense"  # an explicit mode wins
+        assert idx.pipeline(reranker=None).retriever.stage == "hybrid"
+        assert idx.search(QUERIES[4]).hits[0].stage == "rerank"
 
 
 # -------------------------------------------------------------------------------- CLI
