@@ -13,7 +13,7 @@ from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
-from .rerank_fusion import check_fusion_weight, default_first_stage, default_fusion_weight
+from .rerank_fusion import check_fusion_weight, recorded_defaults
 from .search import SearchPipeline, SearchResult, check_ks
 
 
@@ -107,22 +107,18 @@ class Searcher:
         index = self.index
         cfg = replace(self.config, **overrides) if overrides else self.config
         reranker = self._reranker(cfg.reranker)
-        mode = cfg.mode or self._recommended_mode(reranker) or (
-            "hybrid" if index.dense is not None else "bm25")
+        weight, mode = cfg.rerank_fusion_weight, cfg.mode
+        if reranker is not None and (weight is None or mode is None):
+            recorded_weight, stage = recorded_defaults(reranker)
+            weight = recorded_weight if weight is None else weight
+            # the weight was tuned with one first stage: keep the pair together by default
+            if mode is None and stage in MODES and (stage == "bm25" or index.dense is not None):
+                mode = stage
+        mode = mode or ("hybrid" if index.dense is not None else "bm25")
         retriever = make_retriever(index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
-        weight = cfg.rerank_fusion_weight
-        if weight is None:
-            weight = default_fusion_weight(reranker) if reranker is not None else 1.0
         return SearchPipeline(retriever, reranker, retrieve_k=cfg.retrieve_k,
                               rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=index.hydrate,
-                              rerank_fusion_weight=weight)
-
-    def _recommended_mode(self, reranker: Any | None) -> str | None:
-        # the fusion weight was tuned with one first stage; keep the pair together by default
-        stage = default_first_stage(reranker) if reranker is not None else None
-        if stage not in MODES or (stage != "bm25" and self.index.dense is None):
-            return None
-        return stage
+                              rerank_fusion_weight=1.0 if weight is None else weight)
 
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: Any) -> SearchResult:
         """Search one query; keyword arguments override :class:`SearchConfig` fields.

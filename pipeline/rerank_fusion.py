@@ -69,18 +69,11 @@ def best_weight(scores: Mapping[float, float]) -> float:
     return max(scores, key=lambda w: (round(scores[w], 10), w))
 
 
-def default_fusion_weight(reranker: Any) -> float:
-    """The weight a trained reranker directory records (chosen on held-out queries), else 1.0."""
-    from tansaku.rerank.training import recommended_fusion_weight
+def recorded_defaults(reranker: Any) -> tuple[float, str | None]:
+    """The fusion weight a trained reranker directory records (else 1.0) and the first stage it
+    was chosen with (else None), from one read of its manifest."""
+    from tansaku.rerank.training import recorded_fusion
 
     name = getattr(reranker, "model_name", None)
-    weight = recommended_fusion_weight(name) if isinstance(name, str) else None
-    return 1.0 if weight is None else check_fusion_weight(weight)
-
-
-def default_first_stage(reranker: Any) -> str | None:
-    """The search mode a trained reranker's fusion weight was chosen with, if it records one."""
-    from tansaku.rerank.training import recommended_first_stage
-
-    name = getattr(reranker, "model_name", None)
-    return recommended_first_stage(name) if isinstance(name, str) else None
+    weight, stage = recorded_fusion(name) if isinstance(name, str) else (None, None)
+    return (1.0 if weight is None else check_fusion_weight(weight)), stage

@@ -718,22 +718,15 @@ def write_manifest(model_dir: str | os.PathLike[str], manifest: dict[str, Any]) 
     os.replace(tmp, path)
 
 
-def recommended_fusion_weight(model_dir: str | os.PathLike[str]) -> float | None:
-    """The fusion weight recorded for a trained reranker (chosen on held-out queries), if any."""
-    weight = _fusion_record(model_dir).get("weight")
-    return float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else None
-
-
-def recommended_first_stage(model_dir: str | os.PathLike[str]) -> str | None:
-    """The first stage (search mode) the recorded fusion weight was chosen with, if any."""
-    stage = _fusion_record(model_dir).get("first_stage")
-    return stage if isinstance(stage, str) else None
-
-
-def _fusion_record(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def recorded_fusion(model_dir: str | os.PathLike[str]) -> tuple[float | None, str | None]:
+    """The fusion weight a trained reranker records (chosen on held-out queries) and the first
+    stage (search mode) it was chosen with; None for what it does not record."""
     manifest = read_manifest(model_dir) if Path(model_dir).is_dir() else None
     fusion = (manifest or {}).get("fusion")
-    return fusion if isinstance(fusion, dict) else {}
+    fusion = fusion if isinstance(fusion, dict) else {}
+    weight, stage = fusion.get("weight"), fusion.get("first_stage")
+    return (float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else None,
+            stage if isinstance(stage, str) else None)
 
 
 def _write_card(out: Path, m: dict[str, Any]) -> None:
