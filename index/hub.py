@@ -24,8 +24,9 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PRO
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
-    return any(os.environ.get(var, "").strip().lower() in _TRUE
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def looks_like_local_path(model: str | os.PathLike[str]) -> bool:
@@ -88,11 +89,13 @@ def resolve(model: str | os.PathLike[str], *, what: str, option: str) -> ModelSo
             raise ModelLoadError(
                 f"{what} model {name!r} looks like a local path, but {path} does not exist; pass "
                 f"the directory that holds the model's config.json and weights, or "
-                f"{offline_hint('ID', option)}")
+                f"{offline_hint('ID', option)}"
+            )
         if not path.is_dir():
             raise ModelLoadError(
                 f"{what} model {name!r} looks like a local path, but {path} is a file, not a "
-                f"model directory; {offline_hint('ID', option)}")
+                f"model directory; {offline_hint('ID', option)}"
+            )
         return ModelSource(str(path.resolve()), True, True)
     if hub_offline():
         return ModelSource(name, False, True)
@@ -107,14 +110,18 @@ def load_failure(source: ModelSource, exc: BaseException, *, what: str, option: 
     cause = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
     if source.local:
         missing = "" if (Path(source.name) / "config.json").is_file() else " (it has no config.json)"
-        return (f"could not load {what} model {source.name!r}: it looks like a local path, but it is "
-                f"not a loadable model directory{missing} ({cause}); pass a directory made by "
-                f"save_pretrained / `hf download`, or {offline_hint('ID', option)}")
+        return (
+            f"could not load {what} model {source.name!r}: it looks like a local path, but it is "
+            f"not a loadable model directory{missing} ({cause}); pass a directory made by "
+            f"save_pretrained / `hf download`, or {offline_hint('ID', option)}"
+        )
     if source.unreachable:
         why = "the Hugging Face hub cannot be reached from here and it is not in the local cache"
     elif source.local_files_only:
         why = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
     else:
         why = "the Hugging Face hub has no such model or could not be reached"
-    return (f"could not load {what} model {source.name!r}: it looks like a hub id, but {why} "
-            f"({cause}). To use it offline, {offline_hint(source.name, option)}")
+    return (
+        f"could not load {what} model {source.name!r}: it looks like a hub id, but {why} "
+        f"({cause}). To use it offline, {offline_hint(source.name, option)}"
+    )

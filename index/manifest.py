@@ -17,14 +17,24 @@ FORMAT = "tansaku-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-_PACKAGES = ("tansaku", "numpy", "scipy", "faiss-cpu", "fugashi", "unidic-lite", "sqlite-utils",
-             "sentence-transformers", "transformers", "torch", "rank-bm25")
+_PACKAGES = (
+    "tansaku",
+    "numpy",
+    "scipy",
+    "faiss-cpu",
+    "fugashi",
+    "unidic-lite",
+    "sqlite-utils",
+    "sentence-transformers",
+    "transformers",
+    "torch",
+    "rank-bm25",
+)
 
 
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages an index's contents depend on (None if absent)."""
-    versions: dict[str, str | None] = {"python": platform.python_version(),
-                                       "sqlite": sqlite3.sqlite_version}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
     for name in _PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -72,6 +82,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise IndexFormatError(
             f"index {directory} has format version {version}; this tansaku reads version "
-            f"{FORMAT_VERSION}. " + ("Upgrade tansaku to open it." if newer else
-                                      "Rebuild it with `tansaku build`."))
+            f"{FORMAT_VERSION}. "
+            + ("Upgrade tansaku to open it." if newer else "Rebuild it with `tansaku build`.")
+        )
     return manifest

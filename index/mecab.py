@@ -38,4 +38,3 @@ def parsed(text: str) -> Iterator[list[Any]]:
         if _tagger is None:
             _tagger = _create()  # created on first use: ~50 ms, and it cannot be pickled
         yield _tagger(text)
-

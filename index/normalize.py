@@ -48,11 +48,16 @@ PROLONGED_LOOKALIKES = (
 # left alone: there it is a real hyphen ("タイプ-2", "ボード-board").
 _KATAKANA = "\u30a1-\u30fa\u30fc\u31f0-\u31ff\uff66-\uff9f"
 _PROLONGED = re.compile(
-    f"(?<=[{_KATAKANA}])[{re.escape(PROLONGED_LOOKALIKES)}]+(?![0-9A-Za-z\uff10-\uff19\uff21-\uff3a\uff41-\uff5a])")
+    f"(?<=[{_KATAKANA}])[{re.escape(PROLONGED_LOOKALIKES)}]+(?![0-9A-Za-z\uff10-\uff19\uff21-\uff3a\uff41-\uff5a])"
+)
 
 _KANJI_REPEAT = "\u3005\u303b"  # 々 〻
-_KANA_REPEAT = {"\u309d": (False, "hiragana"), "\u309e": (True, "hiragana"),   # ゝ ゞ
-                "\u30fd": (False, "katakana"), "\u30fe": (True, "katakana")}   # ヽ ヾ
+_KANA_REPEAT = {
+    "\u309d": (False, "hiragana"),
+    "\u309e": (True, "hiragana"),  # ゝ ゞ
+    "\u30fd": (False, "katakana"),
+    "\u30fe": (True, "katakana"),
+}  # ヽ ヾ
 
 
 def _is_kanji(ch: str) -> bool:
@@ -121,8 +126,9 @@ class Normalizer:
             raise ConfigError(f"analyzer option 'normalize' must be a list of step names, got {steps!r}")
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
-            raise ConfigError(f"analyzer option 'normalize': unknown step(s) {unknown}; "
-                              f"choose from {list(STEPS)}")
+            raise ConfigError(
+                f"analyzer option 'normalize': unknown step(s) {unknown}; choose from {list(STEPS)}"
+            )
         return cls(**{name: name in steps for name in STEPS})
 
     def steps(self) -> list[str]:

@@ -80,8 +80,7 @@ def _scalar_or_list(value: Any) -> bool:
     return False
 
 
-def to_record(raw: Any, fields: FieldMap, *, source: str, line: int,
-              unit: str = "line") -> Record:
+def to_record(raw: Any, fields: FieldMap, *, source: str, line: int, unit: str = "line") -> Record:
     """Validate one raw mapping and turn it into a :class:`Record`.
 
     ``line`` is the 1-based line (files) or record number (iterables, ``unit="record"``).
@@ -105,9 +104,11 @@ def to_record(raw: Any, fields: FieldMap, *, source: str, line: int,
     if not text.strip():
         raise fail("text is empty", fields.text)
     if len(text) > fields.max_chars:
-        raise fail(f"text has {len(text):,} characters, more than the limit of "
-                   f"{fields.max_chars:,}; split it into passages (or raise --max-chars)",
-                   fields.text)
+        raise fail(
+            f"text has {len(text):,} characters, more than the limit of "
+            f"{fields.max_chars:,}; split it into passages (or raise --max-chars)",
+            fields.text,
+        )
     title = raw.get(fields.title, "") if fields.title else ""
     if title is None:
         title = ""
@@ -142,15 +143,17 @@ def _read_jsonl(path: Path, fields: FieldMap) -> Iterator[Record]:
             try:
                 line = decoder().decode(data, final=True)
             except UnicodeDecodeError as exc:
-                raise IngestError(f"not valid UTF-8 (byte {exc.start})", source=source,
-                                  line=line_no) from None
+                raise IngestError(
+                    f"not valid UTF-8 (byte {exc.start})", source=source, line=line_no
+                ) from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise IngestError(f"invalid JSON: {exc.msg} (column {exc.colno})", source=source,
-                                  line=line_no) from None
+                raise IngestError(
+                    f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no
+                ) from None
             yield to_record(obj, fields, source=source, line=line_no)
 
 
@@ -162,24 +165,29 @@ def _read_delimited(path: Path, fields: FieldMap, delimiter: str) -> Iterator[Re
             header = reader.fieldnames or []
             for name in (fields.id, fields.text):
                 if name not in header:
-                    raise IngestError(f"no column {name!r} in header {header}", source=source,
-                                      line=1, field=name)
+                    raise IngestError(
+                        f"no column {name!r} in header {header}", source=source, line=1, field=name
+                    )
             for row in reader:
                 if None in row:
-                    raise IngestError("more cells than header columns", source=source,
-                                      line=reader.line_num)
+                    raise IngestError("more cells than header columns", source=source, line=reader.line_num)
                 values = {k: v for k, v in row.items() if v is not None}
                 yield to_record(values, fields, source=source, line=reader.line_num)
         except UnicodeDecodeError as exc:
-            raise IngestError(f"not valid UTF-8 (byte {exc.start})", source=source,
-                              line=reader.line_num + 1) from None
+            raise IngestError(
+                f"not valid UTF-8 (byte {exc.start})", source=source, line=reader.line_num + 1
+            ) from None
         except csv.Error as exc:
-            raise IngestError(f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}",
-                              source=source, line=reader.line_num) from None
+            raise IngestError(
+                f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}",
+                source=source,
+                line=reader.line_num,
+            ) from None
 
 
-def read_file(path: str | os.PathLike[str], fields: FieldMap = FieldMap(),
-              fmt: str | None = None) -> Iterator[Record]:
+def read_file(
+    path: str | os.PathLike[str], fields: FieldMap = FieldMap(), fmt: str | None = None
+) -> Iterator[Record]:
     """Records of a JSONL/CSV/TSV file (optionally gzipped), validated one by one."""
     path = Path(path)
     if not path.is_file():
@@ -192,8 +200,9 @@ def read_file(path: str | os.PathLike[str], fields: FieldMap = FieldMap(),
     raise IngestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", source=str(path))
 
 
-def read_dicts(rows: Iterable[Mapping[str, Any]], fields: FieldMap = FieldMap(),
-               source: str = "<records>") -> Iterator[Record]:
+def read_dicts(
+    rows: Iterable[Mapping[str, Any]], fields: FieldMap = FieldMap(), source: str = "<records>"
+) -> Iterator[Record]:
     """Records of an iterable of dicts; errors name the record number (1-based)."""
     for number, row in enumerate(rows, 1):
         yield to_record(row, fields, source=source, line=number, unit="record")
@@ -206,6 +215,8 @@ def unique_ids(records: Iterable[Record]) -> Iterator[Record]:
         if record.id in seen:
             raise IngestError(
                 f"duplicate id {record.id!r} (first at {seen[record.id]}) within one ingest",
-                source=record.origin, field="id")
+                source=record.origin,
+                field="id",
+            )
         seen[record.id] = record.origin
         yield record

@@ -35,9 +35,17 @@ class Index:
     Position ``i`` in the BM25 matrix and FAISS index is document ``doc_ids[i]``.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], corpus: Corpus, analyzer: Analyzer,
-                 bm25: BM25Index, dense: DenseIndex | None, doc_ids: np.ndarray,
-                 encoder: Encoder | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        corpus: Corpus,
+        analyzer: Analyzer,
+        bm25: BM25Index,
+        dense: DenseIndex | None,
+        doc_ids: np.ndarray,
+        encoder: Encoder | None = None,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.corpus = corpus
@@ -49,8 +57,9 @@ class Index:
         self._masks = FilterMasks(corpus.db.conn, doc_ids)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mmap: bool = True,
-             encoder: Encoder | None = None) -> Index:
+    def open(
+        cls, path: str | os.PathLike[str], *, mmap: bool = True, encoder: Encoder | None = None
+    ) -> Index:
         """Open the index at ``path``. ``encoder`` overrides the one recorded in the manifest."""
         path = Path(path)
         recover(path)
@@ -62,13 +71,13 @@ class Index:
         manifest = read_manifest(path)
         try:
             analyzer = analyzer_from_config(manifest["analyzer"])
-            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest["bm25"]["params"]),
-                                  mmap=mmap)
+            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest["bm25"]["params"]), mmap=mmap)
             dense = None
             if manifest.get("dense"):
                 d = manifest["dense"]
-                dense = DenseIndex.load(path / DENSE_DIR, FaissParams(**d["faiss"]),
-                                        reason=d.get("reason", ""), mmap=mmap)
+                dense = DenseIndex.load(
+                    path / DENSE_DIR, FaissParams(**d["faiss"]), reason=d.get("reason", ""), mmap=mmap
+                )
             doc_ids = load_array(path / IDS_FILE, mmap=mmap)
             corpus = Corpus(path / CORPUS_FILE, readonly=True)
         except (KeyError, TypeError, FileNotFoundError) as exc:
@@ -113,8 +122,11 @@ class Index:
         out = []
         for hit in hits:
             rec = records.get(hit.doc_id)
-            out.append(hit if rec is None else hit.replace(
-                title=rec.title, text=rec.text, metadata=dict(rec.metadata)))
+            out.append(
+                hit
+                if rec is None
+                else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
+            )
         return out
 
     def close(self) -> None:

@@ -86,8 +86,10 @@ def _tokenize_chunk(texts: list[str]) -> str | list[list[str]]:
     tokens = [_analyzer.tokenize(t) for t in texts]
     joined = [_TOKEN_SEP.join(doc) for doc in tokens]
     # A custom analyzer might emit the separators: then the lists go as they are.
-    if any(j.count(_TOKEN_SEP) != max(len(doc) - 1, 0) or _DOC_SEP in j or (doc == [""])
-           for j, doc in zip(joined, tokens, strict=True)):
+    if any(
+        j.count(_TOKEN_SEP) != max(len(doc) - 1, 0) or _DOC_SEP in j or (doc == [""])
+        for j, doc in zip(joined, tokens, strict=True)
+    ):
         return tokens
     return _DOC_SEP.join(joined)
 
@@ -105,12 +107,17 @@ def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def tokenize_parallel(analyzer: Any, texts: Iterable[str], *, total: int | None = None,
-                      progress: bool = True, workers: int = 1,
-                      chunk_size: int | None = None) -> Iterator[list[str]]:
+def tokenize_parallel(
+    analyzer: Any,
+    texts: Iterable[str],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    chunk_size: int | None = None,
+) -> Iterator[list[str]]:
     """``analyzer.tokenize`` of every text, in order; ``workers`` > 1 uses that many processes."""
-    with tqdm(total=total, desc="tokenise", unit="doc", disable=not progress,
-              smoothing=0.05) as bar:
+    with tqdm(total=total, desc="tokenise", unit="doc", disable=not progress, smoothing=0.05) as bar:
         if workers <= 1:
             for text in texts:
                 yield analyzer.tokenize(text)

@@ -55,10 +55,16 @@ def _copy_sqlite(src: Path, dst: Path) -> None:
     target.close()
 
 
-def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
-                 delete: Iterable[str] = (), *, missing_ok: bool = False,
-                 encoder: Encoder | None = None, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> UpdateReport:
+def update_index(
+    path: str | os.PathLike[str],
+    add: Iterable[Record] = (),
+    delete: Iterable[str] = (),
+    *,
+    missing_ok: bool = False,
+    encoder: Encoder | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> UpdateReport:
     """Upsert ``add`` (by id) then delete ``delete`` ids in the index at ``path``.
 
     Unknown ids in ``delete`` are an error naming them unless ``missing_ok``. On any
@@ -89,11 +95,13 @@ def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
             missing = corpus.delete(delete_ids)
             if missing and not missing_ok:
                 shown = ", ".join(repr(m) for m in missing[:10])
-                raise IngestError(f"cannot delete unknown ids: {shown}"
-                                  + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+                raise IngestError(
+                    f"cannot delete unknown ids: {shown}"
+                    + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                )
             old_pos = {str(doc_id): i for i, doc_id in enumerate(old.doc_ids)}
             ids: list[str] = []
-            reuse: list[int] = []   # old position of each kept document, -1 for new text
+            reuse: list[int] = []  # old position of each kept document, -1 for new text
             new_texts: list[str] = []
             for record in corpus.iter_records():
                 ids.append(record.id)
@@ -108,36 +116,63 @@ def update_index(path: str | os.PathLike[str], add: Iterable[Record] = (),
 
             reuse_arr = np.asarray(reuse, dtype=np.int64)
             is_new = reuse_arr < 0
-            bm25 = _updated_bm25(old.bm25, reuse_arr, is_new,
-                                 list(tokenize_all(old.analyzer, new_texts, total=len(new_texts),
-                                                   progress=progress,
-                                                   workers=resolve_workers(0, len(new_texts)))))
+            bm25 = _updated_bm25(
+                old.bm25,
+                reuse_arr,
+                is_new,
+                list(
+                    tokenize_all(
+                        old.analyzer,
+                        new_texts,
+                        total=len(new_texts),
+                        progress=progress,
+                        workers=resolve_workers(0, len(new_texts)),
+                    )
+                ),
+            )
             dense = None
             if old.dense is not None:
                 vectors = np.empty((len(ids), old.dense.dim), dtype=np.float32)
                 if (~is_new).any():
                     vectors[~is_new] = old.dense.all_vectors()[reuse_arr[~is_new]]
                 if is_new.any():
-                    vectors[is_new] = _encode_texts(old.encoder, new_texts, len(new_texts), 64,
-                                                    progress, say)
+                    vectors[is_new] = _encode_texts(old.encoder, new_texts, len(new_texts), 64, progress, say)
                 dense = old.dense.with_vectors(vectors)
             corpus.close()
             history = list(old.manifest.get("updates", []))[-99:]
-            history.append({"added": len(touched) - replaced, "replaced": replaced,
-                            "deleted": len(delete_ids) - len(missing),
-                            "seconds": round(time.perf_counter() - start, 3)})
-            write_parts(tmp, ids, old.analyzer, bm25, dense,
-                        old.encoder if dense is not None else None,
-                        build=old.manifest.get("build", {}), updates=history)
-            report = UpdateReport(len(touched) - replaced, replaced, len(delete_ids) - len(missing),
-                                  len(ids), time.perf_counter() - start)
+            history.append(
+                {
+                    "added": len(touched) - replaced,
+                    "replaced": replaced,
+                    "deleted": len(delete_ids) - len(missing),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+            )
+            write_parts(
+                tmp,
+                ids,
+                old.analyzer,
+                bm25,
+                dense,
+                old.encoder if dense is not None else None,
+                build=old.manifest.get("build", {}),
+                updates=history,
+            )
+            report = UpdateReport(
+                len(touched) - replaced,
+                replaced,
+                len(delete_ids) - len(missing),
+                len(ids),
+                time.perf_counter() - start,
+            )
         finally:
             old.close()
     return report
 
 
-def _updated_bm25(old: BM25Index, reuse: np.ndarray, is_new: np.ndarray,
-                  new_tokens: list[list[str]]) -> BM25Index:
+def _updated_bm25(
+    old: BM25Index, reuse: np.ndarray, is_new: np.ndarray, new_tokens: list[list[str]]
+) -> BM25Index:
     """BM25 over kept documents' term frequencies plus the new documents' tokens."""
     vocab = list(old.vocab)
     term_id = dict(old.term_ids)
@@ -155,8 +190,10 @@ def _updated_bm25(old: BM25Index, reuse: np.ndarray, is_new: np.ndarray,
         terms.extend(tally)
         counts.extend(tally.values())
         indptr.append(len(terms))
-    new_rows = sp.csr_matrix((np.asarray(counts, np.int32), np.asarray(terms, np.int32),
-                              np.asarray(indptr, np.int64)), shape=(len(new_tokens), len(vocab)))
+    new_rows = sp.csr_matrix(
+        (np.asarray(counts, np.int32), np.asarray(terms, np.int32), np.asarray(indptr, np.int64)),
+        shape=(len(new_tokens), len(vocab)),
+    )
     kept = old.doc_term()[reuse[~is_new]]
     kept = sp.csr_matrix((kept.data, kept.indices, kept.indptr), shape=(kept.shape[0], len(vocab)))
     # Stack kept rows then new rows, and put them back in corpus (rowid) order.

@@ -58,8 +58,9 @@ class Searcher:
     >>> idx.search("富士山の高さ", top_n=3)       # doctest: +SKIP
     """
 
-    def __init__(self, index: Index, config: SearchConfig = SearchConfig(),
-                 reranker: Any | None = None) -> None:
+    def __init__(
+        self, index: Index, config: SearchConfig = SearchConfig(), reranker: Any | None = None
+    ) -> None:
         self.index = index
         self._inode = index.path.stat().st_ino
         self._lock = threading.RLock()
@@ -116,9 +117,15 @@ class Searcher:
                 mode = stage
         mode = mode or ("hybrid" if index.dense is not None else "bm25")
         retriever = make_retriever(index, mode, fusion=cfg.fusion, nprobe=cfg.nprobe)
-        return SearchPipeline(retriever, reranker, retrieve_k=cfg.retrieve_k,
-                              rerank_k=cfg.rerank_k, top_n=cfg.top_n, prepare=index.hydrate,
-                              rerank_fusion_weight=1.0 if weight is None else weight)
+        return SearchPipeline(
+            retriever,
+            reranker,
+            retrieve_k=cfg.retrieve_k,
+            rerank_k=cfg.rerank_k,
+            top_n=cfg.top_n,
+            prepare=index.hydrate,
+            rerank_fusion_weight=1.0 if weight is None else weight,
+        )
 
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: Any) -> SearchResult:
         """Search one query; keyword arguments override :class:`SearchConfig` fields.
@@ -128,8 +135,9 @@ class Searcher:
         """
         return self.pipeline(**overrides).search(query, filter=filter)
 
-    def search_batch(self, queries: list[str], *, filter: FilterSpec = None,
-                     **overrides: Any) -> list[SearchResult]:
+    def search_batch(
+        self, queries: list[str], *, filter: FilterSpec = None, **overrides: Any
+    ) -> list[SearchResult]:
         return self.pipeline(**overrides).search_batch(queries, filter=filter)
 
     def close(self) -> None:
@@ -142,8 +150,7 @@ class Searcher:
         self.close()
 
 
-def open_index(path: str | os.PathLike[str], *, reranker: Any | None = None,
-               **config: Any) -> Searcher:
+def open_index(path: str | os.PathLike[str], *, reranker: Any | None = None, **config: Any) -> Searcher:
     """Open the index at ``path`` for searching.
 
     ``reranker`` may be a model id/directory (loaded on first search) or a

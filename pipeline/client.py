@@ -27,8 +27,9 @@ class RemoteError(TansakuError):
     ``kind`` its error type (``invalid_request_error``, ``authentication_error``...).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, field: str | None = None,
-                 kind: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, field: str | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.field = field
@@ -42,11 +43,9 @@ class TansakuClient:
     >>> client.search("富士山の高さ", top_n=3)                      # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *, api_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"url must be an http:// or https:// address of a tansaku server, "
-                              f"got {url!r}")
+            raise ConfigError(f"url must be an http:// or https:// address of a tansaku server, got {url!r}")
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -54,28 +53,52 @@ class TansakuClient:
     def __repr__(self) -> str:
         return f"TansakuClient({self.url!r})"
 
-    def search(self, query: str, *, top_n: int | None = None, retrieve_k: int | None = None,
-               rerank_k: int | None = None, mode: str | None = None,
-               filter: Mapping[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        *,
+        top_n: int | None = None,
+        retrieve_k: int | None = None,
+        rerank_k: int | None = None,
+        mode: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
         """``POST /v1/search``: ranked hits with title, text and metadata.
 
         Unset (None) settings are left out, so the server's defaults apply; ``filter`` is sent
         only when given.
         """
-        body: dict[str, Any] = {"query": query, "top_n": top_n, "retrieve_k": retrieve_k,
-                                "rerank_k": rerank_k, "mode": mode}
+        body: dict[str, Any] = {
+            "query": query,
+            "top_n": top_n,
+            "retrieve_k": retrieve_k,
+            "rerank_k": rerank_k,
+            "mode": mode,
+        }
         if filter is not None:
             if not isinstance(filter, Mapping):
-                raise ConfigError(f"filter must be a JSON object (a dict such as {{'lang': 'ja'}}) "
-                                  f"to send to the server, got {type(filter).__name__}")
+                raise ConfigError(
+                    f"filter must be a JSON object (a dict such as {{'lang': 'ja'}}) "
+                    f"to send to the server, got {type(filter).__name__}"
+                )
             body["filter"] = dict(filter)
         data = self._post("/v1/search", {k: v for k, v in body.items() if v is not None})
-        return [Hit(doc_id=h["id"], score=float(h["score"]), rank=int(h["rank"]),
-                    stage=h["stage"], title=h.get("title"), text=h.get("text"),
-                    metadata=h.get("metadata") or {}) for h in data["hits"]]
+        return [
+            Hit(
+                doc_id=h["id"],
+                score=float(h["score"]),
+                rank=int(h["rank"]),
+                stage=h["stage"],
+                title=h.get("title"),
+                text=h.get("text"),
+                metadata=h.get("metadata") or {},
+            )
+            for h in data["hits"]
+        ]
 
-    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
-               model: str | None = None) -> list[tuple[int, float]]:
+    def rerank(
+        self, query: str, documents: Sequence[str], *, top_n: int | None = None, model: str | None = None
+    ) -> list[tuple[int, float]]:
         """``POST /v1/rerank``: ``(request index, score in [0, 1])`` pairs, best first."""
         body: dict[str, Any] = {"query": query, "documents": list(documents)}
         if top_n is not None:
@@ -111,8 +134,13 @@ def _remote_error(response: httpx.Response, where: str) -> RemoteError:
     except ValueError:  # not JSON: a proxy's page, say
         error = None
     if not isinstance(error, dict):
-        return RemoteError(f"{where} answered HTTP {response.status_code}: {response.text[:200]}",
-                           status=response.status_code)
-    return RemoteError(f"{where} answered HTTP {response.status_code}: {error.get('message')}",
-                       status=response.status_code, field=error.get("field"),
-                       kind=error.get("type"))
+        return RemoteError(
+            f"{where} answered HTTP {response.status_code}: {response.text[:200]}",
+            status=response.status_code,
+        )
+    return RemoteError(
+        f"{where} answered HTTP {response.status_code}: {error.get('message')}",
+        status=response.status_code,
+        field=error.get("field"),
+        kind=error.get("type"),
+    )

@@ -70,9 +70,14 @@ class RerankDataset:
     qrels: dict[str, dict[str, int]]
 
 
-def load_candidates(path: str | os.PathLike[str], *, qid_field: str = "q_id",
-                    query_field: str = "question", doc_id_field: str = "passage_row_id",
-                    label_field: str = "label") -> RerankDataset:
+def load_candidates(
+    path: str | os.PathLike[str],
+    *,
+    qid_field: str = "q_id",
+    query_field: str = "question",
+    doc_id_field: str = "passage_row_id",
+    label_field: str = "label",
+) -> RerankDataset:
     """Rows of (query id, query, passage id, title, text, label) from JSONL/CSV/TSV.
 
     These are JQaRA's column names; every row is one candidate of its query.
@@ -93,8 +98,9 @@ def load_candidates(path: str | os.PathLike[str], *, qid_field: str = "q_id",
         try:
             label = int(meta[label_field])
         except (TypeError, ValueError):
-            raise IngestError(f"label must be an integer, got {meta[label_field]!r}",
-                              source=where, field=label_field) from None
+            raise IngestError(
+                f"label must be an integer, got {meta[label_field]!r}", source=where, field=label_field
+            ) from None
         queries[qid] = str(meta[query_field])
         candidates.setdefault(qid, []).append({"id": rec.id, "title": rec.title, "text": rec.text})
         qrels.setdefault(qid, {})[rec.id] = label

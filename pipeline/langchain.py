@@ -24,8 +24,9 @@ try:
     from langchain_core.documents import BaseDocumentCompressor, Document
     from langchain_core.retrievers import BaseRetriever
 except ImportError as exc:  # the extra is optional; say which one to install
-    raise ImportError("tansaku.pipeline.langchain needs langchain-core: "
-                      "pip install 'tansaku[langchain]'") from exc
+    raise ImportError(
+        "tansaku.pipeline.langchain needs langchain-core: pip install 'tansaku[langchain]'"
+    ) from exc
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from .backends import (
@@ -48,8 +49,13 @@ def hit_to_document(hit: Hit) -> Document:
     """A Document: ``page_content`` is the record's text, ``id`` its id; ``metadata`` holds the
     record's metadata plus ``id``, ``title`` (when it has one), ``score``, ``rank`` and
     ``stage``, which win over record metadata keys of the same name."""
-    metadata: dict[str, Any] = {**hit.metadata, "id": hit.doc_id, "score": hit.score,
-                                "rank": hit.rank, "stage": hit.stage}
+    metadata: dict[str, Any] = {
+        **hit.metadata,
+        "id": hit.doc_id,
+        "score": hit.score,
+        "rank": hit.rank,
+        "stage": hit.stage,
+    }
     if hit.title is not None:
         metadata["title"] = hit.title
     return Document(page_content=hit.text or "", metadata=metadata, id=hit.doc_id)
@@ -88,15 +94,18 @@ class TansakuRetriever(BaseRetriever):
             check_k(name, data.get(name))
         super().__init__(**data)
         index = os.fspath(self.index) if isinstance(self.index, os.PathLike) else self.index
-        self._backend = open_search(index, url=self.url, reranker=self.reranker,
-                                    api_key=self.api_key, timeout=self.timeout)
+        self._backend = open_search(
+            index, url=self.url, reranker=self.reranker, api_key=self.api_key, timeout=self.timeout
+        )
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                **overrides: Any) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **overrides: Any
+    ) -> list[Document]:
         unknown = sorted(set(overrides) - set(SEARCH_SETTINGS))
         if unknown:
-            raise ConfigError(f"unknown search setting(s) {unknown}; TansakuRetriever takes "
-                              f"{', '.join(SEARCH_SETTINGS)}")
+            raise ConfigError(
+                f"unknown search setting(s) {unknown}; TansakuRetriever takes {', '.join(SEARCH_SETTINGS)}"
+            )
         settings = {name: getattr(self, name) for name in SEARCH_SETTINGS}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("top_n", "retrieve_k", "rerank_k"):
@@ -118,8 +127,11 @@ class TansakuReranker(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: Any = Field(None, description="reranker model directory, hub id or object; with url: "
-                                         "the server's reranker name (optional)")
+    model: Any = Field(
+        None,
+        description="reranker model directory, hub id or object; with url: "
+        "the server's reranker name (optional)",
+    )
     url: str | None = Field(None, description="address of a tansaku serve server")
     api_key: str | None = Field(None, repr=False, description="the server's --api-key")
     timeout: float = DEFAULT_TIMEOUT_S
@@ -131,19 +143,24 @@ class TansakuReranker(BaseDocumentCompressor):
     def __init__(self, **data: Any) -> None:
         check_k("top_n", data.get("top_n"))  # a ConfigError, not a pydantic one
         super().__init__(**data)
-        self._backend = open_reranker(self.model, url=self.url, api_key=self.api_key,
-                                      timeout=self.timeout)
+        self._backend = open_reranker(self.model, url=self.url, api_key=self.api_key, timeout=self.timeout)
 
-    def compress_documents(self, documents: Sequence[Document], query: str,
-                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
         """The best ``top_n`` of ``documents`` for ``query``, best first."""
         docs = list(documents)
         if not docs:
             return []
-        texts = [rerank_text(d.page_content,
-                             d.metadata.get(self.title_key) if self.title_key else None)
-                 for d in docs]
-        return [Document(page_content=docs[i].page_content, id=docs[i].id,
-                         metadata={**docs[i].metadata, "relevance_score": score})
-                for i, score in self._backend.rerank(query, texts, self.top_n)]
-
+        texts = [
+            rerank_text(d.page_content, d.metadata.get(self.title_key) if self.title_key else None)
+            for d in docs
+        ]
+        return [
+            Document(
+                page_content=docs[i].page_content,
+                id=docs[i].id,
+                metadata={**docs[i].metadata, "relevance_score": score},
+            )
+            for i, score in self._backend.rerank(query, texts, self.top_n)
+        ]

@@ -25,8 +25,9 @@ try:
     from llama_index.core.retrievers import BaseRetriever
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 except ImportError as exc:  # the extra is optional; say which one to install
-    raise ImportError("tansaku.pipeline.llamaindex needs llama-index-core: "
-                      "pip install 'tansaku[llamaindex]'") from exc
+    raise ImportError(
+        "tansaku.pipeline.llamaindex needs llama-index-core: pip install 'tansaku[llamaindex]'"
+    ) from exc
 from pydantic import Field, PrivateAttr
 
 from .backends import check_k, open_reranker, open_search, rerank_text
@@ -41,8 +42,9 @@ def hit_to_node(hit: Hit) -> NodeWithScore:
     metadata = dict(hit.metadata)
     if hit.title is not None:
         metadata["title"] = hit.title
-    return NodeWithScore(node=TextNode(id_=hit.doc_id, text=hit.text or "", metadata=metadata),
-                         score=hit.score)
+    return NodeWithScore(
+        node=TextNode(id_=hit.doc_id, text=hit.text or "", metadata=metadata), score=hit.score
+    )
 
 
 class TansakuRetriever(BaseRetriever):
@@ -56,19 +58,27 @@ class TansakuRetriever(BaseRetriever):
     queries. Nodes come back best first (see :func:`hit_to_node`).
     """
 
-    def __init__(self, index: str | os.PathLike[str] | Any | None = None, *,
-                 url: str | None = None, reranker: Any | None = None,
-                 api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 top_n: int | None = None, retrieve_k: int | None = None,
-                 rerank_k: int | None = None, mode: str | None = None,
-                 filter: Mapping[str, Any] | None = None,
-                 callback_manager: CallbackManager | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        index: str | os.PathLike[str] | Any | None = None,
+        *,
+        url: str | None = None,
+        reranker: Any | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        top_n: int | None = None,
+        retrieve_k: int | None = None,
+        rerank_k: int | None = None,
+        mode: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.top_n, self.retrieve_k, self.rerank_k = top_n, retrieve_k, rerank_k
         self.mode, self.filter = mode, filter
         self._check()
-        self._backend = open_search(index, url=url, reranker=reranker, api_key=api_key,
-                                    timeout=timeout)
+        self._backend = open_search(index, url=url, reranker=reranker, api_key=api_key, timeout=timeout)
 
     def _check(self) -> None:
         for name in ("top_n", "retrieve_k", "rerank_k"):
@@ -76,9 +86,14 @@ class TansakuRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         self._check()
-        hits = self._backend.search(query_bundle.query_str, top_n=self.top_n,
-                                    retrieve_k=self.retrieve_k, rerank_k=self.rerank_k,
-                                    mode=self.mode, filter=self.filter)
+        hits = self._backend.search(
+            query_bundle.query_str,
+            top_n=self.top_n,
+            retrieve_k=self.retrieve_k,
+            rerank_k=self.rerank_k,
+            mode=self.mode,
+            filter=self.filter,
+        )
         return [hit_to_node(hit) for hit in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -98,8 +113,11 @@ class TansakuReranker(BaseNodePostprocessor):
     node's text alone.
     """
 
-    model: Any = Field(None, description="reranker model directory, hub id or object; with url: "
-                                         "the server's reranker name (optional)")
+    model: Any = Field(
+        None,
+        description="reranker model directory, hub id or object; with url: "
+        "the server's reranker name (optional)",
+    )
     url: str | None = Field(None, description="address of a tansaku serve server")
     api_key: str | None = Field(None, repr=False, description="the server's --api-key")
     timeout: float = DEFAULT_TIMEOUT_S
@@ -111,24 +129,27 @@ class TansakuReranker(BaseNodePostprocessor):
     def __init__(self, **data: Any) -> None:
         check_k("top_n", data.get("top_n"))  # a ConfigError, not a pydantic one
         super().__init__(**data)
-        self._backend = open_reranker(self.model, url=self.url, api_key=self.api_key,
-                                      timeout=self.timeout)
+        self._backend = open_reranker(self.model, url=self.url, api_key=self.api_key, timeout=self.timeout)
 
     @classmethod
     def class_name(cls) -> str:
         return "TansakuReranker"
 
-    def _postprocess_nodes(self, nodes: list[NodeWithScore],
-                           query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         if query_bundle is None:
-            raise ConfigError("TansakuReranker needs the query: call postprocess_nodes(nodes, "
-                              "query_str=...) or use it in a query engine")
+            raise ConfigError(
+                "TansakuReranker needs the query: call postprocess_nodes(nodes, "
+                "query_str=...) or use it in a query engine"
+            )
         if not nodes:
             return []
         texts = []
         for n in nodes:
             title = n.node.metadata.get(self.title_key) if self.title_key else None
             texts.append(rerank_text(n.node.get_content(metadata_mode=MetadataMode.NONE), title))
-        return [NodeWithScore(node=nodes[i].node, score=score)
-                for i, score in self._backend.rerank(query_bundle.query_str, texts, self.top_n)]
-
+        return [
+            NodeWithScore(node=nodes[i].node, score=score)
+            for i, score in self._backend.rerank(query_bundle.query_str, texts, self.top_n)
+        ]

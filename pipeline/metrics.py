@@ -37,8 +37,11 @@ def rank_order(run: Run) -> dict[str, dict[str, float]]:
     return out
 
 
-def per_query(qrels: Qrels, run: Run, metrics: Iterable[str] = DEFAULT_METRICS,
-              ) -> dict[str, dict[str, float]]:
+def per_query(
+    qrels: Qrels,
+    run: Run,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+) -> dict[str, dict[str, float]]:
     """metric -> query id -> value, over every query in ``qrels`` (missing runs score 0)."""
     metrics = list(metrics)
     parsed = {m: _parse(m) for m in metrics}
@@ -61,8 +64,11 @@ def per_query(qrels: Qrels, run: Run, metrics: Iterable[str] = DEFAULT_METRICS,
     return result
 
 
-def evaluate(qrels: Qrels, run: Run, metrics: Iterable[str] = DEFAULT_METRICS,
-             ) -> dict[str, float]:
+def evaluate(
+    qrels: Qrels,
+    run: Run,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+) -> dict[str, float]:
     """Mean of each metric over the queries in ``qrels``."""
     scores = per_query(qrels, run, metrics)
     return {m: (sum(v.values()) / len(v) if v else 0.0) for m, v in scores.items()}

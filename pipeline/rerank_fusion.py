@@ -21,13 +21,16 @@ DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
 def check_fusion_weight(weight: Any, name: str = "rerank_fusion_weight (--rerank-fusion)") -> float:
     """``weight`` as a float in [0, 1]; anything else is a ConfigError naming ``name``."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-        raise ConfigError(f"{name} must be a number in [0, 1] (1 = pure reranker order, "
-                          f"0 = first-stage order), got {weight!r}")
+        raise ConfigError(
+            f"{name} must be a number in [0, 1] (1 = pure reranker order, "
+            f"0 = first-stage order), got {weight!r}"
+        )
     return float(weight)
 
 
-def fuse(first_stage: Sequence[Hit], reranked: Sequence[Hit], weight: float,
-         top_n: int | None = None) -> list[Hit]:
+def fuse(
+    first_stage: Sequence[Hit], reranked: Sequence[Hit], weight: float, top_n: int | None = None
+) -> list[Hit]:
     """The reranked hits re-ordered by the fused score (which becomes their score).
 
     Both score lists are min-max normalised over the reranked candidates only, so the
@@ -37,19 +40,23 @@ def fuse(first_stage: Sequence[Hit], reranked: Sequence[Hit], weight: float,
     head = {h.doc_id for h in reranked}
     first = minmax([h for h in first_stage if h.doc_id in head])
     second = minmax(reranked)
-    scored = [(weight * second[h.doc_id] + (1 - weight) * first.get(h.doc_id, 0.0), i, h)
-              for i, h in enumerate(reranked)]
+    scored = [
+        (weight * second[h.doc_id] + (1 - weight) * first.get(h.doc_id, 0.0), i, h)
+        for i, h in enumerate(reranked)
+    ]
     scored.sort(key=lambda t: (-t[0], t[1]))
     if top_n is not None:
         scored = scored[:top_n]
     return [h.replace(score=s, rank=rank) for rank, (s, _, h) in enumerate(scored, 1)]
 
 
-def sweep_fusion_weights(first_stage: Mapping[str, Sequence[Hit]],
-                         reranked: Mapping[str, Sequence[Hit]],
-                         qrels: Mapping[str, Mapping[str, int]],
-                         grid: Sequence[float] = DEFAULT_GRID,
-                         metric: str = "ndcg@10") -> dict[float, float]:
+def sweep_fusion_weights(
+    first_stage: Mapping[str, Sequence[Hit]],
+    reranked: Mapping[str, Sequence[Hit]],
+    qrels: Mapping[str, Mapping[str, int]],
+    grid: Sequence[float] = DEFAULT_GRID,
+    metric: str = "ndcg@10",
+) -> dict[float, float]:
     """``metric`` of the fused ranking for each weight in ``grid`` (mean over ``qrels``' queries)."""
     from .metrics import evaluate  # pytrec_eval: only needed when tuning, not for searching
 

@@ -41,8 +41,12 @@ class SearchResult:
     candidates: list[Hit] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
-                "timings_ms": self.timings_ms, "counts": self.counts}
+        return {
+            "query": self.query,
+            "hits": [h.to_dict() for h in self.hits],
+            "timings_ms": self.timings_ms,
+            "counts": self.counts,
+        }
 
 
 class SearchPipeline:
@@ -53,10 +57,17 @@ class SearchPipeline:
     default it is the retriever's index's ``hydrate`` when the retriever has one.
     """
 
-    def __init__(self, retriever: Retriever, reranker: Any | None = None, *,
-                 retrieve_k: int = 100, rerank_k: int = 100, top_n: int = 10,
-                 prepare: Callable[[list[Hit]], list[Hit]] | None = None,
-                 rerank_fusion_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        reranker: Any | None = None,
+        *,
+        retrieve_k: int = 100,
+        rerank_k: int = 100,
+        top_n: int = 10,
+        prepare: Callable[[list[Hit]], list[Hit]] | None = None,
+        rerank_fusion_weight: float = 1.0,
+    ) -> None:
         check_ks(retrieve_k, rerank_k, top_n, reranking=reranker is not None)
         self.retriever = retriever
         self.reranker = reranker
@@ -71,9 +82,15 @@ class SearchPipeline:
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: int) -> SearchResult:
         return self.search_batch([query], filter=filter, **overrides)[0]
 
-    def search_batch(self, queries: Sequence[str], *, retrieve_k: int | None = None,
-                     rerank_k: int | None = None, top_n: int | None = None,
-                     filter: FilterSpec = None) -> list[SearchResult]:
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        retrieve_k: int | None = None,
+        rerank_k: int | None = None,
+        top_n: int | None = None,
+        filter: FilterSpec = None,
+    ) -> list[SearchResult]:
         """Search every query; k values may be overridden for this call.
 
         ``filter`` (a metadata filter: dict, JSON text or parsed) restricts the first stage's
@@ -128,5 +145,4 @@ class SearchPipeline:
             reranked = fuse(head, reranker.rerank(query, inputs), self.rerank_fusion_weight, top_n)
         else:
             reranked = reranker.rerank(query, inputs, top_n=top_n)
-        return [by_id[r.doc_id].replace(score=r.score, rank=r.rank, stage=r.stage)
-                for r in reranked]
+        return [by_id[r.doc_id].replace(score=r.score, rank=r.rank, stage=r.stage) for r in reranked]

@@ -74,12 +74,19 @@ _FIELD_HINTS = {
 
 # -- errors --------------------------------------------------------------------------------------
 
+
 class ApiError(Exception):
     """An error answered as ``{"error": {"message", "type", "field"}}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, *, field: str | None,
-                 kind: str = "invalid_request_error",
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None,
+        kind: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -90,8 +97,10 @@ class ApiError(Exception):
 
 def error_body(message: str, kind: str, field: str | None, detail: Any = None) -> dict[str, Any]:
     """The one error shape every endpoint uses (``detail`` mirrors FastAPI's own key)."""
-    return {"error": {"message": message, "type": kind, "field": field},
-            "detail": message if detail is None else detail}
+    return {
+        "error": {"message": message, "type": kind, "field": field},
+        "detail": message if detail is None else detail,
+    }
 
 
 def _field_path(loc: Sequence[Any]) -> str:
@@ -110,14 +119,15 @@ def _field_path(loc: Sequence[Any]) -> str:
 
 def validation_error(errors: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
     """Status and body for pydantic/FastAPI validation errors (invalid JSON → 400, else 422)."""
-    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
-               "type": str(e.get("type", ""))} for e in errors]  # never echo the input back
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in errors
+    ]  # never echo the input back
     first: Mapping[str, Any] = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx")
         reason = ctx.get("error", "JSON decode error") if isinstance(ctx, Mapping) else "JSON decode error"
-        return 400, error_body(f"request body is not valid JSON: {reason}", "invalid_json", "body",
-                               detail)
+        return 400, error_body(f"request body is not valid JSON: {reason}", "invalid_json", "body", detail)
     path = _field_path(first.get("loc", ()))
     kind = first.get("type")
     if kind == "extra_forbidden":
@@ -146,6 +156,7 @@ def _config_error_field(message: str) -> str | None:
 
 
 # -- the reranker as the API sees it ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RerankOutcome:
@@ -185,12 +196,23 @@ class RerankService:
     def check_model(self, model: str | None) -> None:
         """Accept no model (or ""), the public name, the source id/directory or its basename."""
         if model and model not in self.aliases:
-            raise ApiError(404, f"unknown model {model!r}: this server serves {self.name!r}",
-                           field="model", kind="model_not_found")
+            raise ApiError(
+                404,
+                f"unknown model {model!r}: this server serves {self.name!r}",
+                field="model",
+                kind="model_not_found",
+            )
 
-    def rerank(self, query: str, texts: Sequence[str], *, top_n: int | None = None,
-               raw: bool = False, max_chunks: int | None = None,
-               max_tokens: int | None = None) -> RerankOutcome:
+    def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        top_n: int | None = None,
+        raw: bool = False,
+        max_chunks: int | None = None,
+        max_tokens: int | None = None,
+    ) -> RerankOutcome:
         """Score and rank ``texts`` (runs on an inference thread).
 
         Ranked like the in-process reranker (ties keep request order); with ``raw`` on the
@@ -203,11 +225,15 @@ class RerankService:
         scores, logits = self._scores(self._with_max_chunks(max_chunks), query, texts, raw)
         key = scores if logits is None else logits
         order = [int(h.doc_id) for h in ranked_hits(texts, key, top_n)]
-        return RerankOutcome([(i, float(scores[i])) for i in order], tokens,
-                             None if logits is None else [float(logits[i]) for i in order])
+        return RerankOutcome(
+            [(i, float(scores[i])) for i in order],
+            tokens,
+            None if logits is None else [float(logits[i]) for i in order],
+        )
 
-    def truncate_and_count(self, query: str, texts: Sequence[str],
-                           max_tokens: int | None) -> tuple[list[str], int]:
+    def truncate_and_count(
+        self, query: str, texts: Sequence[str], max_tokens: int | None
+    ) -> tuple[list[str], int]:
         """Cut documents to ``max_tokens`` tokens; count query + document + special tokens.
 
         The count is what the pairs hold before windowing (one query per document), the
@@ -216,8 +242,9 @@ class RerankService:
         texts = list(texts)
         if self.tokenizer is None:
             if max_tokens:
-                raise ApiError(422, "max_tokens_per_doc needs a reranker with a tokenizer",
-                               field="max_tokens_per_doc")
+                raise ApiError(
+                    422, "max_tokens_per_doc needs a reranker with a tokenizer", field="max_tokens_per_doc"
+                )
             return texts, 0
         query_tokens = len(self._encode([query])["input_ids"][0])
         offsets = bool(max_tokens) and bool(getattr(self.tokenizer, "is_fast", False))
@@ -242,7 +269,7 @@ class RerankService:
     def _cut(self, text: str, max_tokens: int, spans: Sequence[tuple[int, int]] | None) -> str:
         """``text`` up to the character where its ``max_tokens``-th token ends."""
         if spans is not None:
-            return text[:spans[max_tokens - 1][1]]
+            return text[: spans[max_tokens - 1][1]]
         # slow tokenizers (e.g. MeCab-based BertJapaneseTokenizer) give no offsets: find the
         # longest prefix with at most max_tokens tokens by bisection
         low, high = 0, len(text)
@@ -265,8 +292,9 @@ class RerankService:
                 self._variants[max_chunks] = variant
         return variant
 
-    def _scores(self, reranker: Any, query: str, texts: list[str],
-                raw: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _scores(
+        self, reranker: Any, query: str, texts: list[str], raw: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores in [0, 1] and, when ``raw``, the logits they are the sigmoid of.
 
         ``relevance_score`` promises [0, 1] to every client, so a logit is never returned as
@@ -284,9 +312,11 @@ class RerankService:
             raise ApiError(422, "this reranker cannot return raw scores", field="raw_scores")
         scores = np.asarray(reranker.score(pairs), dtype=np.float32)
         if not np.all((scores >= 0) & (scores <= 1)):  # NaN fails too
-            raise TansakuError(f"reranker {self.source!r} returned scores outside [0, 1] (e.g. "
-                               "logits); serve it with a compute_score(pairs, normalize=...) "
-                               "method or sigmoid scores")
+            raise TansakuError(
+                f"reranker {self.source!r} returned scores outside [0, 1] (e.g. "
+                "logits); serve it with a compute_score(pairs, normalize=...) "
+                "method or sigmoid scores"
+            )
         return scores, None
 
 
@@ -325,8 +355,11 @@ def _document_text(i: int, doc: Any, rank_fields: Sequence[str] | None) -> str:
     if isinstance(doc, str):
         return doc
     if not isinstance(doc, dict):
-        raise ApiError(422, f"{where} must be a string or an object with a 'text' field, got "
-                            f"{_json_type(doc)}", field=where)
+        raise ApiError(
+            422,
+            f"{where} must be a string or an object with a 'text' field, got {_json_type(doc)}",
+            field=where,
+        )
     if rank_fields:
         lines = []
         for name in rank_fields:
@@ -334,24 +367,36 @@ def _document_text(i: int, doc: Any, rank_fields: Sequence[str] | None) -> str:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise ApiError(422, f"{where}.{name} must be a string or a number to rank on, got "
-                                    f"{_json_type(value)}", field=f"{where}.{name}")
+                raise ApiError(
+                    422,
+                    f"{where}.{name} must be a string or a number to rank on, got {_json_type(value)}",
+                    field=f"{where}.{name}",
+                )
             lines.append(f"{name}: {value}")
         if not lines:
-            raise ApiError(422, f"{where} has none of the rank_fields {list(rank_fields)}",
-                           field=where)
+            raise ApiError(422, f"{where} has none of the rank_fields {list(rank_fields)}", field=where)
         return "\n".join(lines)
     text = doc.get("text")
     if not isinstance(text, str):
         problem = "has no 'text' field" if text is None else f"'text' is {_json_type(text)}"
-        raise ApiError(422, f"{where} {problem}; documents need a string 'text' (or use "
-                            "rank_fields)", field=f"{where}.text")
+        raise ApiError(
+            422,
+            f"{where} {problem}; documents need a string 'text' (or use rank_fields)",
+            field=f"{where}.text",
+        )
     return text
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -366,6 +411,7 @@ def _returned_document(original: Any, text: str) -> dict[str, Any]:
 
 
 # -- inference off the event loop ----------------------------------------------------------------
+
 
 class InferenceQueue:
     """A small dedicated thread pool for model work, with a bound on waiting requests.
@@ -383,8 +429,13 @@ class InferenceQueue:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on an inference thread; 503 when ``max_queue`` requests already wait."""
         if self.in_flight >= self.threads + self.max_queue:
-            raise ApiError(503, f"server busy: {self.in_flight} requests in flight; retry later",
-                           field=None, kind="server_busy", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                f"server busy: {self.in_flight} requests in flight; retry later",
+                field=None,
+                kind="server_busy",
+                headers={"Retry-After": "1"},
+            )
         loop = asyncio.get_running_loop()
         self.in_flight += 1
         future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
@@ -400,6 +451,7 @@ class InferenceQueue:
 
 
 # -- authentication and body size (plain ASGI, before any parsing) -------------------------------
+
 
 class GuardMiddleware:
     """Checks ``Authorization: Bearer KEY`` and the raw body size before the app parses anything.
@@ -419,10 +471,16 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-            await send_error(send, ApiError(
-                401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
-                field="Authorization", kind="authentication_error",
-                headers={"WWW-Authenticate": "Bearer"}))
+            await send_error(
+                send,
+                ApiError(
+                    401,
+                    "missing or invalid API key: send 'Authorization: Bearer KEY'",
+                    field="Authorization",
+                    kind="authentication_error",
+                    headers={"WWW-Authenticate": "Bearer"},
+                ),
+            )
             return
         if scope["method"] in _BODY_METHODS:
             try:
@@ -463,8 +521,12 @@ class GuardMiddleware:
         return b"".join(chunks)
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, f"request body larger than {self.max_body_bytes} bytes "
-                             "(--max-body-bytes)", field="body", kind="payload_too_large")
+        return ApiError(
+            413,
+            f"request body larger than {self.max_body_bytes} bytes (--max-body-bytes)",
+            field="body",
+            kind="payload_too_large",
+        )
 
 
 def _header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
@@ -489,8 +551,9 @@ def _replay(body: bytes, receive: Any) -> Any:
 
 async def send_error(send: Any, error: ApiError) -> None:
     """Answer ``error`` directly on an ASGI ``send`` (used before FastAPI is involved)."""
-    payload = json.dumps(error_body(error.message, error.kind, error.field), ensure_ascii=False,
-                         separators=(",", ":")).encode()
+    payload = json.dumps(
+        error_body(error.message, error.kind, error.field), ensure_ascii=False, separators=(",", ":")
+    ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
@@ -498,6 +561,7 @@ async def send_error(send: Any, error: ApiError) -> None:
 
 
 # -- the application ------------------------------------------------------------------------------
+
 
 @dataclass
 class ServerState:
@@ -513,24 +577,35 @@ class ServerState:
 
     def require_reranker(self) -> RerankService:
         if self.service is None:
-            raise ApiError(409, "this server was started without a reranker (--reranker)",
-                           field="model", kind="not_available")
+            raise ApiError(
+                409,
+                "this server was started without a reranker (--reranker)",
+                field="model",
+                kind="not_available",
+            )
         return self.service
 
     def require_searcher(self) -> "Searcher":
         if self.searcher is None:
-            raise ApiError(409, "this server has no index loaded (started with --no-index)",
-                           field=None, kind="not_available")
+            raise ApiError(
+                409,
+                "this server has no index loaded (started with --no-index)",
+                field=None,
+                kind="not_available",
+            )
         return self.searcher
 
     def check_count(self, n: int, name: str) -> None:
         if n > self.max_documents:
-            raise ApiError(413, f"{n} {name} is more than this server accepts per request "
-                                f"({self.max_documents}, --max-documents)",
-                           field=name, kind="payload_too_large")
+            raise ApiError(
+                413,
+                f"{n} {name} is more than this server accepts per request "
+                f"({self.max_documents}, --max-documents)",
+                field=name,
+                kind="payload_too_large",
+            )
 
-    def run_search(self, query: str, overrides: dict[str, Any],
-                   flt: Any = None) -> tuple[Any, str]:
+    def run_search(self, query: str, overrides: dict[str, Any], flt: Any = None) -> tuple[Any, str]:
         # one search at a time: the index's SQLite connection and MeCab tagger are shared
         assert self.searcher is not None
         with self.search_lock:
@@ -538,10 +613,17 @@ class ServerState:
             return pipeline.search(query, filter=flt), str(pipeline.retriever.stage)
 
 
-def create_app(searcher: "Searcher | None", reranker: "Reranker | None", *,
-               api_key: str | None = None, max_documents: int = DEFAULT_MAX_DOCUMENTS,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
-               worker_threads: int = 1, max_queue: int = DEFAULT_MAX_QUEUE) -> "FastAPI":
+def create_app(
+    searcher: "Searcher | None",
+    reranker: "Reranker | None",
+    *,
+    api_key: str | None = None,
+    max_documents: int = DEFAULT_MAX_DOCUMENTS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    model_name: str | None = None,
+    worker_threads: int = 1,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> "FastAPI":
     """The FastAPI app serving ``searcher`` (may be None: rerank only) and ``reranker``.
 
     ``api_key`` enables Bearer authentication (``/health`` and the docs stay open);
@@ -549,8 +631,12 @@ def create_app(searcher: "Searcher | None", reranker: "Reranker | None", *,
     its directory's name). ``worker_threads`` model calls run at once; up to ``max_queue``
     more wait, beyond that requests get a 503.
     """
-    for name, value in (("max_documents", max_documents), ("max_body_bytes", max_body_bytes),
-                        ("worker_threads", worker_threads), ("max_queue", max_queue)):
+    for name, value in (
+        ("max_documents", max_documents),
+        ("max_body_bytes", max_body_bytes),
+        ("worker_threads", worker_threads),
+        ("max_queue", max_queue),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if searcher is None and reranker is None:
@@ -559,17 +645,26 @@ def create_app(searcher: "Searcher | None", reranker: "Reranker | None", *,
 
     from tansaku import __version__
 
-    state = ServerState(searcher, RerankService(reranker, model_name) if reranker else None,
-                        InferenceQueue(worker_threads, max_queue), max_documents, api_key or None)
+    state = ServerState(
+        searcher,
+        RerankService(reranker, model_name) if reranker else None,
+        InferenceQueue(worker_threads, max_queue),
+        max_documents,
+        api_key or None,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
         yield
         state.queue.shutdown()
 
-    app = FastAPI(title="tansaku", version=__version__, lifespan=lifespan,
-                  description="Japanese-first retrieve-and-rerank search. Rerank endpoints speak "
-                              "the Cohere v1/v2, Jina and TEI protocols.")
+    app = FastAPI(
+        title="tansaku",
+        version=__version__,
+        lifespan=lifespan,
+        description="Japanese-first retrieve-and-rerank search. Rerank endpoints speak "
+        "the Cohere v1/v2, Jina and TEI protocols.",
+    )
     app.state.tansaku = state
     _add_error_handlers(app)
     _add_routes(app, state)
@@ -584,8 +679,7 @@ def _add_error_handlers(app: "FastAPI") -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Any, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.kind, exc.field), exc.status,
-                            headers=exc.headers)
+        return JSONResponse(error_body(exc.message, exc.kind, exc.field), exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Any, exc: RequestValidationError) -> JSONResponse:
@@ -595,17 +689,20 @@ def _add_error_handlers(app: "FastAPI") -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Any, exc: HTTPException) -> JSONResponse:
         # FastAPI raises 400 itself for a body it cannot parse at all (e.g. nested too deeply)
-        kind = {400: "invalid_json", 404: "not_found",
-                405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(str(exc.detail), kind, "body" if exc.status_code == 400 else None),
-                            exc.status_code, headers=getattr(exc, "headers", None))
+        kind = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            error_body(str(exc.detail), kind, "body" if exc.status_code == 400 else None),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(ConfigError)
     async def config_error(_request: Any, exc: ConfigError) -> JSONResponse:
         # a parameter the pipeline rejected: bad input, never a server fault
         message = str(exc)
-        return JSONResponse(error_body(message, "invalid_request_error",
-                                       _config_error_field(message)), 422)
+        return JSONResponse(error_body(message, "invalid_request_error", _config_error_field(message)), 422)
 
     @app.exception_handler(TansakuError)
     async def server_error(_request: Any, exc: TansakuError) -> JSONResponse:
@@ -629,50 +726,75 @@ def _add_routes(app: "FastAPI", st: ServerState) -> None:
     # documents the Bearer scheme in OpenAPI ("Authorize" in /docs); the check is GuardMiddleware's
     secured = [Depends(HTTPBearer(auto_error=False))] if st.api_key else []
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)}
+        code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
+    }
     common: dict[str, Any] = {"responses": errors, "dependencies": secured}
 
-    @app.post("/v1/rerank", response_model=m.RerankResponse, tags=["rerank"],
-              summary="Rerank documents (Cohere v1, Jina)", **common)
+    @app.post(
+        "/v1/rerank",
+        response_model=m.RerankResponse,
+        tags=["rerank"],
+        summary="Rerank documents (Cohere v1, Jina)",
+        **common,
+    )
     async def rerank_v1(body: m.CohereRerankRequest) -> JSONResponse:
         return JSONResponse(await cohere_rerank(st, body, version="1"))
 
-    @app.post("/v2/rerank", response_model=m.RerankResponse, tags=["rerank"],
-              summary="Rerank documents (Cohere v2)", **common)
+    @app.post(
+        "/v2/rerank",
+        response_model=m.RerankResponse,
+        tags=["rerank"],
+        summary="Rerank documents (Cohere v2)",
+        **common,
+    )
     async def rerank_v2(body: m.CohereRerankRequest) -> JSONResponse:
         return JSONResponse(await cohere_rerank(st, body, version="2"))
 
-    @app.post("/rerank", response_model=m.RerankResponse | list[m.TEIRerankResult], tags=["rerank"],
-              summary="Rerank: Cohere body (documents) or TEI body (texts → bare array)", **common)
+    @app.post(
+        "/rerank",
+        response_model=m.RerankResponse | list[m.TEIRerankResult],
+        tags=["rerank"],
+        summary="Rerank: Cohere body (documents) or TEI body (texts → bare array)",
+        **common,
+    )
     async def rerank_any(body: m.AnyRerankRequest) -> JSONResponse:
         if isinstance(body, m.TEIRerankRequest):
             return JSONResponse(await tei_rerank(st, body))
         return JSONResponse(await cohere_rerank(st, body, version="1"))
 
-    @app.post("/v1/search", response_model=m.SearchResponse, tags=["search"],
-              summary="Search the index (retrieve, then rerank when a reranker is loaded)", **common)
+    @app.post(
+        "/v1/search",
+        response_model=m.SearchResponse,
+        tags=["search"],
+        summary="Search the index (retrieve, then rerank when a reranker is loaded)",
+        **common,
+    )
     async def search(body: m.SearchRequest) -> JSONResponse:
         return JSONResponse(await run_search(st, body))
 
-    @app.get("/v1/models", response_model=m.ModelList, tags=["info"], summary="What is loaded",
-             **common)
+    @app.get("/v1/models", response_model=m.ModelList, tags=["info"], summary="What is loaded", **common)
     async def models() -> JSONResponse:
         return JSONResponse(model_list(st))
 
     @app.get("/health", response_model=m.Health, tags=["info"], summary="Liveness (no key needed)")
     async def health() -> JSONResponse:
         searcher = st.searcher
-        return JSONResponse({
-            "status": "ok", "reranker": st.service.name if st.service else None,
-            "index": searcher is not None,
-            "documents": len(searcher.index) if searcher is not None else None,
-            "in_flight": st.queue.in_flight, "uptime_s": round(time.time() - st.started, 3)})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "reranker": st.service.name if st.service else None,
+                "index": searcher is not None,
+                "documents": len(searcher.index) if searcher is not None else None,
+                "in_flight": st.queue.in_flight,
+                "uptime_s": round(time.time() - st.started, 3),
+            }
+        )
 
 
 # -- endpoint logic --------------------------------------------------------------------------------
 
-async def cohere_rerank(st: ServerState, body: "CohereRerankRequest", *,
-                        version: str) -> dict[str, Any]:
+
+async def cohere_rerank(st: ServerState, body: "CohereRerankRequest", *, version: str) -> dict[str, Any]:
     """A Cohere-shaped rerank response for a :class:`~.server_models.CohereRerankRequest`."""
     service = st.require_reranker()
     service.check_model(body.model)
@@ -680,17 +802,21 @@ async def cohere_rerank(st: ServerState, body: "CohereRerankRequest", *,
     texts = document_texts(body.documents, body.rank_fields)
     spans = body.relevant_spans
     if spans is not None and spans.get("mode", "disabled") != "disabled":
-        raise ApiError(422, "relevant_spans is not supported by this server",
-                       field="relevant_spans")
+        raise ApiError(422, "relevant_spans is not supported by this server", field="relevant_spans")
     warnings = []
     max_chunks = body.max_chunks_per_doc
     if max_chunks and service.max_chunks and max_chunks > service.max_chunks:
-        warnings.append(f"max_chunks_per_doc={max_chunks} capped at this server's "
-                        f"{service.max_chunks}")
+        warnings.append(f"max_chunks_per_doc={max_chunks} capped at this server's {service.max_chunks}")
         max_chunks = service.max_chunks
-    outcome = await st.queue.run(service.rerank, body.query, texts, top_n=body.top_n,
-                                 raw=bool(body.raw_scores), max_chunks=max_chunks,
-                                 max_tokens=body.max_tokens_per_doc)
+    outcome = await st.queue.run(
+        service.rerank,
+        body.query,
+        texts,
+        top_n=body.top_n,
+        raw=bool(body.raw_scores),
+        max_chunks=max_chunks,
+        max_tokens=body.max_tokens_per_doc,
+    )
     results = []
     for n, (index, score) in enumerate(outcome.ranked):
         result: dict[str, Any] = {"index": index, "relevance_score": score}
@@ -706,9 +832,13 @@ async def cohere_rerank(st: ServerState, body: "CohereRerankRequest", *,
     }
     if warnings:
         meta["warnings"] = warnings
-    return {"id": str(uuid.uuid4()), "results": results, "meta": meta,
-            "usage": {"total_tokens": outcome.tokens, "prompt_tokens": outcome.tokens},
-            "model": service.name}
+    return {
+        "id": str(uuid.uuid4()),
+        "results": results,
+        "meta": meta,
+        "usage": {"total_tokens": outcome.tokens, "prompt_tokens": outcome.tokens},
+        "model": service.name,
+    }
 
 
 async def tei_rerank(st: ServerState, body: "TEIRerankRequest") -> list[dict[str, Any]]:
@@ -716,16 +846,17 @@ async def tei_rerank(st: ServerState, body: "TEIRerankRequest") -> list[dict[str
     service = st.require_reranker()
     st.check_count(len(body.texts), "texts")
     if body.truncation_direction != "Right":
-        raise ApiError(422, "only truncation_direction 'Right' is supported",
-                       field="truncation_direction")
+        raise ApiError(422, "only truncation_direction 'Right' is supported", field="truncation_direction")
     # truncate: score only the first window; otherwise long texts get their best window
-    outcome = await st.queue.run(service.rerank, body.query, body.texts, raw=body.raw_scores,
-                                 max_chunks=1 if body.truncate else None)
+    outcome = await st.queue.run(
+        service.rerank, body.query, body.texts, raw=body.raw_scores, max_chunks=1 if body.truncate else None
+    )
     scores = outcome.raw if outcome.raw is not None else [s for _, s in outcome.ranked]
     # TEI's own contract: with raw_scores, "score" is the logit
-    return [{"index": index, "score": score, **({"text": body.texts[index]} if body.return_text
-                                                else {})}
-            for (index, _), score in zip(outcome.ranked, scores, strict=True)]
+    return [
+        {"index": index, "score": score, **({"text": body.texts[index]} if body.return_text else {})}
+        for (index, _), score in zip(outcome.ranked, scores, strict=True)
+    ]
 
 
 async def run_search(st: ServerState, body: "SearchRequest") -> dict[str, Any]:
@@ -734,54 +865,74 @@ async def run_search(st: ServerState, body: "SearchRequest") -> dict[str, Any]:
     for name in ("retrieve_k", "rerank_k", "top_n"):
         value = getattr(body, name)
         if value is not None and value > st.max_documents:
-            raise ApiError(422, f"{name} must be at most {st.max_documents} (--max-documents)",
-                           field=name)
+            raise ApiError(422, f"{name} must be at most {st.max_documents} (--max-documents)", field=name)
     config = searcher.config
     retrieve_k = body.retrieve_k or config.retrieve_k
     # a smaller retrieve_k alone shrinks the default rerank_k with it instead of failing
     rerank_k = body.rerank_k or min(config.rerank_k, retrieve_k)
     if rerank_k > retrieve_k:
-        raise ApiError(422, f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})",
-                       field="rerank_k")
+        raise ApiError(
+            422, f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})", field="rerank_k"
+        )
     if body.mode in ("dense", "hybrid") and searcher.index.dense is None:
-        raise ApiError(422, f"mode {body.mode!r} needs a dense index; this index is BM25 only",
-                       field="mode")
+        raise ApiError(422, f"mode {body.mode!r} needs a dense index; this index is BM25 only", field="mode")
     from tansaku.index.filters import parse_filter
 
     try:
         flt = parse_filter(body.filter)
     except ConfigError as exc:  # the message names the operator or field inside the filter
         raise ApiError(422, str(exc), field="filter") from None
-    overrides: dict[str, Any] = {"retrieve_k": retrieve_k, "rerank_k": rerank_k,
-                                 "top_n": body.top_n or config.top_n}
+    overrides: dict[str, Any] = {
+        "retrieve_k": retrieve_k,
+        "rerank_k": rerank_k,
+        "top_n": body.top_n or config.top_n,
+    }
     if body.mode:
         overrides["mode"] = body.mode
     result, mode = await st.queue.run(st.run_search, body.query, overrides, flt)
     reranked = bool(config.reranker) and config.reranker.lower() != "none"
     model = (st.service.name if st.service else config.reranker) if reranked else None
-    return {"query": body.query, "mode": mode, "model": model,
-            "hits": [_hit_json(hit) for hit in result.hits],
-            "timings_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items()},
-            "counts": {k: int(v) for k, v in result.counts.items()}}
+    return {
+        "query": body.query,
+        "mode": mode,
+        "model": model,
+        "hits": [_hit_json(hit) for hit in result.hits],
+        "timings_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items()},
+        "counts": {k: int(v) for k, v in result.counts.items()},
+    }
 
 
 def _hit_json(hit: Any) -> dict[str, Any]:
-    return {"id": hit.doc_id, "title": hit.title, "text": hit.text, "score": float(hit.score),
-            "rank": int(hit.rank), "stage": hit.stage, "metadata": dict(hit.metadata)}
+    return {
+        "id": hit.doc_id,
+        "title": hit.title,
+        "text": hit.text,
+        "score": float(hit.score),
+        "rank": int(hit.rank),
+        "stage": hit.stage,
+        "metadata": dict(hit.metadata),
+    }
 
 
 def model_list(st: ServerState) -> dict[str, Any]:
     """OpenAI-style ``{"object": "list", "data": [...]}`` plus the loaded index."""
     data = []
     if st.service is not None:
-        data.append({"id": st.service.name, "object": "model", "created": int(st.started),
-                     "owned_by": "tansaku", "type": "reranker", "source": st.service.source,
-                     "max_length": st.service.max_length})
+        data.append(
+            {
+                "id": st.service.name,
+                "object": "model",
+                "created": int(st.started),
+                "owned_by": "tansaku",
+                "type": "reranker",
+                "source": st.service.source,
+                "max_length": st.service.max_length,
+            }
+        )
     index = None
     if st.searcher is not None:
         idx = st.searcher.index
-        index = {"path": os.path.abspath(idx.path), "documents": len(idx),
-                 "dense": idx.dense is not None}
+        index = {"path": os.path.abspath(idx.path), "documents": len(idx), "dense": idx.dense is not None}
     return {"object": "list", "data": data, "index": index}
 
 
@@ -851,58 +1002,102 @@ examples:
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     """Register ``tansaku serve`` (see :data:`SERVE_DESCRIPTION`)."""
-    p = sub.add_parser("serve", help="serve search and Cohere/Jina/TEI-compatible reranking over HTTP",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=SERVE_DESCRIPTION, epilog=SERVE_EPILOG)
-    p.add_argument("index", nargs="?", type=Path,
-                   help="index directory served by POST /v1/search (or give --no-index)")
-    p.add_argument("--no-index", action="store_true",
-                   help="no index: serve only the rerank endpoints (needs --reranker)")
+    p = sub.add_parser(
+        "serve",
+        help="serve search and Cohere/Jina/TEI-compatible reranking over HTTP",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+    )
+    p.add_argument(
+        "index", nargs="?", type=Path, help="index directory served by POST /v1/search (or give --no-index)"
+    )
+    p.add_argument(
+        "--no-index", action="store_true", help="no index: serve only the rerank endpoints (needs --reranker)"
+    )
     g = p.add_argument_group("reranking")
-    g.add_argument("--reranker", default="none",
-                   help="cross-encoder: a hub id or a local model directory; also reranks "
-                        "/v1/search results. 'none' (default): no rerank stage and no rerank "
-                        "endpoints")
-    g.add_argument("--model-name",
-                   help="name clients use in the 'model' field and see in /v1/models (default: "
-                        "the hub id, or the model directory's name)")
-    g.add_argument("--max-length", type=int, default=512,
-                   help="max tokens per (query, document) input; longer documents are scored "
-                        "as the best of overlapping windows (default: 512)")
-    g.add_argument("--rerank-batch-size", type=int, default=32, help="inputs per model call "
-                                                                     "(default: 32)")
-    g.add_argument("--max-chunks-per-doc", type=int, default=8,
-                   help="windows scored per long document; a request's max_chunks_per_doc can "
-                        "lower it, not raise it (default: 8)")
+    g.add_argument(
+        "--reranker",
+        default="none",
+        help="cross-encoder: a hub id or a local model directory; also reranks "
+        "/v1/search results. 'none' (default): no rerank stage and no rerank "
+        "endpoints",
+    )
+    g.add_argument(
+        "--model-name",
+        help="name clients use in the 'model' field and see in /v1/models (default: "
+        "the hub id, or the model directory's name)",
+    )
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="max tokens per (query, document) input; longer documents are scored "
+        "as the best of overlapping windows (default: 512)",
+    )
+    g.add_argument("--rerank-batch-size", type=int, default=32, help="inputs per model call (default: 32)")
+    g.add_argument(
+        "--max-chunks-per-doc",
+        type=int,
+        default=8,
+        help="windows scored per long document; a request's max_chunks_per_doc can "
+        "lower it, not raise it (default: 8)",
+    )
     from .cli import add_quantize_option
 
     add_quantize_option(g)
     g = p.add_argument_group("HTTP server")
-    g.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to bind (default: {DEFAULT_HOST}, this machine only; use "
-                        "0.0.0.0 only behind a firewall and with an API key)")
+    g.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default: {DEFAULT_HOST}, this machine only; use "
+        "0.0.0.0 only behind a firewall and with an API key)",
+    )
     g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    g.add_argument("--api-key",
-                   help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set; "
-                        "prefer the variable, command lines are visible to other users)")
-    g.add_argument("--max-documents", type=int, default=DEFAULT_MAX_DOCUMENTS,
-                   help="most documents per rerank request, and the largest k of a search; "
-                        f"more is a 413 (default: {DEFAULT_MAX_DOCUMENTS})")
-    g.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help="largest request body, checked before parsing; more is a 413 "
-                        f"(default: {DEFAULT_MAX_BODY_BYTES} = 10 MiB)")
-    g.add_argument("--workers-threads", type=int, default=1,
-                   help="model calls run at once, each on its own thread (default: 1, the "
-                        "best on a small CPU machine; more helps with a GPU or many cores)")
-    g.add_argument("--torch-threads", type=int,
-                   help="torch intra-op threads (default: (CPUs - 1) / --workers-threads, at "
-                        "least 1: one CPU stays free for HTTP and tokenization)")
-    g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"requests that may wait for the model; more get 503 "
-                        f"(default: {DEFAULT_MAX_QUEUE})")
-    g.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn log level (default: info)")
+    g.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set; "
+        "prefer the variable, command lines are visible to other users)",
+    )
+    g.add_argument(
+        "--max-documents",
+        type=int,
+        default=DEFAULT_MAX_DOCUMENTS,
+        help="most documents per rerank request, and the largest k of a search; "
+        f"more is a 413 (default: {DEFAULT_MAX_DOCUMENTS})",
+    )
+    g.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body, checked before parsing; more is a 413 "
+        f"(default: {DEFAULT_MAX_BODY_BYTES} = 10 MiB)",
+    )
+    g.add_argument(
+        "--workers-threads",
+        type=int,
+        default=1,
+        help="model calls run at once, each on its own thread (default: 1, the "
+        "best on a small CPU machine; more helps with a GPU or many cores)",
+    )
+    g.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads (default: (CPUs - 1) / --workers-threads, at "
+        "least 1: one CPU stays free for HTTP and tokenization)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"requests that may wait for the model; more get 503 (default: {DEFAULT_MAX_QUEUE})",
+    )
+    g.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default: info)",
+    )
     p.set_defaults(handler=run_serve)
 
 
@@ -919,17 +1114,25 @@ def run_serve(args: argparse.Namespace) -> int:
     if reranker is not None:
         threads = limit_torch_threads(args.workers_threads, args.torch_threads)
         _say(f"{args.workers_threads} inference thread(s), {threads} torch thread(s) each")
-    app = create_app(searcher, reranker, api_key=api_key, max_documents=args.max_documents,
-                     max_body_bytes=args.max_body_bytes, model_name=args.model_name,
-                     worker_threads=args.workers_threads, max_queue=args.max_queue)
+    app = create_app(
+        searcher,
+        reranker,
+        api_key=api_key,
+        max_documents=args.max_documents,
+        max_body_bytes=args.max_body_bytes,
+        model_name=args.model_name,
+        worker_threads=args.workers_threads,
+        max_queue=args.max_queue,
+    )
     if args.host not in _LOOPBACK_HOSTS and not api_key:
-        _say(f"warning: listening on {args.host} without an API key; anyone who can reach "
-             "this port can use it (set --api-key or TANSAKU_API_KEY)")
+        _say(
+            f"warning: listening on {args.host} without an API key; anyone who can reach "
+            "this port can use it (set --api-key or TANSAKU_API_KEY)"
+        )
     import uvicorn
 
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    server_header=False)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)
     finally:
         if searcher is not None:
             searcher.close()
@@ -938,12 +1141,24 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _check_serve_args(args: argparse.Namespace) -> None:
     if args.no_index == (args.index is not None):
-        raise TansakuError("give an INDEX directory, or --no-index for a rerank-only server"
-                           if args.index is None else "give either INDEX or --no-index, not both")
+        raise TansakuError(
+            "give an INDEX directory, or --no-index for a rerank-only server"
+            if args.index is None
+            else "give either INDEX or --no-index, not both"
+        )
     if args.no_index and args.reranker.lower() == "none":
         raise TansakuError("--no-index needs --reranker: there would be nothing to serve")
-    for name in ("port", "max_documents", "max_body_bytes", "workers_threads", "max_queue",
-                 "max_length", "rerank_batch_size", "max_chunks_per_doc", "torch_threads"):
+    for name in (
+        "port",
+        "max_documents",
+        "max_body_bytes",
+        "workers_threads",
+        "max_queue",
+        "max_length",
+        "rerank_batch_size",
+        "max_chunks_per_doc",
+        "torch_threads",
+    ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TansakuError(f"--{name.replace('_', '-')} must be at least 1")
     if args.api_key is not None and not args.api_key.strip():
@@ -956,9 +1171,13 @@ def _load_reranker(args: argparse.Namespace) -> Any | None:
     from tansaku.rerank import CrossEncoderReranker
 
     _say(f"loading reranker {args.reranker}")
-    return CrossEncoderReranker(args.reranker, max_length=args.max_length,
-                                batch_size=args.rerank_batch_size, quantize=args.quantize,
-                                max_chunks_per_doc=args.max_chunks_per_doc)
+    return CrossEncoderReranker(
+        args.reranker,
+        max_length=args.max_length,
+        batch_size=args.rerank_batch_size,
+        quantize=args.quantize,
+        max_chunks_per_doc=args.max_chunks_per_doc,
+    )
 
 
 def limit_torch_threads(workers: int, threads: int | None = None) -> int:

@@ -18,8 +18,7 @@ _DOCUMENT_SCHEMA: dict[str, Any] = {
     "items": {
         "anyOf": [
             {"type": "string"},
-            {"type": "object", "properties": {"text": {"type": "string"}},
-             "additionalProperties": True},
+            {"type": "object", "properties": {"text": {"type": "string"}}, "additionalProperties": True},
         ]
     }
 }
@@ -37,6 +36,7 @@ class _Strict(BaseModel):
 
 # -- requests ------------------------------------------------------------------------------------
 
+
 class CohereRerankRequest(_Strict):
     """A Cohere v1/v2 rerank request (also what Jina, LocalAI and Infinity clients send).
 
@@ -46,24 +46,36 @@ class CohereRerankRequest(_Strict):
 
     model: str | None = Field(None, description="must name the loaded reranker when given")
     query: str = Field(..., min_length=1, description="the search query")
-    documents: list[Any] = Field(..., min_length=1, json_schema_extra=_DOCUMENT_SCHEMA,
-                                 description="strings, or objects with a 'text' field")
+    documents: list[Any] = Field(
+        ...,
+        min_length=1,
+        json_schema_extra=_DOCUMENT_SCHEMA,
+        description="strings, or objects with a 'text' field",
+    )
     top_n: PositiveInt | None = Field(None, description="results to return (default: all)")
     rank_fields: list[str] | None = Field(
-        None, min_length=1, description="object fields to rank on, joined as 'name: value' lines")
+        None, min_length=1, description="object fields to rank on, joined as 'name: value' lines"
+    )
     return_documents: StrictBool | None = Field(
-        None, description="include each document in its result (default: false)")
+        None, description="include each document in its result (default: false)"
+    )
     max_chunks_per_doc: PositiveInt | None = Field(
-        None, description="at most this many token windows scored per long document "
-                          "(capped at the server's --max-chunks-per-doc)")
+        None,
+        description="at most this many token windows scored per long document "
+        "(capped at the server's --max-chunks-per-doc)",
+    )
     max_tokens_per_doc: PositiveInt | None = Field(
-        None, description="truncate each document to its first N tokens before scoring")
+        None, description="truncate each document to its first N tokens before scoring"
+    )
     raw_scores: StrictBool | None = Field(
-        None, description="also return each result's logit as raw_score (relevance_score stays "
-                          "the sigmoid score in [0, 1])")
+        None,
+        description="also return each result's logit as raw_score (relevance_score stays "
+        "the sigmoid score in [0, 1])",
+    )
     priority: int | None = Field(None, description="accepted for Cohere v2 and ignored (one queue)")
     relevant_spans: dict[str, Any] | None = Field(
-        None, description="Cohere v2; only {'mode': 'disabled'} is supported")
+        None, description="Cohere v2; only {'mode': 'disabled'} is supported"
+    )
 
     query_not_blank = field_validator("query")(_not_blank)
 
@@ -76,10 +88,11 @@ class TEIRerankRequest(_Strict):
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: StrictBool | None = Field(
-        None, description="true: score only each text's first window (max-length tokens); "
-                          "false/absent: long texts are scored as their best window")
-    truncation_direction: Literal["Right", "Left"] = Field(
-        "Right", description="only 'Right' is supported")
+        None,
+        description="true: score only each text's first window (max-length tokens); "
+        "false/absent: long texts are scored as their best window",
+    )
+    truncation_direction: Literal["Right", "Left"] = Field("Right", description="only 'Right' is supported")
 
     query_not_blank = field_validator("query")(_not_blank)
 
@@ -92,16 +105,20 @@ class SearchRequest(_Strict):
     retrieve_k: PositiveInt | None = Field(None, description="first-stage candidates")
     rerank_k: PositiveInt | None = Field(None, description="candidates passed to the reranker")
     mode: Literal["bm25", "dense", "hybrid"] | None = Field(
-        None, description="first stage (default: hybrid if the index has a dense part, else bm25)")
+        None, description="first stage (default: hybrid if the index has a dense part, else bm25)"
+    )
     filter: dict[str, Any] | None = Field(
-        None, description="metadata filter applied before every stage's top-k, e.g. "
-                          '{"lang": "ja", "year": {"$gte": 2020}}: $eq $ne $gt $gte $lt $lte '
-                          "$in $nin $exists $and $or $not; on list fields any element may match")
+        None,
+        description="metadata filter applied before every stage's top-k, e.g. "
+        '{"lang": "ja", "year": {"$gte": 2020}}: $eq $ne $gt $gte $lt $lte '
+        "$in $nin $exists $and $or $not; on list fields any element may match",
+    )
 
     query_not_blank = field_validator("query")(_not_blank)
 
 
 # -- responses (documentation; handlers build the JSON themselves) -------------------------------
+
 
 class RerankDocument(BaseModel):
     """The document as sent (objects keep all their fields)."""
@@ -113,10 +130,10 @@ class RerankDocument(BaseModel):
 class RerankResult(BaseModel):
     index: int = Field(..., description="position of the document in the request")
     relevance_score: float = Field(..., description="sigmoid score in [0, 1], never a logit")
-    raw_score: float | None = Field(
-        None, description="the logit; only present when raw_scores is true")
+    raw_score: float | None = Field(None, description="the logit; only present when raw_scores is true")
     document: RerankDocument | None = Field(
-        None, description="only present when return_documents is true (absent, not null, else)")
+        None, description="only present when return_documents is true (absent, not null, else)"
+    )
 
 
 class ApiVersion(BaseModel):
@@ -219,6 +236,7 @@ class ErrorResponse(BaseModel):
 
 
 # -- the two bodies POST /rerank accepts -----------------------------------------------------------
+
 
 def _rerank_shape(body: Any) -> str:
     # TEI sends "texts", Cohere/Jina send "documents"; anything else is validated (and

@@ -47,6 +47,7 @@ class TrainingPair:
 
 # -------------------------------------------------------------------------------- data
 
+
 def read_pairs(path: str | os.PathLike[str]) -> list[TrainingPair]:
     """JSONL lines ``{"query": ..., "positive": id or [ids]}`` (an optional ``"id"`` names the query)."""
     path = Path(path)
@@ -67,14 +68,20 @@ def read_pairs(path: str | os.PathLike[str]) -> list[TrainingPair]:
                 raise IngestError("expected a JSON object", source=str(path), line=line_no)
             query = record.get("query")
             if not isinstance(query, str) or not query.strip():
-                raise IngestError("missing or empty query", source=str(path), line=line_no,
-                                  field="query")
+                raise IngestError("missing or empty query", source=str(path), line=line_no, field="query")
             positive = record.get("positive")
             ids = [positive] if isinstance(positive, (str, int)) else positive
-            if (not isinstance(ids, list) or not ids
-                    or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids)):
-                raise IngestError("expected a document id or a non-empty list of ids",
-                                  source=str(path), line=line_no, field="positive")
+            if (
+                not isinstance(ids, list)
+                or not ids
+                or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids)
+            ):
+                raise IngestError(
+                    "expected a document id or a non-empty list of ids",
+                    source=str(path),
+                    line=line_no,
+                    field="positive",
+                )
             qid = str(record.get("id", f"{path.name}:{line_no}"))
             pairs.append(TrainingPair(query, tuple(dict.fromkeys(str(i) for i in ids)), qid))
     if not pairs:
@@ -85,8 +92,11 @@ def read_pairs(path: str | os.PathLike[str]) -> list[TrainingPair]:
 def jsquad_pairs(ds: RetrievalDataset, qids: Sequence[str] | None = None) -> list[TrainingPair]:
     """Training pairs from a retrieval dataset (e.g. :func:`load_jsquad`): question -> paragraph."""
     chosen = list(ds.queries) if qids is None else list(qids)
-    return [TrainingPair(ds.queries[q], tuple(d for d, rel in ds.qrels[q].items() if rel > 0), q)
-            for q in chosen if q in ds.qrels]
+    return [
+        TrainingPair(ds.queries[q], tuple(d for d, rel in ds.qrels[q].items() if rel > 0), q)
+        for q in chosen
+        if q in ds.qrels
+    ]
 
 
 def load_training_data(path: str | os.PathLike[str], fmt: str = "auto") -> list[TrainingPair]:
@@ -102,18 +112,22 @@ def load_training_data(path: str | os.PathLike[str], fmt: str = "auto") -> list[
     return read_pairs(path)
 
 
-def split_holdout(pairs: Sequence[TrainingPair], fraction: float,
-                  seed: int = 0) -> tuple[list[TrainingPair], list[TrainingPair]]:
+def split_holdout(
+    pairs: Sequence[TrainingPair], fraction: float, seed: int = 0
+) -> tuple[list[TrainingPair], list[TrainingPair]]:
     """(train, held out): a seeded random ``fraction`` of the queries is held out."""
     if not 0 <= fraction < 1:
         raise ConfigError(f"holdout fraction must be in [0, 1), got {fraction!r}")
     n_out = int(round(fraction * len(pairs)))
     picked = set(np.random.default_rng([seed, 1]).permutation(len(pairs))[:n_out].tolist())
-    return ([p for i, p in enumerate(pairs) if i not in picked],
-            [p for i, p in enumerate(pairs) if i in picked])
+    return (
+        [p for i, p in enumerate(pairs) if i not in picked],
+        [p for i, p in enumerate(pairs) if i in picked],
+    )
 
 
 # -------------------------------------------------------------------------------- mining
+
 
 @dataclass(frozen=True)
 class MiningConfig:
@@ -144,11 +158,19 @@ class MiningConfig:
 
 def _batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def first_stage(index: Index, queries: Sequence[str], mode: str, k: int, *, batch_size: int = 64,
-                progress: bool = True, desc: str = "first stage") -> list[list[Hit]]:
+def first_stage(
+    index: Index,
+    queries: Sequence[str],
+    mode: str,
+    k: int,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "first stage",
+) -> list[list[Hit]]:
     """The first stage's top ``k`` for every query, in batches, with a progress bar."""
     from tqdm.auto import tqdm
 
@@ -161,9 +183,13 @@ def first_stage(index: Index, queries: Sequence[str], mode: str, k: int, *, batc
     return out
 
 
-def mine_hard_negatives(index: Index, pairs: Sequence[TrainingPair],
-                        config: MiningConfig = MiningConfig(), *,
-                        progress: bool = True) -> list[TrainExample]:
+def mine_hard_negatives(
+    index: Index,
+    pairs: Sequence[TrainingPair],
+    config: MiningConfig = MiningConfig(),
+    *,
+    progress: bool = True,
+) -> list[TrainExample]:
     """One training group per (query, positive): the positive's text and the hard negatives'.
 
     Every positive id must be in the index (an unknown id is an IngestError naming it).
@@ -175,56 +201,88 @@ def mine_hard_negatives(index: Index, pairs: Sequence[TrainingPair],
     missing = [d for d in wanted if d not in records]
     if missing:
         example = next(p for p in pairs if missing[0] in p.positives)
-        raise IngestError(f"positive document id {missing[0]!r} (query {example.qid!r}) is not in "
-                          f"the index {index.path}" + (f" ({len(missing)} ids are missing)"
-                                                        if len(missing) > 1 else ""),
-                          field="positive")
+        raise IngestError(
+            f"positive document id {missing[0]!r} (query {example.qid!r}) is not in "
+            f"the index {index.path}" + (f" ({len(missing)} ids are missing)" if len(missing) > 1 else ""),
+            field="positive",
+        )
     mode = config.resolved_mode(index)
     longest = max(len(p.positives) for p in pairs)
-    lists = first_stage(index, [p.query for p in pairs], mode, config.depth + longest,
-                        batch_size=config.batch_size, progress=progress, desc="mining negatives")
+    lists = first_stage(
+        index,
+        [p.query for p in pairs],
+        mode,
+        config.depth + longest,
+        batch_size=config.batch_size,
+        progress=progress,
+        desc="mining negatives",
+    )
     rng = np.random.default_rng([config.seed, 2])
     chosen: list[list[str]] = []
     for pair, hits in zip(pairs, lists, strict=True):
-        negatives = [h.doc_id for h in hits[: config.depth + len(pair.positives)]
-                     if h.doc_id not in pair.positives][: config.negatives]
+        negatives = [
+            h.doc_id for h in hits[: config.depth + len(pair.positives)] if h.doc_id not in pair.positives
+        ][: config.negatives]
         if len(negatives) < config.negatives:
-            negatives += _random_fill(index, rng, set(pair.positives) | set(negatives),
-                                      config.negatives - len(negatives))
+            negatives += _random_fill(
+                index, rng, set(pair.positives) | set(negatives), config.negatives - len(negatives)
+            )
         chosen.append(negatives)
     texts = {d: r.indexed_text for d, r in records.items()}
     need = sorted({d for negs in chosen for d in negs} - set(texts))
     texts.update({d: r.indexed_text for d, r in index.corpus.get_many(need).items()})
-    return [TrainExample(pair.query, texts[pos], tuple(texts[d] for d in negs))
-            for pair, negs in zip(pairs, chosen, strict=True) for pos in pair.positives]
+    return [
+        TrainExample(pair.query, texts[pos], tuple(texts[d] for d in negs))
+        for pair, negs in zip(pairs, chosen, strict=True)
+        for pos in pair.positives
+    ]
 
 
 def _random_fill(index: Index, rng: np.random.Generator, exclude: set[str], n: int) -> list[str]:
-    pool = [i for i in rng.permutation(len(index))[: n + len(exclude) + 8].tolist()
-            if str(index.doc_ids[i]) not in exclude]
+    pool = [
+        i
+        for i in rng.permutation(len(index))[: n + len(exclude) + 8].tolist()
+        if str(index.doc_ids[i]) not in exclude
+    ]
     return [str(index.doc_ids[i]) for i in pool[:n]]
 
 
 # -------------------------------------------------------------------------------- fusion
 
-def rerank_lists(index: Index, reranker: Any, queries: Sequence[str], candidates: Sequence[list[Hit]],
-                 k: int, *, progress: bool = True) -> list[list[Hit]]:
+
+def rerank_lists(
+    index: Index,
+    reranker: Any,
+    queries: Sequence[str],
+    candidates: Sequence[list[Hit]],
+    k: int,
+    *,
+    progress: bool = True,
+) -> list[list[Hit]]:
     """The reranker's scores for the best ``k`` candidates of each query (all of them, ranked)."""
     from tqdm.auto import tqdm
 
     out = []
-    for query, hits in tqdm(list(zip(queries, candidates, strict=True)), desc="reranking",
-                            unit="query", disable=not progress):
+    for query, hits in tqdm(
+        list(zip(queries, candidates, strict=True)), desc="reranking", unit="query", disable=not progress
+    ):
         head = index.hydrate(hits[:k])
         inputs = [h.replace(text=h.indexed_text) for h in head]
         out.append(reranker.rerank(query, inputs) if inputs else [])
     return out
 
 
-def choose_fusion_weight(index: Index, model_dir: str | os.PathLike[str],
-                         pairs: Sequence[TrainingPair], *, mode: str, rerank_k: int = 30,
-                         grid: Sequence[float] = DEFAULT_GRID, max_length: int = 512,
-                         progress: bool = True) -> dict[str, Any]:
+def choose_fusion_weight(
+    index: Index,
+    model_dir: str | os.PathLike[str],
+    pairs: Sequence[TrainingPair],
+    *,
+    mode: str,
+    rerank_k: int = 30,
+    grid: Sequence[float] = DEFAULT_GRID,
+    max_length: int = 512,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Sweep the fusion weight on held-out ``pairs`` and record the best in the manifest.
 
     Returns the ``fusion`` record: the chosen weight, nDCG@10 for every weight of the grid,
@@ -237,12 +295,21 @@ def choose_fusion_weight(index: Index, model_dir: str | os.PathLike[str],
     firsts = first_stage(index, queries, mode, rerank_k, progress=progress, desc="held-out first stage")
     reranked = rerank_lists(index, reranker, queries, firsts, rerank_k, progress=progress)
     qrels = {p.qid: {d: 1 for d in p.positives} for p in pairs}
-    scores = sweep_fusion_weights({p.qid: f for p, f in zip(pairs, firsts, strict=True)},
-                                  {p.qid: r for p, r in zip(pairs, reranked, strict=True)}, qrels, grid)
-    record = {"weight": best_weight(scores), "metric": "ndcg@10",
-              "by_weight": {f"{w:g}": round(s, 6) for w, s in scores.items()},
-              "first_stage": mode, "rerank_k": rerank_k, "held_out_queries": len(pairs),
-              "chosen_on": "queries held out of the training pairs (never trained on)"}
+    scores = sweep_fusion_weights(
+        {p.qid: f for p, f in zip(pairs, firsts, strict=True)},
+        {p.qid: r for p, r in zip(pairs, reranked, strict=True)},
+        qrels,
+        grid,
+    )
+    record = {
+        "weight": best_weight(scores),
+        "metric": "ndcg@10",
+        "by_weight": {f"{w:g}": round(s, 6) for w, s in scores.items()},
+        "first_stage": mode,
+        "rerank_k": rerank_k,
+        "held_out_queries": len(pairs),
+        "chosen_on": "queries held out of the training pairs (never trained on)",
+    }
     manifest = read_manifest(model_dir) or {}
     manifest["fusion"] = record
     write_manifest(model_dir, manifest)
@@ -251,13 +318,24 @@ def choose_fusion_weight(index: Index, model_dir: str | os.PathLike[str],
 
 # -------------------------------------------------------------------------------- the command
 
-def train_reranker(base: str | os.PathLike[str], pairs: Sequence[TrainingPair] | None,
-                   index_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                   config: TrainConfig | None = None, mining: MiningConfig | None = None, *,
-                   holdout: float = 0.1, rerank_k: int = 30, resume: bool = False,
-                   overwrite: bool = False, stop_after: int | None = None,
-                   data_sources: Sequence[str] = (), progress: bool = True,
-                   log: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any] | None]:
+
+def train_reranker(
+    base: str | os.PathLike[str],
+    pairs: Sequence[TrainingPair] | None,
+    index_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    mining: MiningConfig | None = None,
+    *,
+    holdout: float = 0.1,
+    rerank_k: int = 30,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    data_sources: Sequence[str] = (),
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[TrainResult, dict[str, Any] | None]:
     """Mine hard negatives in ``index_path``, train from ``base`` into ``out_dir``, choose the
     fusion weight on the held-out ``holdout`` fraction of the queries.
 
@@ -276,29 +354,52 @@ def train_reranker(base: str | os.PathLike[str], pairs: Sequence[TrainingPair] |
     try:
         mode = mining.resolved_mode(index)
         examples = None
-        provenance = {"sources": list(data_sources), "index": str(Path(index_path).resolve()),
-                      "index_docs": len(index), "pairs": len(pairs), "train_pairs": len(train_pairs),
-                      "held_out_pairs": len(held_out), "holdout_fraction": holdout,
-                      "mining": {**asdict(mining), "mode": mode}}
+        provenance = {
+            "sources": list(data_sources),
+            "index": str(Path(index_path).resolve()),
+            "index_docs": len(index),
+            "pairs": len(pairs),
+            "train_pairs": len(train_pairs),
+            "held_out_pairs": len(held_out),
+            "holdout_fraction": holdout,
+            "mining": {**asdict(mining), "mode": mode},
+        }
         if not (resume and latest_checkpoint(out_dir) is not None):
             start = time.perf_counter()
             examples = mine_hard_negatives(index, train_pairs, mining, progress=progress)
             provenance["mining_seconds"] = round(time.perf_counter() - start, 2)
-            say(f"mined {sum(len(e.negatives) for e in examples)} hard negatives for "
+            say(
+                f"mined {sum(len(e.negatives) for e in examples)} hard negatives for "
                 f"{len(examples)} groups ({mode} top {mining.depth}) in "
-                f"{provenance['mining_seconds']:.1f} s")
-        result = train_cross_encoder(base, examples, out_dir, config, resume=resume,
-                                     overwrite=overwrite, stop_after=stop_after,
-                                     provenance=provenance, progress=progress, log=say)
+                f"{provenance['mining_seconds']:.1f} s"
+            )
+        result = train_cross_encoder(
+            base,
+            examples,
+            out_dir,
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            stop_after=stop_after,
+            provenance=provenance,
+            progress=progress,
+            log=say,
+        )
         fusion = None
         if result.completed and held_out:
-            fusion = choose_fusion_weight(index, out_dir, held_out, mode=mode, rerank_k=rerank_k,
-                                          progress=progress)
-            say(f"fusion weight {fusion['weight']:g} (nDCG@10 on {len(held_out)} held-out queries: "
-                + ", ".join(f"{w}: {s:.4f}" for w, s in fusion["by_weight"].items()) + ")")
+            fusion = choose_fusion_weight(
+                index, out_dir, held_out, mode=mode, rerank_k=rerank_k, progress=progress
+            )
+            say(
+                f"fusion weight {fusion['weight']:g} (nDCG@10 on {len(held_out)} held-out queries: "
+                + ", ".join(f"{w}: {s:.4f}" for w, s in fusion["by_weight"].items())
+                + ")"
+            )
         elif result.completed:
-            say("no held-out queries: no fusion weight recorded (searches use pure reranker order "
-                "unless --rerank-fusion is given)")
+            say(
+                "no held-out queries: no fusion weight recorded (searches use pure reranker order "
+                "unless --rerank-fusion is given)"
+            )
         return result, fusion
     finally:
         index.close()

@@ -37,8 +37,9 @@ def _rows(path: str | os.PathLike[str], width: int, what: str):
             if not parts:
                 continue
             if len(parts) != width:
-                raise IngestError(f"a {what} line has {width} columns, found {len(parts)}",
-                                  source=str(path), line=line_no)
+                raise IngestError(
+                    f"a {what} line has {width} columns, found {len(parts)}", source=str(path), line=line_no
+                )
             yield line_no, parts
 
 
@@ -49,8 +50,9 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
         try:
             qrels.setdefault(qid, {})[doc] = int(rel)
         except ValueError:
-            raise IngestError(f"relevance must be an integer, got {rel!r}", source=str(path),
-                              line=line_no) from None
+            raise IngestError(
+                f"relevance must be an integer, got {rel!r}", source=str(path), line=line_no
+            ) from None
     return qrels
 
 
@@ -68,20 +70,24 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         try:
             run.setdefault(qid, {})[doc] = float(score)
         except ValueError:
-            raise IngestError(f"score must be a number, got {score!r}", source=str(path),
-                              line=line_no) from None
+            raise IngestError(
+                f"score must be a number, got {score!r}", source=str(path), line=line_no
+            ) from None
     return run
 
 
-def write_run(path: str | os.PathLike[str], results: Mapping[str, Sequence[Hit]],
-              tag: str = "tansaku") -> None:
+def write_run(
+    path: str | os.PathLike[str], results: Mapping[str, Sequence[Hit]], tag: str = "tansaku"
+) -> None:
     """One line per hit, ranks 1..n in the hits' order (document ids must not contain spaces)."""
     with _open(path, "w") as fh:
         for qid, hits in results.items():
             for rank, hit in enumerate(hits, 1):
                 if any(c.isspace() for c in hit.doc_id):
-                    raise IngestError(f"document id {hit.doc_id!r} contains whitespace; TREC run "
-                                      "files cannot hold it", source=str(path))
+                    raise IngestError(
+                        f"document id {hit.doc_id!r} contains whitespace; TREC run files cannot hold it",
+                        source=str(path),
+                    )
                 fh.write(f"{qid} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n")
 
 
@@ -100,21 +106,22 @@ def read_queries(path: str | os.PathLike[str]) -> dict[str, str]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise IngestError(f"invalid JSON: {exc.msg}", source=str(path),
-                                      line=line_no) from None
+                    raise IngestError(f"invalid JSON: {exc.msg}", source=str(path), line=line_no) from None
                 qid = next((obj[k] for k in ("id", "qid", "_id", "query_id") if k in obj), None)
                 text = next((obj[k] for k in ("text", "query", "question") if k in obj), None)
                 if qid is None or not isinstance(text, str) or not text.strip():
-                    raise IngestError("a query needs an id (id/qid/_id) and a text (text/query)",
-                                      source=str(path), line=line_no)
+                    raise IngestError(
+                        "a query needs an id (id/qid/_id) and a text (text/query)",
+                        source=str(path),
+                        line=line_no,
+                    )
                 queries[str(qid)] = text
         else:
             for row_no, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
                 if not row:
                     continue
                 if len(row) < 2 or not row[1].strip():
-                    raise IngestError("expected 'qid<TAB>query text'", source=str(path),
-                                      line=row_no)
+                    raise IngestError("expected 'qid<TAB>query text'", source=str(path), line=row_no)
                 queries[row[0]] = row[1]
     return queries
 

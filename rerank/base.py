@@ -17,9 +17,7 @@ STAGE = "rerank"
 class Reranker(Protocol):
     """Re-scores a query's candidate documents; higher scores are more relevant."""
 
-    def rerank(
-        self, query: str, docs: Sequence[Hit | str], top_n: int | None = None
-    ) -> list[Hit]:
+    def rerank(self, query: str, docs: Sequence[Hit | str], top_n: int | None = None) -> list[Hit]:
         """New Hits sorted by score (best first), ranked 1..n with ``stage="rerank"``.
 
         Hits keep their ``doc_id``/``title``/``text``/``metadata``; a plain string becomes a
@@ -56,15 +54,12 @@ def document_texts(docs: Sequence[Hit | str]) -> list[str]:
             texts.append(doc)
         else:
             raise ConfigError(
-                f"documents to rerank must be Hit or str, got {type(doc).__name__} at position "
-                f"{position}"
+                f"documents to rerank must be Hit or str, got {type(doc).__name__} at position {position}"
             )
     return texts
 
 
-def ranked_hits(
-    docs: Sequence[Hit | str], scores: np.ndarray, top_n: int | None = None
-) -> list[Hit]:
+def ranked_hits(docs: Sequence[Hit | str], scores: np.ndarray, top_n: int | None = None) -> list[Hit]:
     """Sort ``docs`` by ``scores`` (descending, stable) into ranked rerank-stage Hits."""
     if len(scores) != len(docs):
         raise ValueError(f"{len(scores)} scores for {len(docs)} documents")

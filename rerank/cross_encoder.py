@@ -174,9 +174,7 @@ class CrossEncoderReranker:
             f"max_chunks_per_doc={self._max_chunks}, chunk_overlap={self._chunk_overlap})"
         )
 
-    def rerank(
-        self, query: str, docs: Sequence[Hit | str], top_n: int | None = None
-    ) -> list[Hit]:
+    def rerank(self, query: str, docs: Sequence[Hit | str], top_n: int | None = None) -> list[Hit]:
         """Score ``docs`` against ``query`` and return them as ranked rerank-stage Hits."""
         if not isinstance(query, str):
             raise ConfigError(f"query must be a string, got {type(query).__name__}")
@@ -245,7 +243,7 @@ class CrossEncoderReranker:
             q_ids = q_ids[: max(1, room // 2)]
             window = room - len(q_ids)
             for start in window_starts(len(doc), window, self._chunk_overlap, self._max_chunks):
-                window_ids = doc[start:start + window]
+                window_ids = doc[start : start + window]
                 units.append(template.build(q_ids, window_ids, token_types=self._token_types))
                 owners.append(index)
         return units, owners
@@ -267,7 +265,7 @@ class CrossEncoderReranker:
 
             starts = tqdm(starts, desc="Reranking", unit="batch")
         for start in starts:
-            batch_index = order[start:start + self._batch_size]
+            batch_index = order[start : start + self._batch_size]
             batch = self._collate([units[i] for i in batch_index])
             logits = self._model(**batch).logits.float()
             scores[batch_index] = self._logit_scores(logits).cpu().numpy()
@@ -347,9 +345,7 @@ def _sigmoid(raw: np.ndarray) -> np.ndarray:
 
 def _is_single_pair(pairs: Any) -> bool:
     return (
-        isinstance(pairs, (tuple, list))
-        and len(pairs) == 2
-        and all(isinstance(part, str) for part in pairs)
+        isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(part, str) for part in pairs)
     )
 
 

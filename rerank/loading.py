@@ -27,7 +27,6 @@ def load_cross_encoder(
     try:
         from sentence_transformers import CrossEncoder
 
-        return CrossEncoder(source.name, device=device, local_files_only=source.local_files_only,
-                            **kwargs)
+        return CrossEncoder(source.name, device=device, local_files_only=source.local_files_only, **kwargs)
     except Exception as exc:
         raise ModelLoadError(load_failure(source, exc, what="reranker", option="--reranker")) from exc

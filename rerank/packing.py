@@ -28,10 +28,16 @@ import torch.nn.functional as F
 
 # self-attention classes whose forward is plain scaled-dot-product attention over
 # query/key/value projections (no relative positions, no rotary embeddings)
-_SELF_ATTENTION = frozenset({
-    "BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttention", "ElectraSelfAttention",
-    "CamembertSelfAttention", "XLMRobertaXLSelfAttention",
-})
+_SELF_ATTENTION = frozenset(
+    {
+        "BertSelfAttention",
+        "RobertaSelfAttention",
+        "XLMRobertaSelfAttention",
+        "ElectraSelfAttention",
+        "CamembertSelfAttention",
+        "XLMRobertaXLSelfAttention",
+    }
+)
 
 
 def pack_encoder(model: torch.nn.Module) -> bool:
@@ -65,9 +71,11 @@ def packed_encoder(model: torch.nn.Module) -> PackedEncoder | None:
 
 
 def _known_layers(encoder: torch.nn.Module, config: Any) -> bool:
-    if config is not None and (getattr(config, "is_decoder", False)
-                               or getattr(config, "add_cross_attention", False)
-                               or getattr(config, "chunk_size_feed_forward", 0)):
+    if config is not None and (
+        getattr(config, "is_decoder", False)
+        or getattr(config, "add_cross_attention", False)
+        or getattr(config, "chunk_size_feed_forward", 0)
+    ):
         return False
     layers = getattr(encoder, "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
@@ -77,11 +85,14 @@ def _known_layers(encoder: torch.nn.Module, config: Any) -> bool:
         self_attention = getattr(attention, "self", None)
         if type(self_attention).__name__ not in _SELF_ATTENTION:
             return False
-        if not all(hasattr(self_attention, name) for name in
-                   ("query", "key", "value", "num_attention_heads", "attention_head_size", "scaling")):
+        if not all(
+            hasattr(self_attention, name)
+            for name in ("query", "key", "value", "num_attention_heads", "attention_head_size", "scaling")
+        ):
             return False
-        if not all(isinstance(getattr(layer, name, None), torch.nn.Module)
-                   for name in ("intermediate", "output")) or not hasattr(attention, "output"):
+        if not all(
+            isinstance(getattr(layer, name, None), torch.nn.Module) for name in ("intermediate", "output")
+        ) or not hasattr(attention, "output"):
             return False
     return True
 
@@ -123,12 +134,18 @@ class PackedEncoder(torch.nn.Module):
     def layer(self) -> Any:
         return self.inner.layer
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any,
-                **kwargs: Any) -> Any:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         mask = self.layout.mask
         keep = None
-        if (mask is not None and mask.shape == hidden_states.shape[:2] and not self.inner.training
-                and not args and kwargs.get("encoder_hidden_states") is None):
+        if (
+            mask is not None
+            and mask.shape == hidden_states.shape[:2]
+            and not self.inner.training
+            and not args
+            and kwargs.get("encoder_hidden_states") is None
+        ):
             keep = mask.to(torch.bool)
         # only right padding: with left padding the head's first position is a pad, whose
         # (meaningless) stock output the head would read; keep the stock forward for that
@@ -161,8 +178,11 @@ def _layer(layer: Any, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
             # [1, heads, n, size] views (4-D: torch's fused CPU kernel; 3-D falls back to the
             # slower math path); one pair, no padding, so no mask
             out = F.scaled_dot_product_attention(
-                _heads(q[part], n, heads, size), _heads(k[part], n, heads, size),
-                _heads(v[part], n, heads, size), scale=sa.scaling)
+                _heads(q[part], n, heads, size),
+                _heads(k[part], n, heads, size),
+                _heads(v[part], n, heads, size),
+                scale=sa.scaling,
+            )
             context[part] = out[0].transpose(0, 1).reshape(n, heads * size)
         start += n
     hidden = attention.output(context, x)

@@ -85,8 +85,10 @@ def check_quantize(quantize: str, device: str, fp16: bool) -> None:
     if quantize not in QUANTIZE_CHOICES:
         raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
     if quantize == "int8" and (torch.device(device).type != "cpu" or fp16):
-        raise ConfigError("quantize='int8' is a CPU path: use it with device='cpu' and without fp16 "
-                          "(on a GPU, fp16 is the fast path)")
+        raise ConfigError(
+            "quantize='int8' is a CPU path: use it with device='cpu' and without fp16 "
+            "(on a GPU, fp16 is the fast path)"
+        )
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -106,8 +108,11 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         if parent_name.rsplit(".", 1)[-1] in _RESIDUAL_WRITER_PARENTS:
             continue
         for name, child in list(parent.named_children()):
-            if (type(child) is torch.nn.Linear and name not in _HEAD_NAMES
-                    and name not in _RESIDUAL_WRITER_NAMES):
+            if (
+                type(child) is torch.nn.Linear
+                and name not in _HEAD_NAMES
+                and name not in _RESIDUAL_WRITER_NAMES
+            ):
                 setattr(parent, name, TokenScaledInt8Linear(child, state, group=id(parent)))
                 replaced += 1
     if replaced:
@@ -121,8 +126,9 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 def _special_token_ids(config: Any) -> torch.Tensor:
     ids = {getattr(config, field, None) for field in _SPECIAL_ID_FIELDS}
     pad = getattr(config, "pad_token_id", None)
-    return torch.tensor(sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != pad),
-                        dtype=torch.long)
+    return torch.tensor(
+        sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != pad), dtype=torch.long
+    )
 
 
 class _TokenRows(threading.local):
@@ -168,13 +174,15 @@ class _TokenRows(threading.local):
         position = self.positions.get(name)
         return args[position] if position is not None and position < len(args) else None
 
-    def before_forward(self, module: torch.nn.Module, args: tuple[Any, ...],
-                       kwargs: dict[str, Any]) -> None:
+    def before_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.clear()
         input_ids = self._argument("input_ids", args, kwargs)
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
-            self.sink = self.sink_rows(input_ids, self._argument("attention_mask", args, kwargs),
-                                       self._argument("token_type_ids", args, kwargs))
+            self.sink = self.sink_rows(
+                input_ids,
+                self._argument("attention_mask", args, kwargs),
+                self._argument("token_type_ids", args, kwargs),
+            )
             self.rows = self.sink.nonzero().flatten()
             self.n_rows = input_ids.numel()
 
@@ -187,8 +195,7 @@ class _TokenRows(threading.local):
     def after_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.clear()  # nothing from this batch outlives the call (memory, stale rows)
 
-    def sink_rows(self, input_ids: torch.Tensor, attention_mask: Any,
-                  token_type_ids: Any) -> torch.Tensor:
+    def sink_rows(self, input_ids: torch.Tensor, attention_mask: Any, token_type_ids: Any) -> torch.Tensor:
         batch, width = input_ids.shape
         if isinstance(attention_mask, torch.Tensor) and attention_mask.shape == input_ids.shape:
             real = attention_mask.to(torch.bool)
@@ -228,8 +235,9 @@ class TokenScaledInt8Linear(torch.nn.Module):
             # torch.ao.quantization announces its move to torchao; the eager ops still work
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
-            qweight = torch.quantize_per_channel(weight, scales, torch.zeros_like(scales, dtype=torch.long),
-                                                 0, torch.qint8)
+            qweight = torch.quantize_per_channel(
+                weight, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8
+            )
             self._packed = LinearPackedParams(dtype=torch.qint8)
             self._packed.set_weight_bias(qweight, None)  # bias added after the row rescale
         self.weight = linear.weight  # float32, for the sink-token rows

@@ -50,9 +50,23 @@ _WEIGHTS = "trainable.safetensors"
 _OPTIMIZER = "optimizer.safetensors"
 _STATE = "state.json"
 # config fields that change the arithmetic; a resumed run must agree on all of them
-_RUN_FIELDS = ("loss", "epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_length",
-               "queries_per_step", "max_grad_norm", "seed", "train_embeddings", "freeze_layers",
-               "max_steps", "layers", "micro_batch", "dropout")
+_RUN_FIELDS = (
+    "loss",
+    "epochs",
+    "learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "max_length",
+    "queries_per_step",
+    "max_grad_norm",
+    "seed",
+    "train_embeddings",
+    "freeze_layers",
+    "max_steps",
+    "layers",
+    "micro_batch",
+    "dropout",
+)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -149,13 +163,19 @@ class TrainResult:
     losses: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "steps": self.steps, "total_steps": self.total_steps,
-                "seconds": round(self.seconds, 3), "completed": self.completed,
-                "mean_loss": self.mean_loss,
-                "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+        return {
+            "out_dir": str(self.out_dir),
+            "steps": self.steps,
+            "total_steps": self.total_steps,
+            "seconds": round(self.seconds, 3),
+            "completed": self.completed,
+            "mean_loss": self.mean_loss,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+        }
 
 
 # -------------------------------------------------------------------------------- model
+
 
 @dataclass
 class _Model:
@@ -197,19 +217,25 @@ def load_base(base: str | os.PathLike[str], *, seed: int = 0) -> _Model:
 
         config = AutoConfig.from_pretrained(location, local_files_only=source.local_files_only)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=source.local_files_only)
-        head_kept = (any(a.endswith("ForSequenceClassification")
-                         for a in (getattr(config, "architectures", None) or []))
-                     and config.num_labels == 1)
+        head_kept = (
+            any(
+                a.endswith("ForSequenceClassification")
+                for a in (getattr(config, "architectures", None) or [])
+            )
+            and config.num_labels == 1
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, num_labels=1, local_files_only=source.local_files_only,
-                ignore_mismatched_sizes=True)
-        notes.append("kept the base's one-logit classifier" if head_kept
-                     else "new one-logit classifier head")
+                location, num_labels=1, local_files_only=source.local_files_only, ignore_mismatched_sizes=True
+            )
+        notes.append("kept the base's one-logit classifier" if head_kept else "new one-logit classifier head")
         for name, module in model.named_modules():
-            if (name.endswith("pooler.dense") and isinstance(module, torch.nn.Linear)
-                    and not torch.any(module.weight)):
+            if (
+                name.endswith("pooler.dense")
+                and isinstance(module, torch.nn.Linear)
+                and not torch.any(module.weight)
+            ):
                 untrained = module
     except Exception as exc:
         raise ModelLoadError(load_failure(source, exc, what="base", option="--base")) from exc
@@ -224,8 +250,9 @@ def wants_token_types(tokenizer: Any, model: Any, template: PairTemplate) -> boo
     if template.types is None or "token_type_ids" not in inspect.signature(model.forward).parameters:
         return False
     segments = getattr(model.config, "type_vocab_size", 0)
-    return ("token_type_ids" in getattr(tokenizer, "model_input_names", ())
-            or (isinstance(segments, int) and segments > 1))
+    return "token_type_ids" in getattr(tokenizer, "model_input_names", ()) or (
+        isinstance(segments, int) and segments > 1
+    )
 
 
 class PairEncoder:
@@ -273,8 +300,10 @@ class PairEncoder:
             out["token_type_ids"] = []
         for unit in units:
             pad = width - len(unit["input_ids"])
-            rows = {"input_ids": (unit["input_ids"], self.pad_id),
-                    "attention_mask": ([1] * len(unit["input_ids"]), 0)}
+            rows = {
+                "input_ids": (unit["input_ids"], self.pad_id),
+                "attention_mask": ([1] * len(unit["input_ids"]), 0),
+            }
             if self.token_types:
                 rows["token_type_ids"] = (unit["token_type_ids"], 0)
             for key, (values, fill) in rows.items():
@@ -294,7 +323,7 @@ class PairEncoder:
         order = sorted(range(len(units)), key=lambda i: len(units[i]["input_ids"]))
         outputs = []
         for start in range(0, len(order), micro_batch):
-            chunk = order[start:start + micro_batch]
+            chunk = order[start : start + micro_batch]
             outputs.append(model(**self.collate([units[i] for i in chunk])).logits[:, 0])
         position = torch.empty(len(units), dtype=torch.long)
         position[torch.tensor(order)] = torch.arange(len(units))
@@ -324,8 +353,9 @@ def keep_lowest_layers(model: Any, n: int) -> None:
 
 
 @torch.no_grad()
-def standardize_pooler(model: Any, pooler: torch.nn.Linear, encoder: PairEncoder,
-                       groups: Sequence[TrainExample]) -> None:
+def standardize_pooler(
+    model: Any, pooler: torch.nn.Linear, encoder: PairEncoder, groups: Sequence[TrainExample]
+) -> None:
     """Set an untrained pooler to standardise the first token's state: (h - mean) / std.
 
     Why: in e5 (trained with mean pooling) the first token is an attention sink whose state
@@ -336,8 +366,9 @@ def standardize_pooler(model: Any, pooler: torch.nn.Linear, encoder: PairEncoder
     """
     was_training = model.training
     model.eval()
-    states = [model.base_model(**encoder.collate([unit])).last_hidden_state[0, 0]
-              for unit in encoder.units(groups)]
+    states = [
+        model.base_model(**encoder.collate([unit])).last_hidden_state[0, 0] for unit in encoder.units(groups)
+    ]
     model.train(was_training)
     stacked = torch.stack(states).double()
     mean, std = stacked.mean(0), stacked.std(0)
@@ -349,8 +380,9 @@ def standardize_pooler(model: Any, pooler: torch.nn.Linear, encoder: PairEncoder
 POOLER_SAMPLE_GROUPS = 32
 
 
-def initial_model(base: str | os.PathLike[str], examples: Sequence[TrainExample],
-                  config: TrainConfig) -> tuple[_Model, PairEncoder]:
+def initial_model(
+    base: str | os.PathLike[str], examples: Sequence[TrainExample], config: TrainConfig
+) -> tuple[_Model, PairEncoder]:
     """The model training starts from (what ``train_cross_encoder`` trains), and its encoder.
 
     The base loaded as a classifier, cut to ``config.layers``, with ``config.dropout``, and
@@ -368,12 +400,15 @@ def initial_model(base: str | os.PathLike[str], examples: Sequence[TrainExample]
     if loaded.untrained_pooler is not None:
         sample = examples[:POOLER_SAMPLE_GROUPS]
         standardize_pooler(loaded.model, loaded.untrained_pooler, encoder, sample)
-        loaded.notes.append(f"untrained pooler set to standardise the first token "
-                            f"(over {sum(1 + len(e.negatives) for e in sample)} pairs)")
+        loaded.notes.append(
+            f"untrained pooler set to standardise the first token "
+            f"(over {sum(1 + len(e.negatives) for e in sample)} pairs)"
+        )
     return loaded, encoder
 
 
 # -------------------------------------------------------------------------------- training
+
 
 def group_loss(logits: torch.Tensor, sizes: Sequence[int], loss: str) -> torch.Tensor:
     """Mean loss over groups; each group's first logit is its positive."""
@@ -410,8 +445,10 @@ def _optimizer(model: Any, config: TrainConfig) -> tuple[torch.optim.AdamW, dict
     # biases and LayerNorm weights take no weight decay (the usual BERT recipe)
     no_decay = [p for n, p in named.items() if p.ndim < 2]
     decay = [p for n, p in named.items() if p.ndim >= 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     # foreach=False: one code path everywhere, so resumed and uninterrupted runs match bit for bit
     return torch.optim.AdamW(groups, lr=config.learning_rate, foreach=False), named
 
@@ -423,7 +460,7 @@ def _order(n: int, seed: int, epoch: int) -> np.ndarray:
 def _batches(n: int, config: TrainConfig) -> list[np.ndarray]:
     per_epoch = [_order(n, config.seed, e) for e in range(config.epochs)]
     q = config.queries_per_step
-    out = [order[i:i + q] for order in per_epoch for i in range(0, n, q)]
+    out = [order[i : i + q] for order in per_epoch for i in range(0, n, q)]
     return out[: config.max_steps] if config.max_steps else out
 
 
@@ -472,6 +509,7 @@ def read_examples(path: Path) -> list[TrainExample]:
 
 # -------------------------------------------------------------------------------- checkpoints
 
+
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     """The newest complete checkpoint under ``out_dir/checkpoints``, or None."""
     root = Path(out_dir) / CHECKPOINT_DIR
@@ -479,8 +517,14 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(root: Path, step: int, named: dict[str, torch.nn.Parameter],
-                     optimizer: torch.optim.AdamW, state: dict[str, Any], keep: bool) -> Path:
+def _save_checkpoint(
+    root: Path,
+    step: int,
+    named: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.AdamW,
+    state: dict[str, Any],
+    keep: bool,
+) -> Path:
     from safetensors.torch import save_file
 
     final = root / f"step-{step:07d}"
@@ -508,15 +552,16 @@ def _save_checkpoint(root: Path, step: int, named: dict[str, torch.nn.Parameter]
     return final
 
 
-def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter],
-                     optimizer: torch.optim.AdamW) -> None:
+def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter], optimizer: torch.optim.AdamW) -> None:
     from safetensors.torch import load_file
 
     weights = load_file(str(path / _WEIGHTS))
     missing = sorted(set(named) - set(weights))
     if missing:
-        raise ConfigError(f"checkpoint {path} lacks trainable weights {missing[:3]}; it was written "
-                          "with other frozen/trainable settings")
+        raise ConfigError(
+            f"checkpoint {path} lacks trainable weights {missing[:3]}; it was written "
+            "with other frozen/trainable settings"
+        )
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(weights[n])
@@ -524,28 +569,37 @@ def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter],
     moments = load_file(str(path / _OPTIMIZER))
     for n, p in named.items():
         if f"{n}.exp_avg" in moments:
-            optimizer.state[p] = {"step": moments[f"{n}.step"].reshape(()).clone(),
-                                  "exp_avg": moments[f"{n}.exp_avg"].clone(),
-                                  "exp_avg_sq": moments[f"{n}.exp_avg_sq"].clone()}
+            optimizer.state[p] = {
+                "step": moments[f"{n}.step"].reshape(()).clone(),
+                "exp_avg": moments[f"{n}.exp_avg"].clone(),
+                "exp_avg_sq": moments[f"{n}.exp_avg_sq"].clone(),
+            }
 
 
 # -------------------------------------------------------------------------------- the run
+
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> Path | None:
     """Check the output directory; the checkpoint to resume from, if resuming."""
     if resume:
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
-            raise ConfigError(f"--resume: {out} has no checkpoint to resume from "
-                              f"(expected {out / CHECKPOINT_DIR}/step-*/{_STATE})")
+            raise ConfigError(
+                f"--resume: {out} has no checkpoint to resume from "
+                f"(expected {out / CHECKPOINT_DIR}/step-*/{_STATE})"
+            )
         return checkpoint
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise ConfigError(f"output directory {out} is not empty; pass --resume to continue a "
-                              "paused run, --overwrite to replace it, or choose another --out")
+            raise ConfigError(
+                f"output directory {out} is not empty; pass --resume to continue a "
+                "paused run, --overwrite to replace it, or choose another --out"
+            )
         if not ((out / MANIFEST_FILE).is_file() or (out / CHECKPOINT_DIR).is_dir()):
-            raise ConfigError(f"refusing to overwrite {out}: it holds no tansaku reranker "
-                              f"({MANIFEST_FILE}) or training checkpoints; remove it yourself")
+            raise ConfigError(
+                f"refusing to overwrite {out}: it holds no tansaku reranker "
+                f"({MANIFEST_FILE}) or training checkpoints; remove it yourself"
+            )
         shutil.rmtree(out)
     return None
 
@@ -580,8 +634,10 @@ def train_cross_encoder(
         state = json.loads((checkpoint / _STATE).read_text(encoding="utf-8"))
         stored = read_examples(root / EXAMPLES_FILE)
         if examples is not None and examples_digest(examples) != state["examples_sha256"]:
-            raise ConfigError("--resume: the training examples differ from the paused run's; resume "
-                              "without new data (they are stored with the checkpoints)")
+            raise ConfigError(
+                "--resume: the training examples differ from the paused run's; resume "
+                "without new data (they are stored with the checkpoints)"
+            )
         examples = stored
         _check_resume(state, base, config)
         provenance = provenance or state.get("provenance")
@@ -609,8 +665,10 @@ def train_cross_encoder(
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if checkpoint is not None:
             if abs(state["frozen_checksum"] - frozen) > 1e-6 * max(1.0, abs(frozen)):
-                raise ConfigError(f"--resume: the frozen weights of base {base!r} differ from the "
-                                  "paused run's; resume with the same --base")
+                raise ConfigError(
+                    f"--resume: the frozen weights of base {base!r} differ from the "
+                    "paused run's; resume with the same --base"
+                )
             _load_checkpoint(checkpoint, named, optimizer)
             start_step, elapsed = int(state["step"]), float(state["seconds"])
             losses, started_at = list(state["losses"]), state["started_at"]
@@ -618,23 +676,39 @@ def train_cross_encoder(
         else:
             root.mkdir(parents=True, exist_ok=True)
             write_examples(root / EXAMPLES_FILE, examples)
-        say(f"training {loaded.source}: {len(examples)} groups, {total} steps, "
-            f"{sum(p.numel() for p in named.values()):,} trainable weights; "
-            + "; ".join(loaded.notes))
+        say(
+            f"training {loaded.source}: {len(examples)} groups, {total} steps, "
+            f"{sum(p.numel() for p in named.values()):,} trainable weights; " + "; ".join(loaded.notes)
+        )
 
         def snapshot(step: int) -> dict[str, Any]:
-            return {"step": step, "total_steps": total, "seconds": elapsed, "losses": losses,
-                    "base": str(base), "config": config.to_dict(), "examples_sha256": digest,
-                    "examples": len(examples), "frozen_checksum": frozen,
-                    "started_at": started_at, "provenance": provenance}
+            return {
+                "step": step,
+                "total_steps": total,
+                "seconds": elapsed,
+                "losses": losses,
+                "base": str(base),
+                "config": config.to_dict(),
+                "examples_sha256": digest,
+                "examples": len(examples),
+                "frozen_checksum": frozen,
+                "started_at": started_at,
+                "provenance": provenance,
+            }
 
         end = total if stop_after is None else min(total, stop_after)
         saved: Path | None = None
         model.train()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start_step, desc="train-reranker", unit="step",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=start_step,
+            desc="train-reranker",
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         with bar:
             for step in range(start_step, end):
                 t0 = time.perf_counter()
@@ -653,15 +727,25 @@ def train_cross_encoder(
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{lr:.2e}")
                 done = step + 1
-                if done < total and (done == end or (config.checkpoint_every
-                                                     and done % config.checkpoint_every == 0)):
-                    saved = _save_checkpoint(root, done, named, optimizer, snapshot(done),
-                                             config.keep_checkpoints)
+                if done < total and (
+                    done == end or (config.checkpoint_every and done % config.checkpoint_every == 0)
+                ):
+                    saved = _save_checkpoint(
+                        root, done, named, optimizer, snapshot(done), config.keep_checkpoints
+                    )
         steps_done = max(start_step, end)
         if steps_done < total:
             say(f"paused after step {steps_done}/{total}; continue with --resume ({saved})")
-            return TrainResult(out, steps_done, total, elapsed, False,
-                               float(np.mean(losses)) if losses else None, saved, losses)
+            return TrainResult(
+                out,
+                steps_done,
+                total,
+                elapsed,
+                False,
+                float(np.mean(losses)) if losses else None,
+                saved,
+                losses,
+            )
 
         model.eval()
         model.save_pretrained(str(out))
@@ -669,17 +753,25 @@ def train_cross_encoder(
     manifest = {
         "format": "tansaku-reranker/1",
         "trainer": "tansaku.rerank.training",
-        "base": str(base), "base_resolved": loaded.source, "base_notes": loaded.notes,
-        "examples": len(examples), "examples_sha256": digest,
+        "base": str(base),
+        "base_resolved": loaded.source,
+        "base_notes": loaded.notes,
+        "examples": len(examples),
+        "examples_sha256": digest,
         "negatives_per_query": _summary([len(e.negatives) for e in examples]),
         "data": provenance or {},
-        "params": config.to_dict(), "seed": config.seed,
-        "steps": total, "train_seconds": round(elapsed, 2),
-        "loss_first_50": _mean(losses[:50]), "loss_last_50": _mean(losses[-50:]),
+        "params": config.to_dict(),
+        "seed": config.seed,
+        "steps": total,
+        "train_seconds": round(elapsed, 2),
+        "loss_first_50": _mean(losses[:50]),
+        "loss_last_50": _mean(losses[-50:]),
         "started_at": started_at,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "processor": platform.processor() or None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
     }
     write_manifest(out, manifest)
     _write_card(out, manifest)
@@ -695,8 +787,10 @@ def _check_resume(state: dict[str, Any], base: str | os.PathLike[str], config: T
     for name in _RUN_FIELDS:
         before, now = state["config"].get(name), getattr(config, name)
         if before != now:
-            raise ConfigError(f"--resume: {name} was {before!r} in the paused run, now {now!r}; "
-                              "resume with the same settings")
+            raise ConfigError(
+                f"--resume: {name} was {before!r} in the paused run, now {now!r}; "
+                "resume with the same settings"
+            )
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -725,8 +819,10 @@ def recorded_fusion(model_dir: str | os.PathLike[str]) -> tuple[float | None, st
     fusion = (manifest or {}).get("fusion")
     fusion = fusion if isinstance(fusion, dict) else {}
     weight, stage = fusion.get("weight"), fusion.get("first_stage")
-    return (float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else None,
-            stage if isinstance(stage, str) else None)
+    return (
+        float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else None,
+        stage if isinstance(stage, str) else None,
+    )
 
 
 def _write_card(out: Path, m: dict[str, Any]) -> None:
@@ -738,7 +834,8 @@ def _write_card(out: Path, m: dict[str, Any]) -> None:
         f"seed {p['seed']}; {m['train_seconds']:.0f} s of training ({m['threads']} threads).\n\n"
         f"Load it with `CrossEncoderReranker(DIR)`, `tansaku search INDEX QUERY --reranker DIR` or "
         f"`sentence_transformers.CrossEncoder(DIR)`. Everything about the run is in `{MANIFEST_FILE}`.\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
 
 
 def _summary(values: list[int]) -> dict[str, float]:

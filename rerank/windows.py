@@ -47,7 +47,10 @@ class PairTemplate:
         if token_types and self.types is not None:
             prefix_t, middle_t, suffix_t, query_t, doc_t = self.types
             features["token_type_ids"] = [
-                *prefix_t, *[query_t] * len(query_ids), *middle_t, *[doc_t] * len(doc_ids),
+                *prefix_t,
+                *[query_t] * len(query_ids),
+                *middle_t,
+                *[doc_t] * len(doc_ids),
                 *suffix_t,
             ]
         return features
@@ -80,21 +83,21 @@ def _probe(tokenizer: Any, query: str, doc: str) -> PairTemplate | None:
     full = list(encoded["input_ids"])
     nq, nd = len(query_ids), len(doc_ids)
     # the query is the first occurrence, the document the last one after it
-    q_at = next((i for i in range(len(full) - nq + 1) if full[i:i + nq] == query_ids), None)
+    q_at = next((i for i in range(len(full) - nq + 1) if full[i : i + nq] == query_ids), None)
     if q_at is None:
         return None
-    d_at = next(
-        (i for i in range(len(full) - nd, q_at + nq - 1, -1) if full[i:i + nd] == doc_ids), None
-    )
+    d_at = next((i for i in range(len(full) - nd, q_at + nq - 1, -1) if full[i : i + nd] == doc_ids), None)
     if d_at is None:
         return None
     types = None
     if "token_type_ids" in encoded:
         t = list(encoded["token_type_ids"])
-        types = (tuple(t[:q_at]), tuple(t[q_at + nq:d_at]), tuple(t[d_at + nd:]), t[q_at], t[d_at])
+        types = (tuple(t[:q_at]), tuple(t[q_at + nq : d_at]), tuple(t[d_at + nd :]), t[q_at], t[d_at])
     template = PairTemplate(
-        prefix=tuple(full[:q_at]), middle=tuple(full[q_at + nq:d_at]),
-        suffix=tuple(full[d_at + nd:]), types=types,
+        prefix=tuple(full[:q_at]),
+        middle=tuple(full[q_at + nq : d_at]),
+        suffix=tuple(full[d_at + nd :]),
+        types=types,
     )
     rebuilt = template.build(query_ids, doc_ids)
     if rebuilt["input_ids"] != full or (

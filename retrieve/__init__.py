@@ -14,8 +14,9 @@ from .hybrid import FusionConfig, HybridRetriever, default_weights
 MODES = ("bm25", "dense", "hybrid")
 
 
-def make_retriever(index: Index, mode: str = "bm25", *, fusion: FusionConfig | None = None,
-                   nprobe: int | None = None) -> Retriever:
+def make_retriever(
+    index: Index, mode: str = "bm25", *, fusion: FusionConfig | None = None, nprobe: int | None = None
+) -> Retriever:
     """The retriever for a search ``mode``: ``bm25``, ``dense`` or ``hybrid``."""
     if mode == "bm25":
         return BM25Retriever(index)
@@ -30,6 +31,16 @@ def make_retriever(index: Index, mode: str = "bm25", *, fusion: FusionConfig | N
     raise ConfigError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-__all__ = ["BM25Retriever", "DenseRetriever", "FusionConfig", "HybridRetriever", "MODES",
-           "Retriever", "default_weights", "make_retriever", "minmax", "reciprocal_rank_fusion",
-           "score_fusion"]
+__all__ = [
+    "BM25Retriever",
+    "DenseRetriever",
+    "FusionConfig",
+    "HybridRetriever",
+    "MODES",
+    "Retriever",
+    "default_weights",
+    "make_retriever",
+    "minmax",
+    "reciprocal_rank_fusion",
+    "score_fusion",
+]

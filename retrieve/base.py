@@ -23,8 +23,9 @@ class Retriever(Protocol):
 
     def retrieve(self, query: str, k: int = 100, *, filter: FilterSpec = None) -> list[Hit]: ...
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100, *,
-                       filter: FilterSpec = None) -> list[list[Hit]]: ...
+    def retrieve_batch(
+        self, queries: Sequence[str], k: int = 100, *, filter: FilterSpec = None
+    ) -> list[list[Hit]]: ...
 
 
 def check_k(k: int) -> int:

@@ -28,20 +28,25 @@ class BM25Retriever:
         the whole corpus's statistics, so a document scores the same with or without it)."""
         check_k(k)
         mask = self.index.filter_mask(filter)
-        return self._hits(*self.index.bm25.top_k(self.index.analyzer.tokenize(query), k,
-                                                 allowed=mask, weight=self._weight))
+        return self._hits(
+            *self.index.bm25.top_k(self.index.analyzer.tokenize(query), k, allowed=mask, weight=self._weight)
+        )
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100, *,
-                       filter: FilterSpec = None) -> list[list[Hit]]:
+    def retrieve_batch(
+        self, queries: Sequence[str], k: int = 100, *, filter: FilterSpec = None
+    ) -> list[list[Hit]]:
         """All queries through the parallel top-k kernel (same results as :meth:`retrieve`)."""
         check_k(k)
         mask = self.index.filter_mask(filter)
         tokens = [self.index.analyzer.tokenize(q) for q in queries]
-        return [self._hits(pos, scores)
-                for pos, scores in self.index.bm25.top_k_batch(tokens, k, allowed=mask,
-                                                               weight=self._weight)]
+        return [
+            self._hits(pos, scores)
+            for pos, scores in self.index.bm25.top_k_batch(tokens, k, allowed=mask, weight=self._weight)
+        ]
 
     def _hits(self, positions: np.ndarray, scores: np.ndarray) -> list[Hit]:
         ids = self.index.ids_at(positions)
-        return [Hit(doc_id, float(s), rank, self.stage)
-                for rank, (doc_id, s) in enumerate(zip(ids, scores, strict=True), 1)]
+        return [
+            Hit(doc_id, float(s), rank, self.stage)
+            for rank, (doc_id, s) in enumerate(zip(ids, scores, strict=True), 1)
+        ]

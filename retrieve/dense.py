@@ -21,15 +21,17 @@ class DenseRetriever:
         if index.dense is None:
             raise ConfigError(
                 f"index {index.path} has no dense index: rebuild it with --encoder MODEL, "
-                "or search with mode 'bm25'")
+                "or search with mode 'bm25'"
+            )
         self.index = index
         self.nprobe = nprobe
 
     def retrieve(self, query: str, k: int = 100, *, filter: FilterSpec = None) -> list[Hit]:
         return self.retrieve_batch([query], k, filter=filter)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100, *,
-                       filter: FilterSpec = None) -> list[list[Hit]]:
+    def retrieve_batch(
+        self, queries: Sequence[str], k: int = 100, *, filter: FilterSpec = None
+    ) -> list[list[Hit]]:
         """Nearest documents per query; a ``filter`` restricts them before the top-k (small
         allowed sets are scored exactly, so a selective filter loses no recall)."""
         check_k(k)
@@ -45,6 +47,10 @@ class DenseRetriever:
         for row_scores, row_pos in zip(scores, positions, strict=True):
             keep = row_pos >= 0
             ids = self.index.ids_at(row_pos[keep])
-            out.append([Hit(doc_id, float(s), rank, self.stage) for rank, (doc_id, s)
-                        in enumerate(zip(ids, row_scores[keep], strict=True), 1)])
+            out.append(
+                [
+                    Hit(doc_id, float(s), rank, self.stage)
+                    for rank, (doc_id, s) in enumerate(zip(ids, row_scores[keep], strict=True), 1)
+                ]
+            )
         return out

@@ -13,9 +13,14 @@ def _sorted_hits(scores: dict[str, float], k: int, stage: str) -> list[Hit]:
     return [Hit(doc_id, score, rank, stage) for rank, (doc_id, score) in enumerate(best, 1)]
 
 
-def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], k: int, *, rrf_k: int = 60,
-                           weights: Sequence[float] | None = None,
-                           stage: str = "hybrid") -> list[Hit]:
+def reciprocal_rank_fusion(
+    lists: Sequence[Sequence[Hit]],
+    k: int,
+    *,
+    rrf_k: int = 60,
+    weights: Sequence[float] | None = None,
+    stage: str = "hybrid",
+) -> list[Hit]:
     """RRF (Cormack et al. 2009): score(d) = Σ wᵢ / (rrf_k + rankᵢ(d))."""
     weights = weights or [1.0] * len(lists)
     scores: dict[str, float] = {}
@@ -35,8 +40,9 @@ def minmax(hits: Sequence[Hit]) -> dict[str, float]:
     return {h.doc_id: (h.score - lo) / span if span > 0 else 1.0 for h in hits}
 
 
-def score_fusion(lists: Sequence[Sequence[Hit]], k: int, *, weights: Sequence[float],
-                 stage: str = "hybrid") -> list[Hit]:
+def score_fusion(
+    lists: Sequence[Sequence[Hit]], k: int, *, weights: Sequence[float], stage: str = "hybrid"
+) -> list[Hit]:
     """Σ wᵢ · minmaxᵢ(score); a document missing from a list gets 0 from it."""
     scores: dict[str, float] = {}
     for hits, w in zip(lists, weights, strict=True):

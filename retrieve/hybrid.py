@@ -60,8 +60,7 @@ class HybridRetriever:
 
     stage = "hybrid"
 
-    def __init__(self, retrievers: Sequence[Retriever],
-                 fusion: FusionConfig = FusionConfig()) -> None:
+    def __init__(self, retrievers: Sequence[Retriever], fusion: FusionConfig = FusionConfig()) -> None:
         if len(retrievers) < 2:
             raise ConfigError("a hybrid retriever needs at least two retrievers")
         if fusion.weights is not None and len(fusion.weights) != len(retrievers):
@@ -78,8 +77,9 @@ class HybridRetriever:
     def retrieve(self, query: str, k: int = 100, *, filter: FilterSpec = None) -> list[Hit]:
         return self.retrieve_batch([query], k, filter=filter)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 100, *,
-                       filter: FilterSpec = None) -> list[list[Hit]]:
+    def retrieve_batch(
+        self, queries: Sequence[str], k: int = 100, *, filter: FilterSpec = None
+    ) -> list[list[Hit]]:
         """Each retriever's (filtered) list, fused; a ``filter`` applies to every retriever."""
         check_k(k)
         depth = max(k, self.fusion.depth)

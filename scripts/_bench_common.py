@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def best_time(fn: Callable[[], T], repeat: int,
-              warmup: Callable[[], object] | None = None) -> tuple[float, T]:
+def best_time(
+    fn: Callable[[], T], repeat: int, warmup: Callable[[], object] | None = None
+) -> tuple[float, T]:
     """Run ``warmup`` once (untimed), then ``fn`` ``repeat`` times; best seconds and last result.
 
     The previous result is dropped before each run, so two results (e.g. two built
@@ -72,8 +73,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        parts = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "  ".join(parts)
 
     rule = "  ".join("-" * w for w in widths)

@@ -60,8 +60,13 @@ def synthetic_records(paragraphs: Sequence[str], n_docs: int, seed: int = SEED) 
         pos = 0
         for i in range(n):
             length = int(lengths[i])
-            text = "".join(sentences[j] for j in picks[pos:pos + length])
+            text = "".join(sentences[j] for j in picks[pos : pos + length])
             pos += length
-            yield {"id": f"s{done + i:07d}", "text": text, "year": years[i],
-                   "bucket": buckets[i], "lang": "ja"}
+            yield {
+                "id": f"s{done + i:07d}",
+                "text": text,
+                "year": years[i],
+                "bucket": buckets[i],
+                "lang": "ja",
+            }
         done += n

@@ -38,13 +38,22 @@ from tansaku.retrieve import BM25Retriever
 REPO = Path(__file__).resolve().parent.parent
 
 
-def bench(name: str, corpus: str, records, n_docs: int, questions: list[str], workdir: Path,
-          workers: int, n_queries: int) -> dict[str, object]:
+def bench(
+    name: str,
+    corpus: str,
+    records,
+    n_docs: int,
+    questions: list[str],
+    workdir: Path,
+    workers: int,
+    n_queries: int,
+) -> dict[str, object]:
     path = workdir / f"{corpus}-{name}"
     shutil.rmtree(path, ignore_errors=True)
     start = time.perf_counter()
-    index = build_index(path, records, BuildConfig(analyzer=name, workers=workers),
-                        progress=False, total=n_docs)
+    index = build_index(
+        path, records, BuildConfig(analyzer=name, workers=workers), progress=False, total=n_docs
+    )
     build_s = time.perf_counter() - start
     retriever = BM25Retriever(index)
     queries = questions[:n_queries]
@@ -59,17 +68,24 @@ def bench(name: str, corpus: str, records, n_docs: int, questions: list[str], wo
     retriever.retrieve_batch(queries, 100)
     batch_s = time.perf_counter() - t0
     times.sort()
-    row = {"analyzer": name, "corpus": corpus, "docs": len(index), "build_s": round(build_s, 2),
-           "tokenize_bm25_s": round(index.manifest["build"]["seconds"]["tokenize+bm25"], 2),
-           "size_mb": round(dir_size_mb(path), 1), "bm25_mb": round(dir_size_mb(path / "bm25"), 1),
-           "postings": index.bm25.n_postings, "terms": len(index.bm25.vocab),
-           "query_mean_ms": round(statistics.fmean(times), 3),
-           "query_p50_ms": round(times[len(times) // 2], 3),
-           "query_p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
-           "batch_qps": round(len(queries) / batch_s, 1), "load": round(os.getloadavg()[0], 2)}
+    row = {
+        "analyzer": name,
+        "corpus": corpus,
+        "docs": len(index),
+        "build_s": round(build_s, 2),
+        "tokenize_bm25_s": round(index.manifest["build"]["seconds"]["tokenize+bm25"], 2),
+        "size_mb": round(dir_size_mb(path), 1),
+        "bm25_mb": round(dir_size_mb(path / "bm25"), 1),
+        "postings": index.bm25.n_postings,
+        "terms": len(index.bm25.vocab),
+        "query_mean_ms": round(statistics.fmean(times), 3),
+        "query_p50_ms": round(times[len(times) // 2], 3),
+        "query_p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+        "batch_qps": round(len(queries) / batch_s, 1),
+        "load": round(os.getloadavg()[0], 2),
+    }
     index.close()
-    print(f"  {corpus} {name}: built in {build_s:.1f} s, query {row['query_mean_ms']} ms",
-          file=sys.stderr)
+    print(f"  {corpus} {name}: built in {build_s:.1f} s, query {row['query_mean_ms']} ms", file=sys.stderr)
     return row
 
 
@@ -93,16 +109,52 @@ def main(argv: list[str] | None = None) -> int:
     analyzers = [a.strip() for a in args.analyzers.split(",") if a.strip()]
     rows = []
     for name in analyzers:
-        rows.append(bench(name, "jsquad", read_dicts(ds.corpus), len(ds.corpus), questions,
-                          args.workdir, args.workers, n_queries))
+        rows.append(
+            bench(
+                name,
+                "jsquad",
+                read_dicts(ds.corpus),
+                len(ds.corpus),
+                questions,
+                args.workdir,
+                args.workers,
+                n_queries,
+            )
+        )
     for name in analyzers:
         records = read_dicts(synthetic_records(paragraphs, n_docs))
-        rows.append(bench(name, f"synthetic-{n_docs // 1000}k", records, n_docs, questions,
-                          args.workdir, args.workers, n_queries))
-    keys = ["corpus", "analyzer", "docs", "build_s", "size_mb", "bm25_mb", "postings", "terms",
-            "query_mean_ms", "query_p50_ms", "query_p99_ms", "batch_qps", "load"]
-    print(format_table(keys, [[f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys]
-                              for r in rows]))
+        rows.append(
+            bench(
+                name,
+                f"synthetic-{n_docs // 1000}k",
+                records,
+                n_docs,
+                questions,
+                args.workdir,
+                args.workers,
+                n_queries,
+            )
+        )
+    keys = [
+        "corpus",
+        "analyzer",
+        "docs",
+        "build_s",
+        "size_mb",
+        "bm25_mb",
+        "postings",
+        "terms",
+        "query_mean_ms",
+        "query_p50_ms",
+        "query_p99_ms",
+        "batch_qps",
+        "load",
+    ]
+    print(
+        format_table(
+            keys, [[f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys] for r in rows]
+        )
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

@@ -115,8 +115,9 @@ def sample_positions(total: int, n: int | None, seed: int = SEED) -> list[int]:
     return sorted(rng.choice(total, size=n, replace=False).tolist())
 
 
-def timed_tokenise(tokenize: Callable[[str], list[str]],
-                   texts: Sequence[str]) -> tuple[list[list[str]], float]:
+def timed_tokenise(
+    tokenize: Callable[[str], list[str]], texts: Sequence[str]
+) -> tuple[list[list[str]], float]:
     """Token lists of ``texts`` and the seconds it took."""
     start = time.perf_counter()
     tokens = [tokenize(t) for t in texts]
@@ -128,8 +129,9 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in re.findall(r"[^。]+。?", text) if s.strip()]
 
 
-def synthetic_docs(paragraphs: Sequence[str], tokenize: Callable[[str], list[str]],
-                   n_docs: int, seed: int = SEED) -> tuple[list[list[str]], float, int]:
+def synthetic_docs(
+    paragraphs: Sequence[str], tokenize: Callable[[str], list[str]], n_docs: int, seed: int = SEED
+) -> tuple[list[list[str]], float, int]:
     """``n_docs`` documents of 3-6 random sentences; (docs, sentence tokenise s, n sentences)."""
     sentences = list(dict.fromkeys(chain.from_iterable(split_sentences(p) for p in paragraphs)))
     sentence_tokens, seconds = timed_tokenise(tokenize, sentences)
@@ -137,20 +139,24 @@ def synthetic_docs(paragraphs: Sequence[str], tokenize: Callable[[str], list[str
     lengths = rng.integers(3, 7, size=n_docs)
     picks = rng.integers(0, len(sentences), size=int(lengths.sum())).tolist()
     bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-    docs = [list(chain.from_iterable(sentence_tokens[i] for i in picks[lo:hi]))
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    docs = [
+        list(chain.from_iterable(sentence_tokens[i] for i in picks[lo:hi]))
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     return docs, seconds, len(sentences)
 
 
 # -- token cache shared with the worker subprocesses ------------------------------------------
 
 
-def _encode(token_lists: Sequence[Sequence[str]],
-            vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def _encode(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(t) for t in token_lists])
-    ids = np.fromiter((vocab.setdefault(t, len(vocab)) for toks in token_lists for t in toks),
-                      dtype=np.int32, count=int(offsets[-1]))
+    ids = np.fromiter(
+        (vocab.setdefault(t, len(vocab)) for toks in token_lists for t in toks),
+        dtype=np.int32,
+        count=int(offsets[-1]),
+    )
     return ids, offsets
 
 
@@ -165,8 +171,7 @@ def write_cache(cache: Path, ds: Dataset, spec: dict[str, Any]) -> None:
     vocab: dict[str, int] = {}
     doc_ids, doc_off = _encode(ds.docs, vocab)
     query_ids, query_off = _encode(ds.queries, vocab)
-    np.savez(cache / "tokens.npz", doc_ids=doc_ids, doc_off=doc_off,
-             query_ids=query_ids, query_off=query_off)
+    np.savez(cache / "tokens.npz", doc_ids=doc_ids, doc_off=doc_off, query_ids=query_ids, query_off=query_off)
     (cache / "vocab.json").write_text(json.dumps(list(vocab), ensure_ascii=False), "utf-8")
     (cache / "spec.json").write_text(json.dumps(spec), "utf-8")
 
@@ -215,8 +220,11 @@ class TansakuEngine:
         batch = getattr(BM25Index, "top_k_batch", None)
         self.has_batch = batch is not None
         self.threads_kw = _threads_kwarg(batch) if batch is not None else None
-        self.batch_note = ("top_k_batch" + (f"({self.threads_kw}=...)" if self.threads_kw else "")
-                           if self.has_batch else "loop over top_k (no top_k_batch method)")
+        self.batch_note = (
+            "top_k_batch" + (f"({self.threads_kw}=...)" if self.threads_kw else "")
+            if self.has_batch
+            else "loop over top_k (no top_k_batch method)"
+        )
 
     def build(self, docs: list[list[str]]) -> Any:
         return self.cls.build(docs, self.params)
@@ -231,8 +239,9 @@ class TansakuEngine:
     def search(self, model: Any, query: list[str], k: int) -> np.ndarray:
         return np.asarray(model.top_k(query, k)[0])
 
-    def search_batch(self, model: Any, queries: list[list[str]], k: int,
-                     threads: int) -> list[np.ndarray] | None:
+    def search_batch(
+        self, model: Any, queries: list[list[str]], k: int, threads: int
+    ) -> list[np.ndarray] | None:
         if not self.has_batch:
             return [self.search(model, q, k) for q in queries] if threads == 1 else None
         if threads > 1 and self.threads_kw is None:
@@ -249,8 +258,10 @@ class Bm25sEngine:
 
         self.bm25s, self.backend = bm25s, backend
         self.name = f"bm25s-{backend}"
-        self.batch_note = ("retrieve(all queries): 1T = n_threads=0 (its sequential map, faster "
-                           "than n_threads=1's 1-worker pool), otherwise n_threads=T")
+        self.batch_note = (
+            "retrieve(all queries): 1T = n_threads=0 (its sequential map, faster "
+            "than n_threads=1's 1-worker pool), otherwise n_threads=T"
+        )
 
     def build(self, docs: list[list[str]]) -> Any:
         model = self.bm25s.BM25(method=BM25S_METHOD, backend=self.backend)
@@ -262,17 +273,16 @@ class Bm25sEngine:
         return True
 
     def load(self, directory: str) -> Any:
-        return self.bm25s.BM25.load(directory, mmap=True, show_progress=False,
-                                    backend=self.backend)
+        return self.bm25s.BM25.load(directory, mmap=True, show_progress=False, backend=self.backend)
 
     def search(self, model: Any, query: list[str], k: int) -> np.ndarray:
         return model.retrieve([query], k=k, show_progress=False, n_threads=0).documents[0]
 
-    def search_batch(self, model: Any, queries: list[list[str]], k: int,
-                     threads: int) -> list[np.ndarray] | None:
+    def search_batch(
+        self, model: Any, queries: list[list[str]], k: int, threads: int
+    ) -> list[np.ndarray] | None:
         n_threads = 0 if threads == 1 else threads
-        return list(model.retrieve(queries, k=k, show_progress=False, n_threads=n_threads)
-                    .documents)
+        return list(model.retrieve(queries, k=k, show_progress=False, n_threads=n_threads).documents)
 
 
 class RankBm25Engine:
@@ -295,8 +305,9 @@ class RankBm25Engine:
     def search(self, model: Any, query: list[str], k: int) -> np.ndarray:
         return top_k_positions(model.get_scores(query), k)
 
-    def search_batch(self, model: Any, queries: list[list[str]], k: int,
-                     threads: int) -> list[np.ndarray] | None:
+    def search_batch(
+        self, model: Any, queries: list[list[str]], k: int, threads: int
+    ) -> list[np.ndarray] | None:
         return None
 
 
@@ -317,19 +328,18 @@ def make_engine(name: str) -> Engine:
 # -- worker: one engine in its own process ----------------------------------------------------
 
 
-def hit_at(results: Sequence[np.ndarray], gold: Sequence[int] | None,
-           depth: int = 10) -> float | None:
+def hit_at(results: Sequence[np.ndarray], gold: Sequence[int] | None, depth: int = 10) -> float | None:
     """Share of queries whose gold position is in the first ``depth`` results."""
     if not gold:
         return None
     return float(np.mean([g in r[:depth].tolist() for r, g in zip(results, gold, strict=True)]))
 
 
-def time_queries(fn: Callable[[list[list[str]]], Any], queries: list[list[str]],
-                 repeat: int) -> tuple[float | None, Any]:
+def time_queries(
+    fn: Callable[[list[list[str]]], Any], queries: list[list[str]], repeat: int
+) -> tuple[float | None, Any]:
     """Queries/s of ``fn(queries)`` (best of ``repeat`` after a warm-up) and its last result."""
-    seconds, result = best_time(lambda: fn(queries), repeat,
-                                warmup=lambda: fn(queries[:WARMUP_QUERIES]))
+    seconds, result = best_time(lambda: fn(queries), repeat, warmup=lambda: fn(queries[:WARMUP_QUERIES]))
     return (None if result is None else len(queries) / seconds), result
 
 
@@ -342,8 +352,12 @@ def run_worker(engine_name: str, cache: Path) -> dict[str, Any]:
     if engine_name == "rank-bm25":
         queries = [queries[i] for i in spec["rank_queries"]]
         gold = [gold[i] for i in spec["rank_queries"]] if gold else None
-    out: dict[str, Any] = {"engine": engine_name, "queries": len(queries),
-                           "batch_note": engine.batch_note, "base_rss_mb": peak_rss_mb()}
+    out: dict[str, Any] = {
+        "engine": engine_name,
+        "queries": len(queries),
+        "batch_note": engine.batch_note,
+        "base_rss_mb": peak_rss_mb(),
+    }
     out["index_s"], model = best_time(lambda: engine.build(docs), repeat)
 
     def single(m: Any) -> Callable[[list[list[str]]], list[np.ndarray]]:
@@ -355,13 +369,15 @@ def run_worker(engine_name: str, cache: Path) -> dict[str, Any]:
             out["size_mb"] = dir_size_mb(tmp)
             out["single_qps_built"], _ = time_queries(single(model), queries, repeat)
             model = None
-            out["load_s"], model = best_time(lambda: engine.load(tmp), repeat,
-                                             warmup=lambda: engine.load(tmp))
+            out["load_s"], model = best_time(
+                lambda: engine.load(tmp), repeat, warmup=lambda: engine.load(tmp)
+            )
         out["single_qps"], results = time_queries(single(model), queries, repeat)
         out["hit10"] = hit_at(results, gold)
         for t in sorted({1, threads}):
             out[f"batch_qps_{t}"], _ = time_queries(
-                lambda qs, t=t: engine.search_batch(model, qs, k, t), queries, repeat)
+                lambda qs, t=t: engine.search_batch(model, qs, k, t), queries, repeat
+            )
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -369,10 +385,13 @@ def run_worker(engine_name: str, cache: Path) -> dict[str, Any]:
 def run_subprocess(engine_name: str, cache: Path, threads: int) -> dict[str, Any]:
     """run_worker in a fresh interpreter, so engines do not share memory or imports."""
     print(f"  [{engine_name}] running ...", file=sys.stderr, flush=True)
-    env = dict(os.environ, DISABLE_TQDM="1", TQDM_DISABLE="1",
-               NUMBA_NUM_THREADS=str(max(threads, os.cpu_count() or 1)))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine_name,
-           "--cache", str(cache)]
+    env = dict(
+        os.environ,
+        DISABLE_TQDM="1",
+        TQDM_DISABLE="1",
+        NUMBA_NUM_THREADS=str(max(threads, os.cpu_count() or 1)),
+    )
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine_name, "--cache", str(cache)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -386,8 +405,11 @@ def run_subprocess(engine_name: str, cache: Path, threads: int) -> dict[str, Any
 
 def mean_overlap(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray], depth: int) -> float:
     """Mean share of our top ``depth`` (queries with any match) also in their top ``depth``."""
-    shares = [len(set(a[:depth].tolist()) & set(b[:depth].tolist())) / len(a[:depth])
-              for a, b in zip(ours, theirs, strict=True) if len(a)]
+    shares = [
+        len(set(a[:depth].tolist()) & set(b[:depth].tolist())) / len(a[:depth])
+        for a, b in zip(ours, theirs, strict=True)
+        if len(a)
+    ]
     return float(np.mean(shares)) if shares else float("nan")
 
 
@@ -400,8 +422,11 @@ def correctness(ds: Dataset, k: int, n_check: int, with_rank: bool) -> dict[str,
     index = BM25Index.build(ds.docs, BM25Params())
     sample = [ds.queries[i] for i in sample_positions(len(ds.queries), n_check, SEED + 1)]
     df = np.diff(index.indptr)
-    out: dict[str, Any] = {"check_queries": len(sample), "max_score_diff": None,
-                           "negative_idf_terms": int((df > index.n_docs / 2).sum())}
+    out: dict[str, Any] = {
+        "check_queries": len(sample),
+        "max_score_diff": None,
+        "negative_idf_terms": int((df > index.n_docs / 2).sum()),
+    }
     if with_rank:
         from rank_bm25 import BM25Okapi
 
@@ -411,8 +436,7 @@ def correctness(ds: Dataset, k: int, n_check: int, with_rank: bool) -> dict[str,
         out["max_score"] = float(max(index.get_scores(q).max() for q in sample))
     model = bm25s.BM25(method=BM25S_METHOD)
     model.index(ds.docs, show_progress=False)
-    theirs = model.retrieve(ds.queries, k=min(k, index.n_docs), show_progress=False,
-                            n_threads=0).documents
+    theirs = model.retrieve(ds.queries, k=min(k, index.n_docs), show_progress=False, n_threads=0).documents
     # epsilon=0 floors negative idf at 0 exactly like robertson: this overlap checks the feeding.
     for name, idx in (("", index), ("_eps0", BM25Index.build(ds.docs, BM25Params(epsilon=0.0)))):
         ours = [np.asarray(idx.top_k(q, k)[0]) for q in ds.queries]
@@ -421,8 +445,7 @@ def correctness(ds: Dataset, k: int, n_check: int, with_rank: bool) -> dict[str,
     if hasattr(index, "top_k_batch"):
         batched = batch_positions(index.top_k_batch(sample, k), len(sample))
         singles = [np.asarray(index.top_k(q, k)[0]) for q in sample]
-        out["batch_matches_top_k"] = all(
-            np.array_equal(a, b) for a, b in zip(batched, singles, strict=True))
+        out["batch_matches_top_k"] = all(np.array_equal(a, b) for a, b in zip(batched, singles, strict=True))
     return out
 
 
@@ -439,8 +462,10 @@ def engine_names(n_docs: int) -> tuple[list[str], list[str]]:
     if n_docs <= RANK_BM25_MAX_DOCS:
         names.append("rank-bm25")
     else:
-        notes.append(f"rank-bm25 skipped above {RANK_BM25_MAX_DOCS:,} docs "
-                     "(its get_scores is O(N) Python per query term)")
+        notes.append(
+            f"rank-bm25 skipped above {RANK_BM25_MAX_DOCS:,} docs "
+            "(its get_scores is O(N) Python per query term)"
+        )
     return names, notes
 
 
@@ -449,17 +474,29 @@ def bench_corpus(ds: Dataset, args: argparse.Namespace, n_rank: int) -> dict[str
     print(f"{ds.name}: {len(ds.docs):,} docs, {len(ds.queries):,} queries", file=sys.stderr)
     names, notes = engine_names(len(ds.docs))
     rank_queries = sample_positions(len(ds.queries), n_rank)
-    spec = {"k": args.k, "repeat": args.repeat, "threads": args.threads, "gold": ds.gold,
-            "rank_queries": rank_queries}
+    spec = {
+        "k": args.k,
+        "repeat": args.repeat,
+        "threads": args.threads,
+        "gold": ds.gold,
+        "rank_queries": rank_queries,
+    }
     with tempfile.TemporaryDirectory(prefix="bench_bm25_cache_") as cache:
         write_cache(Path(cache), ds, spec)
         rows = [run_subprocess(name, Path(cache), args.threads) for name in names]
     print("  [check] correctness ...", file=sys.stderr, flush=True)
     n_check = CHECK_QUERIES if ds.gold is not None else min(CHECK_QUERIES, n_rank)
     check = correctness(ds, args.k, n_check, "rank-bm25" in names)
-    return {"dataset": ds.name, "docs": len(ds.docs), "queries": len(ds.queries),
-            "tokens": sum(map(len, ds.docs)), "tokenise_s": ds.tokenise,
-            "notes": ds.notes + notes, "rows": rows, "check": check}
+    return {
+        "dataset": ds.name,
+        "docs": len(ds.docs),
+        "queries": len(ds.queries),
+        "tokens": sum(map(len, ds.docs)),
+        "tokenise_s": ds.tokenise,
+        "notes": ds.notes + notes,
+        "rows": rows,
+        "check": check,
+    }
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -477,18 +514,36 @@ def batch_qps(row: dict[str, Any], threads: int) -> float | None:
 
 
 def results_table(run: dict[str, Any], threads: int) -> str:
-    headers = ["engine", "index s", "size MB", "load s", "single q/s", "single built",
-               "batch q/s 1T",
-               f"batch q/s {threads}T", "peak RSS MB", "base RSS MB", "hit@10"]
+    headers = [
+        "engine",
+        "index s",
+        "size MB",
+        "load s",
+        "single q/s",
+        "single built",
+        "batch q/s 1T",
+        f"batch q/s {threads}T",
+        "peak RSS MB",
+        "base RSS MB",
+        "hit@10",
+    ]
     rows = []
     for r in run["rows"]:
         if "error" in r:
             rows.append([r["engine"], f"error: {r['error']}"[:60], *[""] * (len(headers) - 2)])
             continue
-        cells = [r["index_s"], r["size_mb"], r["load_s"], r["single_qps"],
-                 r.get("single_qps_built") or r["single_qps"], batch_qps(r, 1),
-                 batch_qps(r, threads) if threads > 1 else None, r["peak_rss_mb"],
-                 r["base_rss_mb"], r["hit10"]]
+        cells = [
+            r["index_s"],
+            r["size_mb"],
+            r["load_s"],
+            r["single_qps"],
+            r.get("single_qps_built") or r["single_qps"],
+            batch_qps(r, 1),
+            batch_qps(r, threads) if threads > 1 else None,
+            r["peak_rss_mb"],
+            r["base_rss_mb"],
+            r["hit10"],
+        ]
         rows.append([r["engine"], *(fmt_num(c) for c in cells)])
     return format_table(headers, rows)
 
@@ -502,16 +557,20 @@ def goal_checks(run: dict[str, Any], threads: int) -> list[tuple[str, float | No
     ours = row_by(run, "tansaku")
     if ours is None:
         return []
-    others = [(r, GOAL_VS_RANK if r["engine"] == "rank-bm25" else GOAL_VS_BM25S)
-              for r in run["rows"] if r["engine"] != "tansaku" and "error" not in r]
+    others = [
+        (r, GOAL_VS_RANK if r["engine"] == "rank-bm25" else GOAL_VS_BM25S)
+        for r in run["rows"]
+        if r["engine"] != "tansaku" and "error" not in r
+    ]
     checks: list[tuple[str, float | None, float]] = []
     modes: list[tuple[str, Callable[[dict[str, Any]], float | None]]] = [
-        ("single", lambda r: r.get("single_qps")), ("batched 1T", lambda r: batch_qps(r, 1))]
+        ("single", lambda r: r.get("single_qps")),
+        ("batched 1T", lambda r: batch_qps(r, 1)),
+    ]
     if threads > 1 and batch_qps(ours, threads):
         modes.append((f"batched {threads}T", lambda r: batch_qps(r, threads)))
     for mode, key in modes:
-        checks += [(f"{mode} vs {r['engine']}", ratio(key(ours), key(r)), goal)
-                   for r, goal in others]
+        checks += [(f"{mode} vs {r['engine']}", ratio(key(ours), key(r)), goal) for r, goal in others]
     return checks
 
 
@@ -523,15 +582,17 @@ def ratio_lines(run: dict[str, Any], threads: int) -> list[str]:
     for r in run["rows"]:
         if r["engine"] == "tansaku" or "error" in r:
             continue
-        built = ratio(ours.get("single_qps_built"),
-                      r.get("single_qps_built") or r.get("single_qps"))
-        parts = [f"single {fmt_num(ratio(ours['single_qps'], r['single_qps']))}x",
-                 f"single built {fmt_num(built)}x",
-                 f"batched 1T {fmt_num(ratio(batch_qps(ours, 1), batch_qps(r, 1)))}x"]
+        built = ratio(ours.get("single_qps_built"), r.get("single_qps_built") or r.get("single_qps"))
+        parts = [
+            f"single {fmt_num(ratio(ours['single_qps'], r['single_qps']))}x",
+            f"single built {fmt_num(built)}x",
+            f"batched 1T {fmt_num(ratio(batch_qps(ours, 1), batch_qps(r, 1)))}x",
+        ]
         if threads > 1:
             best_ours = max(batch_qps(ours, 1) or 0, batch_qps(ours, threads) or 0)
-            parts.append(f"tansaku best batch / its {threads}T "
-                         f"{fmt_num(ratio(best_ours, batch_qps(r, threads)))}x")
+            parts.append(
+                f"tansaku best batch / its {threads}T {fmt_num(ratio(best_ours, batch_qps(r, threads)))}x"
+            )
         lines.append(f"tansaku / {r['engine']}: " + ", ".join(parts))
     return lines
 
@@ -540,20 +601,25 @@ def check_lines(run: dict[str, Any], k: int) -> list[str]:
     c = run["check"]
     lines = []
     if c["max_score_diff"] is not None:
-        lines.append(f"max |score diff| tansaku vs rank-bm25 get_scores: {c['max_score_diff']:.3g} "
-                     f"({c['check_queries']} queries x {run['docs']:,} docs; "
-                     f"max score {c['max_score']:.3g})")
-    lines.append(f"top-10 / top-{k} overlap tansaku vs bm25s(method=\"{BM25S_METHOD}\"): "
-                 f"{c['overlap_bm25s_10']:.3f} / {c[f'overlap_bm25s_{k}']:.3f}, "
-                 f"mean over {run['queries']:,} queries "
-                 f"({c['negative_idf_terms']} terms have df > N/2, where robertson idf = 0 "
-                 "but Okapi uses epsilon * mean idf)")
-    lines.append(f"same overlap with tansaku at epsilon=0 (robertson's idf floor): "
-                 f"{c['overlap_bm25s_eps0_10']:.3f} / {c[f'overlap_bm25s_eps0_{k}']:.3f} "
-                 "(checks that bm25s got the same tokens; the rest is float32 ties)")
+        lines.append(
+            f"max |score diff| tansaku vs rank-bm25 get_scores: {c['max_score_diff']:.3g} "
+            f"({c['check_queries']} queries x {run['docs']:,} docs; "
+            f"max score {c['max_score']:.3g})"
+        )
+    lines.append(
+        f'top-10 / top-{k} overlap tansaku vs bm25s(method="{BM25S_METHOD}"): '
+        f"{c['overlap_bm25s_10']:.3f} / {c[f'overlap_bm25s_{k}']:.3f}, "
+        f"mean over {run['queries']:,} queries "
+        f"({c['negative_idf_terms']} terms have df > N/2, where robertson idf = 0 "
+        "but Okapi uses epsilon * mean idf)"
+    )
+    lines.append(
+        f"same overlap with tansaku at epsilon=0 (robertson's idf floor): "
+        f"{c['overlap_bm25s_eps0_10']:.3f} / {c[f'overlap_bm25s_eps0_{k}']:.3f} "
+        "(checks that bm25s got the same tokens; the rest is float32 ties)"
+    )
     if "batch_matches_top_k" in c:
-        lines.append(f"top_k_batch == top_k on {c['check_queries']} queries: "
-                     f"{c['batch_matches_top_k']}")
+        lines.append(f"top_k_batch == top_k on {c['check_queries']} queries: {c['batch_matches_top_k']}")
     return lines
 
 
@@ -565,10 +631,14 @@ def note_lines(run: dict[str, Any]) -> list[str]:
         notes.append(f"{r['engine']} batched: {r['batch_note']}")
     rank = row_by(run, "rank-bm25")
     if rank is not None:
-        notes.append(f"rank-bm25 q/s measured on {rank['queries']} sampled queries and "
-                     "extrapolated per query; it has no save/load")
-    notes.append("single q/s = on the mmap-loaded index; single built = on the freshly built "
-                 "one; base RSS = after imports + loading the shared tokens (peak includes it)")
+        notes.append(
+            f"rank-bm25 q/s measured on {rank['queries']} sampled queries and "
+            "extrapolated per query; it has no save/load"
+        )
+    notes.append(
+        "single q/s = on the mmap-loaded index; single built = on the freshly built "
+        "one; base RSS = after imports + loading the shared tokens (peak includes it)"
+    )
     return notes
 
 
@@ -576,19 +646,25 @@ def verdict(run: dict[str, Any], threads: int) -> str:
     checks = goal_checks(run, threads)
     if not checks:
         return "VERDICT: MISS (tansaku did not run)"
-    parts = [f"{label} {fmt_num(r)}x (goal >= {goal:g}x) {'PASS' if r and r >= goal else 'MISS'}"
-             for label, r, goal in checks]
+    parts = [
+        f"{label} {fmt_num(r)}x (goal >= {goal:g}x) {'PASS' if r and r >= goal else 'MISS'}"
+        for label, r, goal in checks
+    ]
     ok = all(r is not None and r >= goal for _, r, goal in checks)
     return f"VERDICT: {'PASS' if ok else 'MISS'}: " + "; ".join(parts)
 
 
 def print_report(run: dict[str, Any], args: argparse.Namespace) -> None:
     tok = run["tokenise_s"]
-    print(f"\n== {run['dataset']}: {run['docs']:,} docs ({run['tokens']:,} tokens), "
-          f"{run['queries']:,} queries, k={args.k}, best of {args.repeat}, "
-          f"{args.threads} threads ==")
-    print("tokenise (ja-surface analyzer, once, shared by all engines): "
-          + ", ".join(f"{name} {s:.2f} s" for name, s in tok.items()))
+    print(
+        f"\n== {run['dataset']}: {run['docs']:,} docs ({run['tokens']:,} tokens), "
+        f"{run['queries']:,} queries, k={args.k}, best of {args.repeat}, "
+        f"{args.threads} threads =="
+    )
+    print(
+        "tokenise (ja-surface analyzer, once, shared by all engines): "
+        + ", ".join(f"{name} {s:.2f} s" for name, s in tok.items())
+    )
     print(results_table(run, args.threads))
     for line in [*note_lines(run), *ratio_lines(run, args.threads), *check_lines(run, args.k)]:
         print(f"- {line}")
@@ -599,23 +675,39 @@ def print_report(run: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jsquad", type=Path, default=DEFAULT_JSQUAD,
-                   help="JSQuAD valid JSON (default: ../shared/data/jsquad/valid-v1.3.json "
-                        "relative to the repo root)")
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--jsquad",
+        type=Path,
+        default=DEFAULT_JSQUAD,
+        help="JSQuAD valid JSON (default: ../shared/data/jsquad/valid-v1.3.json relative to the repo root)",
+    )
     p.add_argument("--queries", type=int, help="benchmark N sampled questions (default: all)")
     p.add_argument("--repeat", type=int, help="timed runs per measurement, best kept (default 3)")
-    p.add_argument("--rank-bm25-queries", type=int,
-                   help="queries rank-bm25 is timed on, extrapolated per query (default 300)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="threads for the multi-threaded batched rows (default: all cores)")
+    p.add_argument(
+        "--rank-bm25-queries",
+        type=int,
+        help="queries rank-bm25 is timed on, extrapolated per query (default 300)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads for the multi-threaded batched rows (default: all cores)",
+    )
     p.add_argument("--k", type=int, default=100, help="results per query (default 100)")
-    p.add_argument("--quick", action="store_true",
-                   help="500 queries, repeat 1, 100 rank-bm25 queries (explicit options win)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="500 queries, repeat 1, 100 rank-bm25 queries (explicit options win)",
+    )
     p.add_argument("--json", action="store_true", help="also print all results as JSON")
-    p.add_argument("--synthetic-docs", type=int, metavar="N",
-                   help="also benchmark a synthetic corpus of N docs (see above)")
+    p.add_argument(
+        "--synthetic-docs",
+        type=int,
+        metavar="N",
+        help="also benchmark a synthetic corpus of N docs (see above)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -627,22 +719,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def jsquad_dataset(paragraphs: list[str], questions: list[str], gold: list[int],
-                   tokenize: Callable[[str], list[str]], n_queries: int | None) -> Dataset:
+def jsquad_dataset(
+    paragraphs: list[str],
+    questions: list[str],
+    gold: list[int],
+    tokenize: Callable[[str], list[str]],
+    n_queries: int | None,
+) -> Dataset:
     picked = sample_positions(len(questions), n_queries)
     docs, doc_s = timed_tokenise(tokenize, paragraphs)
     queries, query_s = timed_tokenise(tokenize, [questions[i] for i in picked])
-    return Dataset("JSQuAD valid v1.3", docs, queries, [gold[i] for i in picked],
-                   {"docs": doc_s, "queries": query_s})
+    return Dataset(
+        "JSQuAD valid v1.3", docs, queries, [gold[i] for i in picked], {"docs": doc_s, "queries": query_s}
+    )
 
 
-def synthetic_dataset(paragraphs: list[str], base: Dataset,
-                      tokenize: Callable[[str], list[str]], n_docs: int) -> Dataset:
+def synthetic_dataset(
+    paragraphs: list[str], base: Dataset, tokenize: Callable[[str], list[str]], n_docs: int
+) -> Dataset:
     docs, sentence_s, n_sentences = synthetic_docs(paragraphs, tokenize, n_docs)
-    note = (f"synthetic: 3-6 of {n_sentences:,} JSQuAD sentences per doc (seed {SEED}); "
-            "queries = the JSQuAD questions; no gold, so hit@10 is n/a")
-    return Dataset(f"synthetic ({n_docs:,} docs)", docs, base.queries, None,
-                   {"sentences": sentence_s, "queries": base.tokenise["queries"]}, [note])
+    note = (
+        f"synthetic: 3-6 of {n_sentences:,} JSQuAD sentences per doc (seed {SEED}); "
+        "queries = the JSQuAD questions; no gold, so hit@10 is n/a"
+    )
+    return Dataset(
+        f"synthetic ({n_docs:,} docs)",
+        docs,
+        base.queries,
+        None,
+        {"sentences": sentence_s, "queries": base.tokenise["queries"]},
+        [note],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -665,8 +772,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_report(run, args)
     print(f"\nwall time {time.perf_counter() - started:.1f} s")
     if args.json:
-        print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
-                         indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 

@@ -43,14 +43,14 @@ def mixture(n: int, dim: int, clusters: int, spread: float, seed: int) -> np.nda
     for start in range(0, n, 100_000):  # chunks: bounded temporary memory
         m = min(100_000, n - start)
         x = centres[rng.integers(0, clusters, m)] + spread * rng.normal(size=(m, dim)).astype(np.float32)
-        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
 def qps(search, queries: np.ndarray, batch: int, limit_s: float = 5.0) -> float:  # type: ignore[no-untyped-def]
     done, start = 0, time.perf_counter()
     while done < len(queries) and time.perf_counter() - start < limit_s:
-        search(queries[done:done + batch])
+        search(queries[done : done + batch])
         done += batch
     return min(done, len(queries)) / (time.perf_counter() - start)
 
@@ -58,8 +58,10 @@ def qps(search, queries: np.ndarray, batch: int, limit_s: float = 5.0) -> float:
 def rss_mb() -> dict[str, float]:
     """Resident memory: anonymous (heap: what the index holds) and file-backed (mapped pages)."""
     text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.MULTILINE).group(1)) / 2**10
-            for k in ("RssAnon", "RssFile")}
+    return {
+        k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.MULTILINE).group(1)) / 2**10
+        for k in ("RssAnon", "RssFile")
+    }
 
 
 def measure_child(args: argparse.Namespace) -> int:
@@ -78,12 +80,29 @@ def measure_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def measured_rss(directory: Path, kind: str, k: int, nprobe: int = 0,
-                 rescore: int = 0) -> tuple[float, float]:
+def measured_rss(
+    directory: Path, kind: str, k: int, nprobe: int = 0, rescore: int = 0
+) -> tuple[float, float]:
     """(anonymous, file-backed) resident-set growth in MiB of a fresh process that searches."""
-    proc = subprocess.run([sys.executable, __file__, "--measure", str(directory), "--child-kind", kind,
-                           "--child-nprobe", str(nprobe), "--child-rescore", str(rescore), "-k", str(k)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--measure",
+            str(directory),
+            "--child-kind",
+            kind,
+            "--child-nprobe",
+            str(nprobe),
+            "--child-rescore",
+            str(rescore),
+            "-k",
+            str(k),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     grown = json.loads(proc.stdout.strip().splitlines()[-1])
     return max(0.0, grown["RssAnon"]), max(0.0, grown["RssFile"])
 
@@ -113,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     t0 = time.perf_counter()
     data = mixture(args.n + args.queries, args.dim, args.clusters, args.spread, seed=0)
-    vectors, queries = data[: args.n], data[args.n:]
-    print(f"{args.n:,} x {args.dim} vectors, {args.clusters} clusters, spread {args.spread} "
-          f"({time.perf_counter() - t0:.1f} s to generate)", file=sys.stderr)
+    vectors, queries = data[: args.n], data[args.n :]
+    print(
+        f"{args.n:,} x {args.dim} vectors, {args.clusters} clusters, spread {args.spread} "
+        f"({time.perf_counter() - t0:.1f} s to generate)",
+        file=sys.stderr,
+    )
 
     t0 = time.perf_counter()
     flat = faiss.IndexFlatIP(args.dim)
@@ -137,39 +159,81 @@ def main(argv: list[str] | None = None) -> int:
     built.save(tmp / "ivfpq")
     del built, data
     index = DenseIndex.load(tmp / "ivfpq", FaissParams(kind="ivfpq"), mmap=True)
-    rows = [["Flat (exact)", "-", "-", "1.0000", f"{flat_q1:,.0f}", f"{flat_q64:,.0f}",
-             f"{flat_build:.1f}", f"{flat_mem:,.0f}", "0"]]
+    rows = [
+        [
+            "Flat (exact)",
+            "-",
+            "-",
+            "1.0000",
+            f"{flat_q1:,.0f}",
+            f"{flat_q64:,.0f}",
+            f"{flat_build:.1f}",
+            f"{flat_mem:,.0f}",
+            "0",
+        ]
+    ]
     best = None
     for nprobe in [int(x) for x in args.nprobe.split(",")]:
         for factor in [int(x) for x in args.rescore.split(",")]:
+
             def search(q, nprobe=nprobe, factor=factor):  # type: ignore[no-untyped-def]
                 return index.search(q, args.k, nprobe=nprobe, rescore=factor)
 
             found = search(queries)[1]
-            recall = float(np.mean([len(set(f) & set(t)) / args.k
-                                    for f, t in zip(found, truth, strict=True)]))
+            recall = float(
+                np.mean([len(set(f) & set(t)) / args.k for f, t in zip(found, truth, strict=True)])
+            )
             q1, q64 = qps(search, queries, 1), qps(search, queries, 64)
             mem, mapped = measured_rss(tmp, "ivfpq", args.k, nprobe, factor)
-            rows.append(["IVFPQ", str(nprobe), str(factor), f"{recall:.4f}", f"{q1:,.0f}", f"{q64:,.0f}",
-                         f"{ivf_build:.1f}", f"{mem:,.0f}", f"{mapped:,.0f}"])
+            rows.append(
+                [
+                    "IVFPQ",
+                    str(nprobe),
+                    str(factor),
+                    f"{recall:.4f}",
+                    f"{q1:,.0f}",
+                    f"{q64:,.0f}",
+                    f"{ivf_build:.1f}",
+                    f"{mem:,.0f}",
+                    f"{mapped:,.0f}",
+                ]
+            )
             if recall >= 0.95 and (best is None or q1 > best[1]):
                 best = (nprobe, q1, factor, recall, mem)
-    print(format_table(["index", "nprobe", "rescore", "recall@100", "q/s b1", "q/s b64", "build s",
-                        "RSS MB", "+mapped MB"], rows))
-    print(f"RSS MB: anonymous resident-set growth of a fresh process that loads the index and "
-          f"searches the {len(queries)} queries; +mapped MB: file-backed pages of the memory-mapped "
-          f"float vectors mapped while re-scoring (page cache, dropped under memory pressure; the "
-          f"kernel also maps cached pages around each one read, so this overstates what re-scoring "
-          f"reads); peak RSS of this benchmark process {peak_rss_mb():,.0f} MB")
+    print(
+        format_table(
+            [
+                "index",
+                "nprobe",
+                "rescore",
+                "recall@100",
+                "q/s b1",
+                "q/s b64",
+                "build s",
+                "RSS MB",
+                "+mapped MB",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"RSS MB: anonymous resident-set growth of a fresh process that loads the index and "
+        f"searches the {len(queries)} queries; +mapped MB: file-backed pages of the memory-mapped "
+        f"float vectors mapped while re-scoring (page cache, dropped under memory pressure; the "
+        f"kernel also maps cached pages around each one read, so this overstates what re-scoring "
+        f"reads); peak RSS of this benchmark process {peak_rss_mb():,.0f} MB"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     if best is None:
         print("VERDICT: MISS: no setting reached recall@100 >= 0.95")
     else:
         nprobe, q1, factor, recall, mem = best
         ok = q1 >= 10 * flat_q1 and mem <= flat_mem / 8
-        print(f"VERDICT: {'PASS' if ok else 'MISS'}: fastest setting with recall@100 >= 0.95 is "
-              f"nprobe={nprobe}, rescore={factor}: recall {recall:.3f}, {q1 / flat_q1:.1f}x Flat's "
-              f"q/s (batch 1; goal >= 10x), memory {mem / flat_mem:.3f} of Flat (goal <= 0.125)")
+        print(
+            f"VERDICT: {'PASS' if ok else 'MISS'}: fastest setting with recall@100 >= 0.95 is "
+            f"nprobe={nprobe}, rescore={factor}: recall {recall:.3f}, {q1 / flat_q1:.1f}x Flat's "
+            f"q/s (batch 1; goal >= 10x), memory {mem / flat_mem:.3f} of Flat (goal <= 0.125)"
+        )
     return 0
 
 

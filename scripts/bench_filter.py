@@ -67,13 +67,11 @@ POST_K = 1000
 def jsquad_questions(path: Path, n: int) -> list[str]:
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
-    questions = [qa["question"] for article in data["data"] for p in article["paragraphs"]
-                 for qa in p["qas"]]
+    questions = [qa["question"] for article in data["data"] for p in article["paragraphs"] for qa in p["qas"]]
     return questions[:n]
 
 
-def open_or_build(path: Path, jsquad: Path, n_docs: int, analyzer: str,
-                  quiet: bool) -> tuple[Index, float]:
+def open_or_build(path: Path, jsquad: Path, n_docs: int, analyzer: str, quiet: bool) -> tuple[Index, float]:
     """The index at ``path`` if it holds ``n_docs`` documents, else a fresh build."""
     if (path / "manifest.json").exists():
         index = Index.open(path)
@@ -83,8 +81,14 @@ def open_or_build(path: Path, jsquad: Path, n_docs: int, analyzer: str,
     start = time.perf_counter()
     records = read_dicts(synthetic_records(jsquad_paragraphs(jsquad), n_docs))
     config = BuildConfig(analyzer=analyzer, encoder="none")
-    index = build_index(path, records, config, progress=not quiet,
-                        total=n_docs, log=None if quiet else lambda m: print(m, file=sys.stderr))
+    index = build_index(
+        path,
+        records,
+        config,
+        progress=not quiet,
+        total=n_docs,
+        log=None if quiet else lambda m: print(m, file=sys.stderr),
+    )
     return index, time.perf_counter() - start
 
 
@@ -107,13 +111,15 @@ def recall_at_k(found: np.ndarray, true_scores: np.ndarray, truth: np.ndarray) -
     return min(len(truth), int(np.sum(true_scores[found] >= kth))) / len(truth)
 
 
-def bm25_rows(index: Index, queries: list[str], masks: dict[str, np.ndarray],
-              mask_ms: dict[str, float], limit_s: float) -> list[dict[str, Any]]:
+def bm25_rows(
+    index: Index, queries: list[str], masks: dict[str, np.ndarray], mask_ms: dict[str, float], limit_s: float
+) -> list[dict[str, Any]]:
     bm25 = index.bm25
     tokens = [index.analyzer.tokenize(q) for q in queries]
-    bm25.top_k(tokens[0], K)   # compile/load the kernel before timing
+    bm25.top_k(tokens[0], K)  # compile/load the kernel before timing
     timed: dict[str, tuple[float, list[np.ndarray], float, list[np.ndarray]]] = {}
     for label, mask in masks.items():
+
         def pre(i: int, m: np.ndarray = mask) -> np.ndarray:
             return bm25.top_k(tokens[i], K, allowed=m)[0]
 
@@ -134,8 +140,19 @@ def bm25_rows(index: Index, queries: list[str], masks: dict[str, np.ndarray],
             for found, out in ((pres, recalls[label][0]), (posts, recalls[label][1])):
                 if i < len(found):
                     out.append(recall_at_k(found[i], scores, truth))
-    return [_row("bm25", label, mask, mask_ms[label], timed[label][0], recalls[label][0],
-                 timed[label][2], recalls[label][1]) for label, mask in masks.items()]
+    return [
+        _row(
+            "bm25",
+            label,
+            mask,
+            mask_ms[label],
+            timed[label][0],
+            recalls[label][0],
+            timed[label][2],
+            recalls[label][1],
+        )
+        for label, mask in masks.items()
+    ]
 
 
 def unfiltered_recall(index: DenseIndex, vectors: np.ndarray, queries: np.ndarray) -> float:
@@ -148,13 +165,29 @@ def unfiltered_recall(index: DenseIndex, vectors: np.ndarray, queries: np.ndarra
     return float(np.mean(recalls))
 
 
-def dense_rows(kind: str, index: DenseIndex, vectors: np.ndarray, queries: np.ndarray,
-               masks: dict[str, np.ndarray], mask_ms: dict[str, float],
-               limit_s: float) -> list[dict[str, Any]]:
+def dense_rows(
+    kind: str,
+    index: DenseIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    masks: dict[str, np.ndarray],
+    mask_ms: dict[str, float],
+    limit_s: float,
+) -> list[dict[str, Any]]:
     base = round(unfiltered_recall(index, vectors, queries), 4)
-    rows = [{"stage": kind, "selectivity": "100%", "allowed": len(vectors), "mask_ms": 0.0,
-             "pre_qps": None, "pre_recall": base, "post_qps": None, "post_recall": base,
-             "queries": len(queries)}]
+    rows = [
+        {
+            "stage": kind,
+            "selectivity": "100%",
+            "allowed": len(vectors),
+            "mask_ms": 0.0,
+            "pre_qps": None,
+            "pre_recall": base,
+            "post_qps": None,
+            "post_recall": base,
+            "queries": len(queries),
+        }
+    ]
     for label, mask in masks.items():
         allowed = np.flatnonzero(mask)
 
@@ -164,28 +197,52 @@ def dense_rows(kind: str, index: DenseIndex, vectors: np.ndarray, queries: np.nd
             return recall_at_k(found, scores, allowed[np.lexsort((allowed, -scores[allowed]))[:K]])
 
         def pre(i: int, m: np.ndarray = mask) -> np.ndarray:
-            pos = index.search(queries[i:i + 1], K, allowed=m)[1][0]
+            pos = index.search(queries[i : i + 1], K, allowed=m)[1][0]
             return pos[pos >= 0]
 
         def post(i: int, m: np.ndarray = mask) -> np.ndarray:
-            pos = index.search(queries[i:i + 1], POST_K)[1][0]
+            pos = index.search(queries[i : i + 1], POST_K)[1][0]
             pos = pos[pos >= 0]
             return pos[m[pos]][:K]
 
         pre_qps, pres = timed_loop(pre, len(queries), limit_s)
         post_qps, posts = timed_loop(post, len(queries), limit_s)
-        rows.append(_row(kind, label, mask, mask_ms[label], pre_qps,
-                         [recall_of(i, f) for i, f in enumerate(pres)],
-                         post_qps, [recall_of(i, f) for i, f in enumerate(posts)]))
+        rows.append(
+            _row(
+                kind,
+                label,
+                mask,
+                mask_ms[label],
+                pre_qps,
+                [recall_of(i, f) for i, f in enumerate(pres)],
+                post_qps,
+                [recall_of(i, f) for i, f in enumerate(posts)],
+            )
+        )
     return rows
 
 
-def _row(stage: str, label: str, mask: np.ndarray, mask_ms: float, pre_qps: float,
-         pre_recall: list[float], post_qps: float, post_recall: list[float]) -> dict[str, Any]:
-    return {"stage": stage, "selectivity": label, "allowed": int(mask.sum()),
-            "mask_ms": round(mask_ms, 1), "pre_qps": round(pre_qps, 1),
-            "pre_recall": round(float(np.mean(pre_recall)), 4), "post_qps": round(post_qps, 1),
-            "post_recall": round(float(np.mean(post_recall)), 4), "queries": len(pre_recall)}
+def _row(
+    stage: str,
+    label: str,
+    mask: np.ndarray,
+    mask_ms: float,
+    pre_qps: float,
+    pre_recall: list[float],
+    post_qps: float,
+    post_recall: list[float],
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "selectivity": label,
+        "allowed": int(mask.sum()),
+        "mask_ms": round(mask_ms, 1),
+        "pre_qps": round(pre_qps, 1),
+        "pre_recall": round(float(np.mean(pre_recall)), 4),
+        "post_qps": round(post_qps, 1),
+        "post_recall": round(float(np.mean(post_recall)), 4),
+        "queries": len(pre_recall),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,17 +250,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=int, default=1_000_000, help="documents (default 1,000,000)")
     p.add_argument("--queries", type=int, default=200, help="JSQuAD questions used (default 200)")
     p.add_argument("--jsquad", type=Path, default=DEFAULT_JSQUAD, help="JSQuAD valid file")
-    p.add_argument("--index", type=Path,
-                   help="keep the built index here and reuse it when its size matches "
-                        "(default: a temporary directory, deleted afterwards)")
-    p.add_argument("--analyzer", default="ja",
-                   help="analyzer preset of the BM25 index (default ja; ja-surface has no "
-                        "character bigrams, so fewer postings: for 1M documents on a small "
-                        "machine)")
-    p.add_argument("--dense-dim", type=int, default=64,
-                   help="dimension of the random dense vectors (default 64; 0: BM25 only)")
-    p.add_argument("--limit-s", type=float, default=20.0,
-                   help="stop timing a cell after this many seconds (default 20)")
+    p.add_argument(
+        "--index",
+        type=Path,
+        help="keep the built index here and reuse it when its size matches "
+        "(default: a temporary directory, deleted afterwards)",
+    )
+    p.add_argument(
+        "--analyzer",
+        default="ja",
+        help="analyzer preset of the BM25 index (default ja; ja-surface has no "
+        "character bigrams, so fewer postings: for 1M documents on a small "
+        "machine)",
+    )
+    p.add_argument(
+        "--dense-dim",
+        type=int,
+        default=64,
+        help="dimension of the random dense vectors (default 64; 0: BM25 only)",
+    )
+    p.add_argument(
+        "--limit-s", type=float, default=20.0, help="stop timing a cell after this many seconds (default 20)"
+    )
     p.add_argument("--quick", action="store_true", help="20,000 documents, 100 queries")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -243,8 +311,15 @@ def run(args: argparse.Namespace) -> int:
         n = len(index)
         data = mixture(n + len(queries), args.dense_dim, clusters=1000, spread=0.6, seed=0)
         vectors, qvecs = data[:n], data[n:]
-        rows += dense_rows("flat", DenseIndex.build(vectors, FaissParams(kind="flat")), vectors,
-                           qvecs, masks, mask_ms, args.limit_s)
+        rows += dense_rows(
+            "flat",
+            DenseIndex.build(vectors, FaissParams(kind="flat")),
+            vectors,
+            qvecs,
+            masks,
+            mask_ms,
+            args.limit_s,
+        )
         t0 = time.perf_counter()
         built = DenseIndex.build(vectors, FaissParams(kind="ivfpq"))
         say(f"IVFPQ: {built.reason} ({time.perf_counter() - t0:.0f} s)")
@@ -258,19 +333,36 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(saved, ignore_errors=True)
     index.close()
     if args.json:
-        json.dump({"docs": args.docs, "queries": len(queries), "rows": rows,
-                   "peak_rss_mb": round(peak_rss_mb())}, sys.stdout, indent=2)
+        json.dump(
+            {"docs": args.docs, "queries": len(queries), "rows": rows, "peak_rss_mb": round(peak_rss_mb())},
+            sys.stdout,
+            indent=2,
+        )
         print()
         return 0
-    print(format_table(
-        ["stage", "selectivity", "allowed", "mask ms", "pre q/s", "pre R@100", "post q/s",
-         "post R@100"],
-        [[r["stage"], r["selectivity"], f"{r['allowed']:,}", f"{r['mask_ms']:,.0f}",
-          _qps(r["pre_qps"]), f"{r['pre_recall']:.4f}", _qps(r["post_qps"]),
-          f"{r['post_recall']:.4f}"] for r in rows]))
-    print(f"{args.docs:,} docs, {len(queries)} queries, k={K}, post = unfiltered top-{POST_K:,} "
-          f"then filter; 100% rows = no filter (the index's own recall@100); "
-          f"peak RSS {peak_rss_mb():,.0f} MB")
+    print(
+        format_table(
+            ["stage", "selectivity", "allowed", "mask ms", "pre q/s", "pre R@100", "post q/s", "post R@100"],
+            [
+                [
+                    r["stage"],
+                    r["selectivity"],
+                    f"{r['allowed']:,}",
+                    f"{r['mask_ms']:,.0f}",
+                    _qps(r["pre_qps"]),
+                    f"{r['pre_recall']:.4f}",
+                    _qps(r["post_qps"]),
+                    f"{r['post_recall']:.4f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print(
+        f"{args.docs:,} docs, {len(queries)} queries, k={K}, post = unfiltered top-{POST_K:,} "
+        f"then filter; 100% rows = no filter (the index's own recall@100); "
+        f"peak RSS {peak_rss_mb():,.0f} MB"
+    )
     print(verdict(rows))
     return 0
 
@@ -286,18 +378,23 @@ def verdict(all_rows: list[dict[str, Any]]) -> str:
     unfiltered = {r["stage"]: r["pre_recall"] for r in all_rows if r["selectivity"] == "100%"}
     rows = [r for r in all_rows if r["selectivity"] != "100%"]
     exact = ("bm25", "flat")
-    ok = all(r["pre_recall"] >= (0.999 if r["stage"] in exact
-                                 else min(0.9, unfiltered[r["stage"]] - 0.02)) for r in rows)
-    ok = ok and all(r["pre_recall"] >= r["post_recall"] - (1e-9 if r["stage"] in exact else 0.01)
-                    for r in rows)
+    ok = all(
+        r["pre_recall"] >= (0.999 if r["stage"] in exact else min(0.9, unfiltered[r["stage"]] - 0.02))
+        for r in rows
+    )
+    ok = ok and all(
+        r["pre_recall"] >= r["post_recall"] - (1e-9 if r["stage"] in exact else 0.01) for r in rows
+    )
     worst_post = min(rows, key=lambda r: r["post_recall"])
     worst_pre = min(rows, key=lambda r: r["pre_recall"])
     speed = [r["pre_qps"] / r["post_qps"] for r in rows if r["post_qps"]]
-    return (f"VERDICT: {'PASS' if ok else 'MISS'}: filtering before the top-k keeps recall@100 >= "
-            f"{worst_pre['pre_recall']:.3f} at every selectivity (worst: {worst_pre['stage']} "
-            f"{worst_pre['selectivity']}), while filtering an unfiltered top-{POST_K:,} falls to "
-            f"{worst_post['post_recall']:.3f} ({worst_post['stage']} {worst_post['selectivity']}); "
-            f"pre-filter speed {min(speed):.2f}-{max(speed):.2f}x the baseline's q/s")
+    return (
+        f"VERDICT: {'PASS' if ok else 'MISS'}: filtering before the top-k keeps recall@100 >= "
+        f"{worst_pre['pre_recall']:.3f} at every selectivity (worst: {worst_pre['stage']} "
+        f"{worst_pre['selectivity']}), while filtering an unfiltered top-{POST_K:,} falls to "
+        f"{worst_post['post_recall']:.3f} ({worst_post['stage']} {worst_post['selectivity']}); "
+        f"pre-filter speed {min(speed):.2f}-{max(speed):.2f}x the baseline's q/s"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ from bench_faiss import mixture
 from tansaku.index.dense import EXACT_MAX_ALLOWED, DenseIndex, FaissParams
 
 
-def per_query_ms(index: DenseIndex, queries: np.ndarray, k: int, allowed: np.ndarray,
-                 exact_max: int) -> tuple[float, np.ndarray]:
+def per_query_ms(
+    index: DenseIndex, queries: np.ndarray, k: int, allowed: np.ndarray, exact_max: int
+) -> tuple[float, np.ndarray]:
     """Median milliseconds per single-query search, and every query's positions."""
     index.search(queries[:1], k, allowed=allowed, exact_max=exact_max)  # warm caches
     times, found = [], []
@@ -59,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", type=float, default=0.6, help="noise scale around each centre")
     p.add_argument("--queries", type=int, default=50, help="single-query searches per cell")
     p.add_argument("-k", type=int, default=100)
-    p.add_argument("--sizes", default="100,300,1000,3000,10000,30000,100000",
-                   help="allowed-set sizes to time (capped at N)")
+    p.add_argument(
+        "--sizes",
+        default="100,300,1000,3000,10000,30000,100000",
+        help="allowed-set sizes to time (capped at N)",
+    )
     p.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: all cores)")
     p.add_argument("--quick", action="store_true", help="N = 50,000, 30 queries")
     args = p.parse_args(argv)
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     data = mixture(args.n + args.queries, args.dim, args.clusters, args.spread, seed=0)
-    vectors, queries = data[:args.n], data[args.n:]
+    vectors, queries = data[: args.n], data[args.n :]
     t0 = time.perf_counter()
     built = DenseIndex.build(vectors, FaissParams(kind="ivfpq"))
     print(f"IVFPQ: {built.reason} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
@@ -77,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         built.save(tmp)
         del built
-        indexes = {"flat": DenseIndex.build(vectors, FaissParams(kind="flat")),
-                   "ivfpq": DenseIndex.load(tmp, FaissParams(kind="ivfpq"), mmap=True)}
+        indexes = {
+            "flat": DenseIndex.build(vectors, FaissParams(kind="flat")),
+            "ivfpq": DenseIndex.load(tmp, FaissParams(kind="ivfpq"), mmap=True),
+        }
         return report(args, indexes, queries)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,19 +100,36 @@ def report(args: argparse.Namespace, indexes: dict[str, DenseIndex], queries: np
         for kind, index in indexes.items():
             exact_ms, truth = per_query_ms(index, queries, args.k, allowed, exact_max=args.n)
             sel_ms, found = per_query_ms(index, queries, args.k, allowed, exact_max=0)
-            recall = float(np.mean([len(set(f) & set(t)) / max(1, len(t))
-                                    for f, t in zip(found, truth, strict=True)]))
+            recall = float(
+                np.mean([len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth, strict=True)])
+            )
             if exact_ms <= sel_ms:
                 crossover[kind] = size
-            rows.append([kind, f"{size:,}", f"{size / args.n:.4%}", f"{exact_ms:.2f}",
-                         f"{sel_ms:.2f}", f"{recall:.4f}", "exact" if exact_ms <= sel_ms else "selector"])
-    print(format_table(["index", "allowed", "selectivity", "exact ms", "selector ms",
-                        "selector R@k", "faster"], rows))
-    print(f"N={args.n:,} x {args.dim}, k={args.k}, median of {len(queries)} single-query searches; "
-          f"EXACT_MAX_ALLOWED now {EXACT_MAX_ALLOWED:,}")
+            rows.append(
+                [
+                    kind,
+                    f"{size:,}",
+                    f"{size / args.n:.4%}",
+                    f"{exact_ms:.2f}",
+                    f"{sel_ms:.2f}",
+                    f"{recall:.4f}",
+                    "exact" if exact_ms <= sel_ms else "selector",
+                ]
+            )
+    print(
+        format_table(
+            ["index", "allowed", "selectivity", "exact ms", "selector ms", "selector R@k", "faster"], rows
+        )
+    )
+    print(
+        f"N={args.n:,} x {args.dim}, k={args.k}, median of {len(queries)} single-query searches; "
+        f"EXACT_MAX_ALLOWED now {EXACT_MAX_ALLOWED:,}"
+    )
     for kind in indexes:
-        print(f"crossover {kind}: exact scoring is at least as fast up to "
-              f"{crossover.get(kind, 0):,} allowed documents (of the sizes tried)")
+        print(
+            f"crossover {kind}: exact scoring is at least as fast up to "
+            f"{crossover.get(kind, 0):,} allowed documents (of the sizes tried)"
+        )
     return 0
 
 

@@ -94,15 +94,25 @@ def timed(fn):  # type: ignore[no-untyped-def]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jsquad", type=Path, default=REPO.parent / "shared/data/jsquad/valid-v1.3.json")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/tansaku-bench-quality"),
-                   help="where the indexes are built (default: /tmp/tansaku-bench-quality)")
-    p.add_argument("--encoders", default="e5-small",
-                   help="comma-separated dense encoders: e5-small, corpus, or a model path")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/tansaku-bench-quality"),
+        help="where the indexes are built (default: /tmp/tansaku-bench-quality)",
+    )
+    p.add_argument(
+        "--encoders",
+        default="e5-small",
+        help="comma-separated dense encoders: e5-small, corpus, or a model path",
+    )
     p.add_argument("--reranker", help="cross-encoder directory or id to rerank each first stage")
     p.add_argument("--rerank-k", type=int, default=100, help="candidates reranked")
     p.add_argument("--queries", type=int, help="use only the first N questions")
-    p.add_argument("--weights", default="0.3,0.4,0.5,0.6,0.7",
-                   help="dense weights swept for score fusion (BM25 weight = 1 - w)")
+    p.add_argument(
+        "--weights",
+        default="0.3,0.4,0.5,0.6,0.7",
+        help="dense weights swept for score fusion (BM25 weight = 1 - w)",
+    )
     p.add_argument("--quick", action="store_true", help="500 questions")
     p.add_argument("--json", action="store_true", help="also print all numbers as JSON")
     args = p.parse_args(argv)
@@ -121,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(entry)
         print(f"  {name}: nDCG@10 {entry['all']['ndcg@10']:.4f} ({seconds:.1f} s)", file=sys.stderr)
 
-    print(f"JSQuAD: {len(ds.corpus)} paragraphs, {len(qids)} questions "
-          f"(tune {len(splits['tune'])} / check {len(splits['check'])})", file=sys.stderr)
-    base, build_s = timed(lambda: build_index(args.workdir / "bm25", read_dicts(ds.corpus),
-                                              progress=False))
+    print(
+        f"JSQuAD: {len(ds.corpus)} paragraphs, {len(qids)} questions "
+        f"(tune {len(splits['tune'])} / check {len(splits['check'])})",
+        file=sys.stderr,
+    )
+    base, build_s = timed(lambda: build_index(args.workdir / "bm25", read_dicts(ds.corpus), progress=False))
     bm25, t = timed(lambda: dict(zip(qids, BM25Retriever(base).retrieve_batch(texts, 100), strict=True)))
     report("bm25", bm25, t, f"index {build_s:.1f} s")
     lsa, t = timed(lambda: lsa_run(ds, base, qids))
@@ -139,33 +151,63 @@ def main(argv: list[str] | None = None) -> int:
         label = Path(spec).name if "/" in spec else spec
         if label in stages:  # e.g. an imported e5-small directory next to the bundled one
             label = spec
-        index, build_s = timed(lambda spec=spec, label=label: build_index(
-            args.workdir / label.replace("/", "_"), read_dicts(ds.corpus), BuildConfig(encoder=spec),
-            progress=False))
-        dense, t = timed(lambda index=index: dict(zip(qids, DenseRetriever(index).retrieve_batch(texts, 100),
-                                                      strict=True)))
+        index, build_s = timed(
+            lambda spec=spec, label=label: build_index(
+                args.workdir / label.replace("/", "_"),
+                read_dicts(ds.corpus),
+                BuildConfig(encoder=spec),
+                progress=False,
+            )
+        )
+        dense, t = timed(
+            lambda index=index: dict(zip(qids, DenseRetriever(index).retrieve_batch(texts, 100), strict=True))
+        )
         report(label, dense, t, f"index+encode {build_s:.1f} s ({len(ds.corpus) / build_s:.1f} docs/s)")
         stages[label] = dense
-        fused, t = timed(lambda dense=dense: {q: reciprocal_rank_fusion([bm25[q], dense[q]], 100)
-                                              for q in qids})
+        fused, t = timed(
+            lambda dense=dense: {q: reciprocal_rank_fusion([bm25[q], dense[q]], 100) for q in qids}
+        )
         report(f"bm25+{label} rrf", fused, t)
         stages[f"bm25+{label} rrf"] = fused
         for w in [float(x) for x in args.weights.split(",")]:
-            fused, t = timed(lambda dense=dense, w=w: {
-                q: score_fusion([bm25[q], dense[q]], 100, weights=(1 - w, w)) for q in qids})
+            fused, t = timed(
+                lambda dense=dense, w=w: {
+                    q: score_fusion([bm25[q], dense[q]], 100, weights=(1 - w, w)) for q in qids
+                }
+            )
             report(f"bm25+{label} score w={w}", fused, t)
             stages[f"bm25+{label} score w={w}"] = fused
     if reranker is not None:
         for name, results in list(stages.items()):
             hydrated = {q: base.hydrate(results[q][: args.rerank_k]) for q in qids}
-            reranked, t = timed(lambda hydrated=hydrated: {q: reranker.rerank(
-                ds.queries[q], [h.replace(text=f"{h.title} {h.text}") for h in hydrated[q]])
-                for q in qids})
+            reranked, t = timed(
+                lambda hydrated=hydrated: {
+                    q: reranker.rerank(
+                        ds.queries[q], [h.replace(text=f"{h.title} {h.text}") for h in hydrated[q]]
+                    )
+                    for q in qids
+                }
+            )
             report(f"{name} + rerank", reranked, t)
-    headers = ["system", *(f"{s}:{m}" for s in ("all",) for m in METRICS), "tune nDCG@10",
-               "check nDCG@10", "seconds", "note"]
-    table = [[r["system"], *(f"{r['all'][m]:.4f}" for m in METRICS), f"{r['tune']['ndcg@10']:.4f}",
-              f"{r['check']['ndcg@10']:.4f}", f"{r['seconds']}", r["note"]] for r in rows]
+    headers = [
+        "system",
+        *(f"{s}:{m}" for s in ("all",) for m in METRICS),
+        "tune nDCG@10",
+        "check nDCG@10",
+        "seconds",
+        "note",
+    ]
+    table = [
+        [
+            r["system"],
+            *(f"{r['all'][m]:.4f}" for m in METRICS),
+            f"{r['tune']['ndcg@10']:.4f}",
+            f"{r['check']['ndcg@10']:.4f}",
+            f"{r['seconds']}",
+            r["note"],
+        ]
+        for r in rows
+    ]
     print(format_table(headers, table))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))

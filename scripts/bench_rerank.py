@@ -107,8 +107,14 @@ def xsmall_model(directory: Path, calibration: Sequence[tuple[str, str]]) -> Pat
             model.bert.pooler.dense.bias.zero_()
             model.classifier.weight.normal_(0, 1.0)
             model.eval()
-            batch = tokenizer([q for q, _ in calibration], [d for _, d in calibration],
-                              truncation=True, max_length=512, padding=True, return_tensors="pt")
+            batch = tokenizer(
+                [q for q, _ in calibration],
+                [d for _, d in calibration],
+                truncation=True,
+                max_length=512,
+                padding=True,
+                return_tensors="pt",
+            )
             logits = model(**batch).logits[:, 0]
             model.classifier.weight.mul_(2.0 / float(logits.std()))
             model.classifier.bias.fill_(-float(logits.mean()) * 2.0 / float(logits.std()))
@@ -126,15 +132,17 @@ def top1_agreement(pairs: Sequence[tuple[str, str]], a: np.ndarray, b: np.ndarra
     return float(np.mean(same))
 
 
-def bf16_sensitivity(model_dir: Path, args: argparse.Namespace, pairs: Sequence[tuple[str, str]],
-                     reference: np.ndarray) -> float:
+def bf16_sensitivity(
+    model_dir: Path, args: argparse.Namespace, pairs: Sequence[tuple[str, str]], reference: np.ndarray
+) -> float:
     """Max |score change| when the encoder's Linear weights are rounded to bfloat16."""
     import torch
 
     from tansaku.rerank import CrossEncoderReranker
 
-    rounded = CrossEncoderReranker(model_dir, device="cpu", max_length=args.max_length,
-                                   batch_size=args.batch_size)
+    rounded = CrossEncoderReranker(
+        model_dir, device="cpu", max_length=args.max_length, batch_size=args.batch_size
+    )
     model = rounded._model
     encoder = getattr(model, getattr(model, "base_model_prefix", ""), model)
     with torch.no_grad():
@@ -158,28 +166,40 @@ def run(args: argparse.Namespace, model_dir: Path) -> tuple[list[Row], dict[str,
     engines: list[tuple[str, Callable[[], np.ndarray], Callable[[], object]]] = []
 
     peer = CrossEncoder(str(model_dir), device="cpu", max_length=args.max_length)
-    engines.append(("CrossEncoder.predict fp32",
-                    lambda: np.asarray(peer.predict(pairs, batch_size=args.batch_size)),
-                    lambda: peer.predict(warm, batch_size=args.batch_size)))
-    padded = CrossEncoderReranker(model_dir, device="cpu", max_length=args.max_length,
-                                  batch_size=args.batch_size, unpad=False)
-    engines.append(("tansaku fp32, padded (unpad=False)", lambda: padded.score(pairs),
-                    lambda: padded.score(warm)))
-    fp32 = CrossEncoderReranker(model_dir, device="cpu", max_length=args.max_length,
-                                batch_size=args.batch_size)
+    engines.append(
+        (
+            "CrossEncoder.predict fp32",
+            lambda: np.asarray(peer.predict(pairs, batch_size=args.batch_size)),
+            lambda: peer.predict(warm, batch_size=args.batch_size),
+        )
+    )
+    padded = CrossEncoderReranker(
+        model_dir, device="cpu", max_length=args.max_length, batch_size=args.batch_size, unpad=False
+    )
+    engines.append(
+        ("tansaku fp32, padded (unpad=False)", lambda: padded.score(pairs), lambda: padded.score(warm))
+    )
+    fp32 = CrossEncoderReranker(
+        model_dir, device="cpu", max_length=args.max_length, batch_size=args.batch_size
+    )
     engines.append(("tansaku fp32 (default)", lambda: fp32.score(pairs), lambda: fp32.score(warm)))
-    int8 = CrossEncoderReranker(model_dir, device="cpu", max_length=args.max_length,
-                                batch_size=args.batch_size, quantize="int8")
-    engines.append(("tansaku int8 (--quantize int8)", lambda: int8.score(pairs),
-                    lambda: int8.score(warm)))
+    int8 = CrossEncoderReranker(
+        model_dir, device="cpu", max_length=args.max_length, batch_size=args.batch_size, quantize="int8"
+    )
+    engines.append(("tansaku int8 (--quantize int8)", lambda: int8.score(pairs), lambda: int8.score(warm)))
     if cuda:
         peer16 = CrossEncoder(str(model_dir), device="cuda", max_length=args.max_length)
         peer16.model.half()
-        engines.append(("CrossEncoder.predict fp16 cuda",
-                        lambda: np.asarray(peer16.predict(pairs, batch_size=args.batch_size)),
-                        lambda: peer16.predict(warm, batch_size=args.batch_size)))
-        gpu = CrossEncoderReranker(model_dir, device="cuda", max_length=args.max_length,
-                                   batch_size=args.batch_size)
+        engines.append(
+            (
+                "CrossEncoder.predict fp16 cuda",
+                lambda: np.asarray(peer16.predict(pairs, batch_size=args.batch_size)),
+                lambda: peer16.predict(warm, batch_size=args.batch_size),
+            )
+        )
+        gpu = CrossEncoderReranker(
+            model_dir, device="cuda", max_length=args.max_length, batch_size=args.batch_size
+        )
         engines.append(("tansaku fp16 cuda", lambda: gpu.score(pairs), lambda: gpu.score(warm)))
 
     timings: dict[str, tuple[float, np.ndarray]] = {}
@@ -188,34 +208,55 @@ def run(args: argparse.Namespace, model_dir: Path) -> tuple[list[Row], dict[str,
         seconds, scores = best_time(fn, args.repeat, warmup)
         timings[name] = (seconds, np.asarray(scores, dtype=np.float32))
     reference_s, reference = timings["CrossEncoder.predict fp32"]
-    rows = [Row(name, seconds, len(pairs) / seconds, reference_s / seconds,
-                float(np.max(np.abs(scores - reference))), top1_agreement(pairs, scores, reference))
-            for name, (seconds, scores) in timings.items()]
+    rows = [
+        Row(
+            name,
+            seconds,
+            len(pairs) / seconds,
+            reference_s / seconds,
+            float(np.max(np.abs(scores - reference))),
+            top1_agreement(pairs, scores, reference),
+        )
+        for name, (seconds, scores) in timings.items()
+    ]
     # tokenisation is a small share of the work: measured so the claim is checked, not assumed
     start = time.perf_counter()
     fp32._encode(list(pairs))
     tokenise_ms = (time.perf_counter() - start) * 1000
-    info = {"pairs": len(pairs), "queries": args.queries, "batch_size": args.batch_size,
-            "max_length": args.max_length, "torch_threads": torch.get_num_threads(),
-            "tokenise_ms": round(tokenise_ms, 1), "model": str(model_dir),
-            "score_spread": float(np.ptp(reference)), "device": "cuda" if cuda else "cpu",
-            "bf16_sensitivity": bf16_sensitivity(model_dir, args, pairs, reference)}
+    info = {
+        "pairs": len(pairs),
+        "queries": args.queries,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "torch_threads": torch.get_num_threads(),
+        "tokenise_ms": round(tokenise_ms, 1),
+        "model": str(model_dir),
+        "score_spread": float(np.ptp(reference)),
+        "device": "cuda" if cuda else "cpu",
+        "bf16_sensitivity": bf16_sensitivity(model_dir, args, pairs, reference),
+    }
     return rows, info
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="a CrossEncoder model directory (default: the "
-                                             "xsmall-sized model described above)")
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a CrossEncoder model directory (default: the xsmall-sized model described above)",
+    )
     p.add_argument("--jsquad", type=Path, default=DEFAULT_JSQUAD, help="JSQuAD valid JSON file")
     p.add_argument("--pairs", type=int, default=100, help="(query, passage) pairs (default 100)")
     p.add_argument("--queries", type=int, default=10, help="distinct queries (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size for all (default 32)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per pair (default 512)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
-    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tansaku-bench-rerank",
-                   help="where the default model is built once (default: $TMPDIR/tansaku-bench-rerank)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tansaku-bench-rerank",
+        help="where the default model is built once (default: $TMPDIR/tansaku-bench-rerank)",
+    )
     p.add_argument("--threads", type=int, help="torch threads for every engine (default: torch's choice)")
     p.add_argument("--cpu", action="store_true", help="skip the CUDA rows even on a GPU machine")
     p.add_argument("--quick", action="store_true", help="one timed run per engine")
@@ -239,27 +280,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     accurate = [r for r in cpu_rows if r.max_diff <= GOAL_MAX_DIFF]
     best = max(accurate or cpu_rows, key=lambda r: r.speedup)
     ok = best.speedup >= GOAL_SPEEDUP and best.max_diff <= GOAL_MAX_DIFF
-    verdict = (f"{'PASS' if ok else 'MISS'}: fastest CPU path within the accuracy goal: "
-               f"{best.engine}, {best.speedup:.2f}x CrossEncoder.predict (goal {GOAL_SPEEDUP}x), "
-               f"max |diff| {best.max_diff:.4f} (goal <= {GOAL_MAX_DIFF})")
+    verdict = (
+        f"{'PASS' if ok else 'MISS'}: fastest CPU path within the accuracy goal: "
+        f"{best.engine}, {best.speedup:.2f}x CrossEncoder.predict (goal {GOAL_SPEEDUP}x), "
+        f"max |diff| {best.max_diff:.4f} (goal <= {GOAL_MAX_DIFF})"
+    )
     int8 = next(r for r in rows if r.engine.startswith("tansaku int8"))
     verdict += f"; int8: {int8.speedup:.2f}x, max |diff| {int8.max_diff:.4f}"
     if info["bf16_sensitivity"] > GOAL_MAX_DIFF:
-        verdict += (f" (this model misses the accuracy goal with bfloat16 weights already, "
-                    f"{info['bf16_sensitivity']:.4f}, so int8 cannot be expected to meet it)")
+        verdict += (
+            f" (this model misses the accuracy goal with bfloat16 weights already, "
+            f"{info['bf16_sensitivity']:.4f}, so int8 cannot be expected to meet it)"
+        )
     if args.json:
-        print(json.dumps({"settings": info, "rows": [r.__dict__ for r in rows], "verdict": verdict},
-                         indent=2))
+        print(
+            json.dumps({"settings": info, "rows": [r.__dict__ for r in rows], "verdict": verdict}, indent=2)
+        )
         return 0
-    print(f"{info['pairs']} pairs ({info['queries']} queries), batch {info['batch_size']}, "
-          f"max_length {info['max_length']}, {info['torch_threads']} torch threads, "
-          f"device {info['device']}; tokenising all pairs: {info['tokenise_ms']} ms; "
-          f"peer score spread {info['score_spread']:.3f}; sensitivity (max |diff| with bf16 "
-          f"weights) {info['bf16_sensitivity']:.4f}")
-    print(format_table(
-        ["engine", "seconds", "pairs/s", "vs peer", "max |diff|", "top-1 same"],
-        [[r.engine, f"{r.seconds:.2f}", f"{r.pairs_per_s:.1f}", f"{r.speedup:.2f}x",
-          f"{r.max_diff:.4f}", f"{r.top1_same:.0%}"] for r in rows]))
+    print(
+        f"{info['pairs']} pairs ({info['queries']} queries), batch {info['batch_size']}, "
+        f"max_length {info['max_length']}, {info['torch_threads']} torch threads, "
+        f"device {info['device']}; tokenising all pairs: {info['tokenise_ms']} ms; "
+        f"peer score spread {info['score_spread']:.3f}; sensitivity (max |diff| with bf16 "
+        f"weights) {info['bf16_sensitivity']:.4f}"
+    )
+    print(
+        format_table(
+            ["engine", "seconds", "pairs/s", "vs peer", "max |diff|", "top-1 same"],
+            [
+                [
+                    r.engine,
+                    f"{r.seconds:.2f}",
+                    f"{r.pairs_per_s:.1f}",
+                    f"{r.speedup:.2f}x",
+                    f"{r.max_diff:.4f}",
+                    f"{r.top1_same:.0%}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(verdict)
     return 0
 

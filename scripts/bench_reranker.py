@@ -97,8 +97,10 @@ def cached_lists(path: Path, compute: Any) -> dict[str, list[Hit]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         return {q: [Hit(d, s, r, st) for d, s, r, st in hits] for q, hits in data.items()}
     lists = compute()
-    path.write_text(json.dumps({q: [[h.doc_id, h.score, h.rank, h.stage] for h in hits]
-                                for q, hits in lists.items()}), encoding="utf-8")
+    path.write_text(
+        json.dumps({q: [[h.doc_id, h.score, h.rank, h.stage] for h in hits] for q, hits in lists.items()}),
+        encoding="utf-8",
+    )
     return lists
 
 
@@ -130,17 +132,33 @@ def scores(ds: RetrievalDataset, lists: dict[str, list[Hit]], qids: list[str]) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jsquad", type=Path, default=REPO.parent / "shared/data/jsquad/valid-v1.3.json")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/tansaku-bench-reranker"),
-                   help="index, caches and trained models (default: /tmp/tansaku-bench-reranker)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/tansaku-bench-reranker"),
+        help="index, caches and trained models (default: /tmp/tansaku-bench-reranker)",
+    )
     p.add_argument("--model", help="evaluate this reranker directory instead of training one")
     p.add_argument("--base", help="base model directory (default: e5-small imported into WORKDIR)")
-    p.add_argument("--train-queries", type=int, default=600,
-                   help="training queries, sampled from the training articles (default: 600)")
-    p.add_argument("--tune-queries", type=int, default=300,
-                   help="held-out queries the fusion weight is chosen on (default: 300)")
+    p.add_argument(
+        "--train-queries",
+        type=int,
+        default=600,
+        help="training queries, sampled from the training articles (default: 600)",
+    )
+    p.add_argument(
+        "--tune-queries",
+        type=int,
+        default=300,
+        help="held-out queries the fusion weight is chosen on (default: 300)",
+    )
     p.add_argument("--eval-queries", type=int, help="cap on evaluation queries (default: all)")
-    p.add_argument("--mine", choices=["bm25", "hybrid"], default="hybrid",
-                   help="first stage the hard negatives come from (default: hybrid)")
+    p.add_argument(
+        "--mine",
+        choices=["bm25", "hybrid"],
+        default="hybrid",
+        help="first stage the hard negatives come from (default: hybrid)",
+    )
     p.add_argument("--depth", type=int, default=30, help="mining depth (first-stage top-k; default: 30)")
     p.add_argument("--negatives", type=int, default=7, help="hard negatives per query (default: 7)")
     p.add_argument("--loss", choices=["listwise", "bce"], default="listwise")
@@ -149,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=256, help="training tokens per pair (default: 256)")
     p.add_argument("--queries-per-step", type=int, default=1, help="groups per optimizer step")
     p.add_argument("--freeze-layers", type=int, default=0, help="lowest encoder layers kept frozen")
-    p.add_argument("--layers", type=int,
-                   help="keep only the base's lowest N encoder layers (faster; default: all)")
+    p.add_argument(
+        "--layers", type=int, help="keep only the base's lowest N encoder layers (faster; default: all)"
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rerank-k", type=int, default=20,
-                   help="hybrid candidates reranked per query (default: 20)")
+    p.add_argument(
+        "--rerank-k", type=int, default=20, help="hybrid candidates reranked per query (default: 20)"
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--tag", default="", help="suffix for the trained model's directory name")
@@ -180,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     tune_q = sample(parts["tune"], args.tune_queries, args.seed)
     eval_q = sample(parts["eval"], args.eval_queries, args.seed)
     n_articles = {k: len({ds.groups[next(iter(ds.qrels[q]))] for q in v}) for k, v in parts.items()}
-    say(f"articles train/tune/eval {n_articles['train']}/{n_articles['tune']}/{n_articles['eval']}; "
+    say(
+        f"articles train/tune/eval {n_articles['train']}/{n_articles['tune']}/{n_articles['eval']}; "
         f"queries {len(parts['train'])}/{len(parts['tune'])}/{len(parts['eval'])}; "
-        f"using {len(train_q)}/{len(tune_q)}/{len(eval_q)}")
+        f"using {len(train_q)}/{len(tune_q)}/{len(eval_q)}"
+    )
 
     # 1. the hybrid index (BM25 + e5-small)
     # named by the build defaults, so a change of default analyzer or BM25 parameters rebuilds
@@ -202,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for mode in ("bm25", "hybrid"):
         runs[mode] = cached_lists(
-            work / f"run-{mode}-{key(scored_q, stamp_index)}.json", lambda mode=mode: dict(
-                zip(scored_q, first_stage(index, texts, mode, 100, desc=mode), strict=True)))
+            work / f"run-{mode}-{key(scored_q, stamp_index)}.json",
+            lambda mode=mode: dict(
+                zip(scored_q, first_stage(index, texts, mode, 100, desc=mode), strict=True)
+            ),
+        )
 
     # 3 + 4. negatives and training
     mining_name = {"bm25": "BM25", "hybrid": "hybrid (BM25 + e5-small)"}
@@ -226,20 +251,35 @@ def main(argv: list[str] | None = None) -> int:
                 from tansaku.index.e5_import import import_e5_small
 
                 import_e5_small(base, overwrite=True)
-        config = TrainConfig(loss=args.loss, epochs=args.epochs, learning_rate=args.lr,
-                             warmup_ratio=args.warmup, max_length=args.max_length,
-                             queries_per_step=args.queries_per_step, seed=args.seed,
-                             freeze_layers=args.freeze_layers, layers=args.layers,
-                             checkpoint_every=args.checkpoint_every)
+        config = TrainConfig(
+            loss=args.loss,
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            warmup_ratio=args.warmup,
+            max_length=args.max_length,
+            queries_per_step=args.queries_per_step,
+            seed=args.seed,
+            freeze_layers=args.freeze_layers,
+            layers=args.layers,
+            checkpoint_every=args.checkpoint_every,
+        )
         model_dir = work / f"reranker-{key(str(ex_file.name), config.to_dict())}{args.tag}"
         if not (model_dir / "tansaku_reranker.json").is_file():
             resume = latest_checkpoint(model_dir) is not None
-            train_cross_encoder(base, None if resume else examples, model_dir, config, resume=resume,
-                                overwrite=not resume,
-                                provenance={"dataset": "JSQuAD valid-v1.3", "train_queries": len(train_q),
-                                            "mining": f"{mining_name[args.mine]} top-{args.depth} "
-                                                      "minus the positive"},
-                                log=say)
+            train_cross_encoder(
+                base,
+                None if resume else examples,
+                model_dir,
+                config,
+                resume=resume,
+                overwrite=not resume,
+                provenance={
+                    "dataset": "JSQuAD valid-v1.3",
+                    "train_queries": len(train_q),
+                    "mining": f"{mining_name[args.mine]} top-{args.depth} minus the positive",
+                },
+                log=say,
+            )
     manifest = read_manifest(model_dir) or {}
 
     # 5. rerank tune + eval (cached per model): the union of the BM25 and hybrid heads, once;
@@ -256,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         # two top-k heads: at most 2k documents, all of them reranked
         lists = rerank_lists(index, reranker, texts, [heads[q] for q in scored_q], 2 * args.rerank_k)
         n_pairs = sum(len(heads[q]) for q in scored_q)
-        say(f"reranked {len(scored_q)} queries ({n_pairs} pairs: the BM25 and hybrid top-{args.rerank_k} "
-            f"together) in {time.perf_counter() - t0:.0f} s")
+        say(
+            f"reranked {len(scored_q)} queries ({n_pairs} pairs: the BM25 and hybrid top-{args.rerank_k} "
+            f"together) in {time.perf_counter() - t0:.0f} s"
+        )
         return dict(zip(scored_q, lists, strict=True))
 
     rerank_start = time.perf_counter()
@@ -274,16 +316,22 @@ def main(argv: list[str] | None = None) -> int:
         sweeps[stage] = sweep_fusion_weights(runs[stage], reranked, tune_qrels)
         weights[stage] = w = best_weight(sweeps[stage])
         fused = {q: fuse(runs[stage][q], reranked[q], w) for q in scored_q}
-        systems += [(f"{stage} top-{args.rerank_k} -> reranker (pure, w=1)", reranked),
-                    (f"{stage} top-{args.rerank_k} -> reranker fused w={w:g}", fused)]
+        systems += [
+            (f"{stage} top-{args.rerank_k} -> reranker (pure, w=1)", reranked),
+            (f"{stage} top-{args.rerank_k} -> reranker fused w={w:g}", fused),
+        ]
     # the partner whose fused pipeline is best on tune is what the model recommends
     best_stage = max(sweeps, key=lambda st: (round(sweeps[st][weights[st]], 10), st == "bm25"))
     if "fusion" not in manifest and not args.model:
-        manifest["fusion"] = {"weight": weights[best_stage], "metric": "ndcg@10",
-                              "by_weight": {f"{w:g}": round(v, 6) for w, v in sweeps[best_stage].items()},
-                              "first_stage": best_stage, "rerank_k": args.rerank_k,
-                              "held_out_queries": len(tune_q),
-                              "chosen_on": "JSQuAD tune articles (held out of training; not evaluation)"}
+        manifest["fusion"] = {
+            "weight": weights[best_stage],
+            "metric": "ndcg@10",
+            "by_weight": {f"{w:g}": round(v, 6) for w, v in sweeps[best_stage].items()},
+            "first_stage": best_stage,
+            "rerank_k": args.rerank_k,
+            "held_out_queries": len(tune_q),
+            "chosen_on": "JSQuAD tune articles (held out of training; not evaluation)",
+        }
         write_manifest(model_dir, manifest)
     rows, out = [], []
     for name, lists in systems:
@@ -291,29 +339,50 @@ def main(argv: list[str] | None = None) -> int:
         out.append({"system": name, "eval": ev, "tune": tu})
         rows.append([name, *(f"{ev[m]:.4f}" for m in METRICS), f"{tu['ndcg@10']:.4f}"])
     headers = ["system", *(f"eval {m}" for m in METRICS), "tune ndcg@10"]
-    print(f"JSQuAD valid-v1.3 split by article: evaluation = {n_articles['eval']} articles, "
-          f"{len(eval_q)} questions; fusion weights chosen on {len(tune_q)} questions of "
-          f"{n_articles['tune']} held-out training articles")
+    print(
+        f"JSQuAD valid-v1.3 split by article: evaluation = {n_articles['eval']} articles, "
+        f"{len(eval_q)} questions; fusion weights chosen on {len(tune_q)} questions of "
+        f"{n_articles['tune']} held-out training articles"
+    )
     print(format_table(headers, rows))
     for stage, sweep in sweeps.items():
-        print(f"fusion weight sweep with {stage} (tune nDCG@10): "
-              + ", ".join(f"{w:g}: {v:.4f}" for w, v in sweep.items()))
-    print(f"recommended (best on tune): {best_stage} top-{args.rerank_k} -> reranker fused "
-          f"w={weights[best_stage]:g}")
+        print(
+            f"fusion weight sweep with {stage} (tune nDCG@10): "
+            + ", ".join(f"{w:g}: {v:.4f}" for w, v in sweep.items())
+        )
+    print(
+        f"recommended (best on tune): {best_stage} top-{args.rerank_k} -> reranker fused "
+        f"w={weights[best_stage]:g}"
+    )
     params = manifest.get("params", {})
     if manifest.get("train_seconds") is not None:
-        print(f"training: {manifest.get('examples')} queries x (1 positive + "
-              f"{manifest.get('negatives_per_query', {}).get('max')} hard negatives), "
-              f"{params.get('loss')} loss, {manifest.get('steps')} steps, lr {params.get('learning_rate')}, "
-              f"max_length {params.get('max_length')}, frozen word embeddings: "
-              f"{not params.get('train_embeddings')}, seed {params.get('seed')}: "
-              f"{manifest['train_seconds']:.0f} s on this CPU ({manifest.get('threads')} torch threads)")
-    print(f"reranking {len(scored_q)} queries x top {args.rerank_k}: {rerank_seconds:.0f} s "
-          f"(0 when cached); model {model_dir}")
+        print(
+            f"training: {manifest.get('examples')} queries x (1 positive + "
+            f"{manifest.get('negatives_per_query', {}).get('max')} hard negatives), "
+            f"{params.get('loss')} loss, {manifest.get('steps')} steps, lr {params.get('learning_rate')}, "
+            f"max_length {params.get('max_length')}, frozen word embeddings: "
+            f"{not params.get('train_embeddings')}, seed {params.get('seed')}: "
+            f"{manifest['train_seconds']:.0f} s on this CPU ({manifest.get('threads')} torch threads)"
+        )
+    print(
+        f"reranking {len(scored_q)} queries x top {args.rerank_k}: {rerank_seconds:.0f} s "
+        f"(0 when cached); model {model_dir}"
+    )
     if args.json:
-        print(json.dumps({"systems": out, "fusion": {st: sw for st, sw in sweeps.items()},
-                          "weights": weights, "recommended": best_stage,
-                          "manifest": manifest}, ensure_ascii=False, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "systems": out,
+                    "fusion": {st: sw for st, sw in sweeps.items()},
+                    "weights": weights,
+                    "recommended": best_stage,
+                    "manifest": manifest,
+                },
+                ensure_ascii=False,
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

@@ -83,13 +83,19 @@ class LevelResult:
 
         done = len(self.latencies)
         lat = np.asarray(self.latencies) * 1000 if done else np.asarray([float("nan")])
-        return [str(self.concurrency), str(done + self.errors), str(self.errors),
-                fmt_num(done / self.seconds if self.seconds else None),
-                fmt_num(float(np.percentile(lat, 50))), fmt_num(float(np.percentile(lat, 99))),
-                fmt_num(float(lat.mean()))]
+        return [
+            str(self.concurrency),
+            str(done + self.errors),
+            str(self.errors),
+            fmt_num(done / self.seconds if self.seconds else None),
+            fmt_num(float(np.percentile(lat, 50))),
+            fmt_num(float(np.percentile(lat, 99))),
+            fmt_num(float(lat.mean())),
+        ]
 
 
 # -- workload ------------------------------------------------------------------------------------
+
 
 def workload(jsquad: Path, n_documents: int) -> tuple[str, list[str]]:
     """A JSQuAD question and ``n_documents`` paragraphs (its own first), else built-in text."""
@@ -106,6 +112,7 @@ def workload(jsquad: Path, n_documents: int) -> tuple[str, list[str]]:
 
 # -- in-process server ---------------------------------------------------------------------------
 
+
 def tiny_reranker_dir(directory: Path) -> Path:
     """Build the test suite's tiny random BERT cross-encoder into ``directory``."""
     sys.path.insert(0, str(REPO / "tests"))
@@ -118,8 +125,9 @@ def tiny_reranker_dir(directory: Path) -> Path:
 class InProcessServer:
     """uvicorn serving a rerank-only app on a free loopback port, on a daemon thread."""
 
-    def __init__(self, reranker_dir: Path, *, max_length: int, workers: int, model: str,
-                 torch_threads: int | None) -> None:
+    def __init__(
+        self, reranker_dir: Path, *, max_length: int, workers: int, model: str, torch_threads: int | None
+    ) -> None:
         import uvicorn
 
         from tansaku.pipeline.server import create_app, limit_torch_threads
@@ -127,14 +135,12 @@ class InProcessServer:
 
         self.torch_threads = limit_torch_threads(workers, torch_threads)
         reranker = CrossEncoderReranker(reranker_dir, max_length=max_length)
-        app = create_app(None, reranker, model_name=model, worker_threads=workers,
-                         max_queue=256)
+        app = create_app(None, reranker, model_name=model, worker_threads=workers, max_queue=256)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> InProcessServer:
         import httpx
@@ -156,8 +162,16 @@ class InProcessServer:
 
 # -- load generation -----------------------------------------------------------------------------
 
-async def run_level(url: str, payload: dict[str, Any], headers: dict[str, str], *,
-                    concurrency: int, requests: int, duration: float) -> LevelResult:
+
+async def run_level(
+    url: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    concurrency: int,
+    requests: int,
+    duration: float,
+) -> LevelResult:
     """``concurrency`` clients send requests until ``requests`` were sent or ``duration`` passed."""
     import httpx
 
@@ -193,7 +207,8 @@ async def run_level(url: str, payload: dict[str, Any], headers: dict[str, str], 
             unfinished = sent - len(result.latencies) - result.errors
             result.errors += unfinished
             result.first_error = result.first_error or (
-                f"{unfinished} request(s) unfinished {GRACE:.0%} past --duration")
+                f"{unfinished} request(s) unfinished {GRACE:.0%} past --duration"
+            )
         result.seconds = time.perf_counter() - start
     return result
 
@@ -213,16 +228,25 @@ async def wait_until_idle(base_url: str, limit_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
-def bench(base_url: str, path: str, payload: dict[str, Any], headers: dict[str, str],
-          levels: Sequence[int], requests: int, duration: float) -> list[LevelResult]:
+def bench(
+    base_url: str,
+    path: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+    levels: Sequence[int],
+    requests: int,
+    duration: float,
+) -> list[LevelResult]:
     """Warm up, then run every concurrency level in turn."""
     url = base_url + path
-    asyncio.run(run_level(url, payload, headers, concurrency=1, requests=WARMUP_REQUESTS,
-                          duration=duration))
+    asyncio.run(run_level(url, payload, headers, concurrency=1, requests=WARMUP_REQUESTS, duration=duration))
     results = []
     for level in levels:
-        results.append(asyncio.run(run_level(url, payload, headers, concurrency=level,
-                                             requests=requests, duration=duration)))
+        results.append(
+            asyncio.run(
+                run_level(url, payload, headers, concurrency=level, requests=requests, duration=duration)
+            )
+        )
         if results[-1].errors:
             asyncio.run(wait_until_idle(base_url, limit_s=duration))
     return results
@@ -230,36 +254,70 @@ def bench(base_url: str, path: str, payload: dict[str, Any], headers: dict[str, 
 
 # -- command line --------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", help="benchmark a running server (loopback) instead of starting one")
-    p.add_argument("--reranker", type=Path,
-                   help="model directory for the in-process server (default: a tiny random "
-                        "BERT cross-encoder built in a temporary directory)")
-    p.add_argument("--model", default="bench-reranker",
-                   help="model name sent in requests (and given to the in-process server)")
-    p.add_argument("--api-key", default=os.environ.get("TANSAKU_API_KEY"),
-                   help="Bearer key for --url (default: $TANSAKU_API_KEY)")
+    p.add_argument(
+        "--reranker",
+        type=Path,
+        help="model directory for the in-process server (default: a tiny random "
+        "BERT cross-encoder built in a temporary directory)",
+    )
+    p.add_argument(
+        "--model",
+        default="bench-reranker",
+        help="model name sent in requests (and given to the in-process server)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TANSAKU_API_KEY"),
+        help="Bearer key for --url (default: $TANSAKU_API_KEY)",
+    )
     p.add_argument("--path", default="/v1/rerank", help="endpoint (default: /v1/rerank)")
     p.add_argument("--documents", type=int, default=20, help="documents per request (default: 20)")
-    p.add_argument("--jsquad", type=Path, default=DEFAULT_JSQUAD,
-                   help="JSQuAD file for the query and documents (default: ../shared/...)")
-    p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
-                   help="comma-separated concurrent clients per level (default: 1,8,32)")
-    p.add_argument("--requests", type=int,
-                   help=f"requests per level at most (default: {DEFAULTS['requests']}, "
-                        f"--quick {QUICK['requests']})")
-    p.add_argument("--duration", type=float,
-                   help=f"seconds per level at most (default: {DEFAULTS['duration']:.0f}, "
-                        f"--quick {QUICK['duration']:.0f})")
-    p.add_argument("--max-length", type=int, default=512,
-                   help="reranker max tokens per pair, in-process server (default: 512)")
-    p.add_argument("--workers-threads", type=int, default=1,
-                   help="inference threads of the in-process server (default: 1)")
-    p.add_argument("--torch-threads", type=int,
-                   help="torch threads of the in-process server (default: as tansaku serve, "
-                        "(CPUs - 1) / --workers-threads, at least 1)")
+    p.add_argument(
+        "--jsquad",
+        type=Path,
+        default=DEFAULT_JSQUAD,
+        help="JSQuAD file for the query and documents (default: ../shared/...)",
+    )
+    p.add_argument(
+        "--concurrency",
+        default=",".join(map(str, DEFAULT_CONCURRENCY)),
+        help="comma-separated concurrent clients per level (default: 1,8,32)",
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        help=f"requests per level at most (default: {DEFAULTS['requests']}, --quick {QUICK['requests']})",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        help=f"seconds per level at most (default: {DEFAULTS['duration']:.0f}, "
+        f"--quick {QUICK['duration']:.0f})",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="reranker max tokens per pair, in-process server (default: 512)",
+    )
+    p.add_argument(
+        "--workers-threads",
+        type=int,
+        default=1,
+        help="inference threads of the in-process server (default: 1)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch threads of the in-process server (default: as tansaku serve, "
+        "(CPUs - 1) / --workers-threads, at least 1)",
+    )
     p.add_argument("--quick", action="store_true", help="small bounds: finishes within a minute")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
@@ -270,8 +328,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if min([args.requests, args.documents, args.duration, *args.levels]) <= 0:
         p.error("--requests, --documents, --duration and --concurrency must be positive")
     if args.url and urlsplit(args.url).hostname not in LOOPBACK_HOSTS:
-        p.error(f"--url must be a loopback address ({', '.join(sorted(LOOPBACK_HOSTS))}): a "
-                "load test is not to be pointed at other machines")
+        p.error(
+            f"--url must be a loopback address ({', '.join(sorted(LOOPBACK_HOSTS))}): a "
+            "load test is not to be pointed at other machines"
+        )
     return args
 
 
@@ -285,29 +345,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         if args.url:
-            results = bench(args.url.rstrip("/"), args.path, payload, headers, args.levels,
-                            args.requests, args.duration)
+            results = bench(
+                args.url.rstrip("/"), args.path, payload, headers, args.levels, args.requests, args.duration
+            )
             where = args.url
         else:
             model_dir = args.reranker or tiny_reranker_dir(Path(tmp) / "tiny-reranker")
-            with InProcessServer(model_dir, max_length=args.max_length, workers=args.workers_threads,
-                                 model=args.model, torch_threads=args.torch_threads) as server:
-                print(f"in-process server {server.url}: reranker {model_dir}, max_length "
-                      f"{args.max_length}, {args.workers_threads} inference thread(s) x "
-                      f"{server.torch_threads} torch thread(s), started in "
-                      f"{time.perf_counter() - setup:.1f} s", file=sys.stderr)
-                results = bench(server.url, args.path, payload, headers, args.levels,
-                                args.requests, args.duration)
+            with InProcessServer(
+                model_dir,
+                max_length=args.max_length,
+                workers=args.workers_threads,
+                model=args.model,
+                torch_threads=args.torch_threads,
+            ) as server:
+                print(
+                    f"in-process server {server.url}: reranker {model_dir}, max_length "
+                    f"{args.max_length}, {args.workers_threads} inference thread(s) x "
+                    f"{server.torch_threads} torch thread(s), started in "
+                    f"{time.perf_counter() - setup:.1f} s",
+                    file=sys.stderr,
+                )
+                results = bench(
+                    server.url, args.path, payload, headers, args.levels, args.requests, args.duration
+                )
             where = "in-process"
     if args.json:
-        print(json.dumps([{"concurrency": r.concurrency, "ok": len(r.latencies), "errors": r.errors,
-                           "seconds": r.seconds, "latencies_s": r.latencies} for r in results]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "concurrency": r.concurrency,
+                        "ok": len(r.latencies),
+                        "errors": r.errors,
+                        "seconds": r.seconds,
+                        "latencies_s": r.latencies,
+                    }
+                    for r in results
+                ]
+            )
+        )
         return 0
-    print(f"rerank load test ({where}, {args.path}): 1 query x {len(docs)} documents "
-          f"({sum(map(len, docs)) / len(docs):.0f} chars on average) per request; at most "
-          f"{args.requests} requests / {args.duration:.0f} s per level; {os.cpu_count()} CPUs")
-    print(format_table(["clients", "requests", "errors", "req/s", "p50 ms", "p99 ms", "mean ms"],
-                       [r.row() for r in results]))
+    print(
+        f"rerank load test ({where}, {args.path}): 1 query x {len(docs)} documents "
+        f"({sum(map(len, docs)) / len(docs):.0f} chars on average) per request; at most "
+        f"{args.requests} requests / {args.duration:.0f} s per level; {os.cpu_count()} CPUs"
+    )
+    print(
+        format_table(
+            ["clients", "requests", "errors", "req/s", "p50 ms", "p99 ms", "mean ms"],
+            [r.row() for r in results],
+        )
+    )
     for r in results:
         if r.first_error:
             print(f"clients={r.concurrency}: first error: {r.first_error}", file=sys.stderr)

@@ -150,13 +150,25 @@ def machine_ceiling(paragraphs: list[str]) -> list[dict[str, object]]:
             # each job times itself (its setup and the pool's messages excluded); at once, the
             # pair is done when the slower of the two is
             together = max(pool.map(job, [n, n], chunksize=1))
-            out.append({"job": name, "one_after_other_s": round(alone, 2), "at_once_s": round(together, 2),
-                        "speedup": round(alone / together, 2)})
+            out.append(
+                {
+                    "job": name,
+                    "one_after_other_s": round(alone, 2),
+                    "at_once_s": round(together, 2),
+                    "speedup": round(alone / together, 2),
+                }
+            )
     return out
 
 
-def run(analyzer_name: str, paragraphs: list[str], n_docs: int, workers: int,
-        chunk_size: int | None, progress: bool) -> dict[str, object]:
+def run(
+    analyzer_name: str,
+    paragraphs: list[str],
+    n_docs: int,
+    workers: int,
+    chunk_size: int | None,
+    progress: bool,
+) -> dict[str, object]:
     """Tokenise the corpus once; returns time, counts and a digest of the token stream."""
     from tansaku.index import tokenize_workers
 
@@ -178,10 +190,18 @@ def run(analyzer_name: str, paragraphs: list[str], n_docs: int, workers: int,
         own_cpu = time.process_time() - cpu0
     # The forkserver itself idles; the busy descendants are the workers.
     worker_cpu = sum(c for c in children.seen.values() if c > 0.5)
-    return {"workers": workers, "docs": n_docs, "tokens": tokens, "seconds": round(seconds, 2),
-            "docs_per_s": round(n_docs / seconds, 1), "digest": digest.hexdigest(),
-            "parent_cpu_s": round(own_cpu, 1), "worker_cpu_s": round(worker_cpu, 1),
-            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+    return {
+        "workers": workers,
+        "docs": n_docs,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "docs_per_s": round(n_docs / seconds, 1),
+        "digest": digest.hexdigest(),
+        "parent_cpu_s": round(own_cpu, 1),
+        "worker_cpu_s": round(worker_cpu, 1),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,19 +213,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-size", type=int, help="texts per worker task (default: tansaku's)")
     p.add_argument("--quick", action="store_true", help="20,000 documents")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-machine-check", action="store_true",
-                   help="skip the ~20 s check of what two processes can gain on this machine "
-                        "(a Python loop, and MeCab alone)")
+    p.add_argument(
+        "--no-machine-check",
+        action="store_true",
+        help="skip the ~20 s check of what two processes can gain on this machine "
+        "(a Python loop, and MeCab alone)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = p.parse_args(argv)
     if not args.jsquad.exists():
         p.error(f"JSQuAD file not found: {args.jsquad}")
     n_docs = 20_000 if args.quick else args.docs
     paragraphs = jsquad_paragraphs(args.jsquad)
-    print(f"{n_docs:,} synthetic documents, analyzer {args.analyzer}, {cpu_count()} CPUs, "
-          f"load {os.getloadavg()}", file=sys.stderr)
-    rows = [run(args.analyzer, paragraphs, n_docs, int(w), args.chunk_size, not args.no_progress)
-            for w in args.workers.split(",")]
+    print(
+        f"{n_docs:,} synthetic documents, analyzer {args.analyzer}, {cpu_count()} CPUs, "
+        f"load {os.getloadavg()}",
+        file=sys.stderr,
+    )
+    rows = [
+        run(args.analyzer, paragraphs, n_docs, int(w), args.chunk_size, not args.no_progress)
+        for w in args.workers.split(",")
+    ]
     base, base_cpu = float(rows[0]["seconds"]), float(rows[0]["parent_cpu_s"])  # type: ignore[arg-type]
     for row in rows:
         row["speedup"] = round(base / float(row["seconds"]), 2)  # type: ignore[arg-type]
@@ -215,20 +243,51 @@ def main(argv: list[str] | None = None) -> int:
         cores = min(cpu_count(), int(row["workers"]))  # type: ignore[call-overload]
         row["cpu_bound_speedup"] = round(base_cpu / (total / cores), 2) if total else None
     same = len({r["digest"] for r in rows}) == 1
-    print(format_table(
-        ["workers", "docs", "tokens", "seconds", "docs/s", "speed-up", "CPU s (parent+workers)",
-         "CPU-bound speed-up", "load 1-min (before/after)"],
-        [[str(r["workers"]), f"{r['docs']:,}", f"{r['tokens']:,}", f"{r['seconds']}",
-          f"{r['docs_per_s']:,}", f"{r['speedup']}x", f"{r['parent_cpu_s']}+{r['worker_cpu_s']}",
-          f"{r['cpu_bound_speedup']}x", f"{r['load_before']} / {r['load_after']}"] for r in rows]))
+    print(
+        format_table(
+            [
+                "workers",
+                "docs",
+                "tokens",
+                "seconds",
+                "docs/s",
+                "speed-up",
+                "CPU s (parent+workers)",
+                "CPU-bound speed-up",
+                "load 1-min (before/after)",
+            ],
+            [
+                [
+                    str(r["workers"]),
+                    f"{r['docs']:,}",
+                    f"{r['tokens']:,}",
+                    f"{r['seconds']}",
+                    f"{r['docs_per_s']:,}",
+                    f"{r['speedup']}x",
+                    f"{r['parent_cpu_s']}+{r['worker_cpu_s']}",
+                    f"{r['cpu_bound_speedup']}x",
+                    f"{r['load_before']} / {r['load_after']}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(f"identical token streams across worker counts: {same}")
     ceiling = [] if args.no_machine_check else machine_ceiling(paragraphs)
     if ceiling:
-        print("what two processes gain on this machine (the same job twice, one after the other "
-              "vs at once in 2 processes):")
-        print(format_table(["job", "one after the other s", "at once s", "speed-up"],
-                           [[str(c["job"]), f"{c['one_after_other_s']}", f"{c['at_once_s']}",
-                             f"{c['speedup']}x"] for c in ceiling]))
+        print(
+            "what two processes gain on this machine (the same job twice, one after the other "
+            "vs at once in 2 processes):"
+        )
+        print(
+            format_table(
+                ["job", "one after the other s", "at once s", "speed-up"],
+                [
+                    [str(c["job"]), f"{c['one_after_other_s']}", f"{c['at_once_s']}", f"{c['speedup']}x"]
+                    for c in ceiling
+                ],
+            )
+        )
     if args.json:
         print(json.dumps({"rows": rows, "machine": ceiling}, indent=2))
     return 0 if same else 1

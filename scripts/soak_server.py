@@ -137,8 +137,17 @@ def check_rerank(body: dict[str, Any], n_docs: int, top_n: int) -> str | None:
     return None
 
 
-def client(url: str, tally: Tally, limit: int, deadline: float, seed: int,
-           texts: list[str], queries: list[str], known: set[str], reranking: bool) -> None:
+def client(
+    url: str,
+    tally: Tally,
+    limit: int,
+    deadline: float,
+    seed: int,
+    texts: list[str],
+    queries: list[str],
+    known: set[str],
+    reranking: bool,
+) -> None:
     import httpx
 
     rng = random.Random(seed)
@@ -150,16 +159,21 @@ def client(url: str, tally: Tally, limit: int, deadline: float, seed: int,
                 if roll < 0.5 or not reranking and roll < 0.9:
                     kind = "search"
                     res = http.post("/v1/search", json={"query": query, "top_n": 10})
-                    problem = (check_search(res.json(), known) if res.status_code == 200
-                               else f"HTTP {res.status_code}: {res.text[:200]}")
+                    problem = (
+                        check_search(res.json(), known)
+                        if res.status_code == 200
+                        else f"HTTP {res.status_code}: {res.text[:200]}"
+                    )
                 elif roll < 0.9:
                     kind = "rerank"
                     docs = rng.sample(texts, rng.randint(2, 20))
                     top_n = rng.randint(1, 25)
-                    res = http.post("/v1/rerank", json={"query": query, "documents": docs,
-                                                        "top_n": top_n})
-                    problem = (check_rerank(res.json(), len(docs), top_n) if res.status_code == 200
-                               else f"HTTP {res.status_code}: {res.text[:200]}")
+                    res = http.post("/v1/rerank", json={"query": query, "documents": docs, "top_n": top_n})
+                    problem = (
+                        check_rerank(res.json(), len(docs), top_n)
+                        if res.status_code == 200
+                        else f"HTTP {res.status_code}: {res.text[:200]}"
+                    )
                 else:
                     kind = "health"
                     res = http.get("/health")
@@ -169,8 +183,9 @@ def client(url: str, tally: Tally, limit: int, deadline: float, seed: int,
             tally.record(kind, problem)
 
 
-def updater(index_dir: Path, rows: list[dict[str, Any]], every: float, stop: threading.Event,
-            counts: Counter[str]) -> None:
+def updater(
+    index_dir: Path, rows: list[dict[str, Any]], every: float, stop: threading.Event, counts: Counter[str]
+) -> None:
     from tansaku.index import read_dicts
     from tansaku.index.update import update_index
 
@@ -190,8 +205,21 @@ def updater(index_dir: Path, rows: list[dict[str, Any]], every: float, stop: thr
 
 
 def start_server(index_dir: Path, reranker: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tansaku.pipeline.cli", "serve", str(index_dir),
-           "--reranker", reranker, "--host", HOST, "--port", str(port), "--max-length", "256"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tansaku.pipeline.cli",
+        "serve",
+        str(index_dir),
+        "--reranker",
+        reranker,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--max-length",
+        "256",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -240,17 +268,35 @@ def soak(args: argparse.Namespace, work: Path) -> Report:
     stop = threading.Event()
     try:
         wait_healthy(url, proc, log)
-        print(f"soak: server pid {proc.pid} on {url}; {args.requests} requests, "
-              f"{args.concurrency} clients, updates every {args.update_every} s", file=sys.stderr)
+        print(
+            f"soak: server pid {proc.pid} on {url}; {args.requests} requests, "
+            f"{args.concurrency} clients, updates every {args.update_every} s",
+            file=sys.stderr,
+        )
         start = time.monotonic()
         deadline = start + args.max_seconds
         warm_at = max(1, args.requests // 10)
-        update_thread = threading.Thread(target=updater, daemon=True,
-                                         args=(index_dir, rows, args.update_every, stop, counts))
-        threads = [threading.Thread(target=client, daemon=True,
-                                    args=(url, tally, args.requests, deadline, args.seed + i, texts,
-                                          queries, known, reranker != "none"))
-                   for i in range(args.concurrency)]
+        update_thread = threading.Thread(
+            target=updater, daemon=True, args=(index_dir, rows, args.update_every, stop, counts)
+        )
+        threads = [
+            threading.Thread(
+                target=client,
+                daemon=True,
+                args=(
+                    url,
+                    tally,
+                    args.requests,
+                    deadline,
+                    args.seed + i,
+                    texts,
+                    queries,
+                    known,
+                    reranker != "none",
+                ),
+            )
+            for i in range(args.concurrency)
+        ]
         update_thread.start()
         for t in threads:
             t.start()
@@ -274,31 +320,46 @@ def soak(args: argparse.Namespace, work: Path) -> Report:
             except subprocess.TimeoutExpired:
                 proc.kill()
     done = sum(tally.ok.values()) + sum(tally.errors.values())
-    return Report(requests=done, served=dict(tally.ok), errors=dict(tally.errors),
-                  error_examples=tally.examples, updates=counts["updates"],
-                  update_errors=counts["update_errors"], seconds=round(seconds, 2),
-                  requests_per_s=round(done / seconds, 1) if seconds else 0.0,
-                  rss_warm_mb=round(rss_warm, 1), rss_end_mb=round(rss_end, 1),
-                  rss_growth_mb=round(rss_end - rss_warm, 1))
+    return Report(
+        requests=done,
+        served=dict(tally.ok),
+        errors=dict(tally.errors),
+        error_examples=tally.examples,
+        updates=counts["updates"],
+        update_errors=counts["update_errors"],
+        seconds=round(seconds, 2),
+        requests_per_s=round(done / seconds, 1) if seconds else 0.0,
+        rss_warm_mb=round(rss_warm, 1),
+        rss_end_mb=round(rss_end, 1),
+        rss_growth_mb=round(rss_end - rss_warm, 1),
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, help=f"requests in all (default {DEFAULTS['requests']})")
-    p.add_argument("--max-seconds", type=float,
-                   help=f"stop sending after this long (default {DEFAULTS['max_seconds']:.0f})")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help=f"stop sending after this long (default {DEFAULTS['max_seconds']:.0f})",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="client threads (default 4)")
-    p.add_argument("--update-every", type=float, default=0.5,
-                   help="seconds between index updates (default 0.5)")
-    p.add_argument("--reranker", default="",
-                   help="reranker for the server: a model directory or hub id, 'none' for "
-                        "search-only traffic (default: a tiny random BERT cross-encoder)")
-    p.add_argument("--encoder", default="none",
-                   help="dense encoder for the index (default none: BM25; e.g. e5-small)")
+    p.add_argument(
+        "--update-every", type=float, default=0.5, help="seconds between index updates (default 0.5)"
+    )
+    p.add_argument(
+        "--reranker",
+        default="",
+        help="reranker for the server: a model directory or hub id, 'none' for "
+        "search-only traffic (default: a tiny random BERT cross-encoder)",
+    )
+    p.add_argument(
+        "--encoder", default="none", help="dense encoder for the index (default none: BM25; e.g. e5-small)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the traffic mix (default 0)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK['requests']} requests / {QUICK['max_seconds']:.0f} s")
+    p.add_argument(
+        "--quick", action="store_true", help=f"{QUICK['requests']} requests / {QUICK['max_seconds']:.0f} s"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else DEFAULTS
@@ -316,21 +377,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(asdict(report), ensure_ascii=False, indent=2))
     else:
-        rows = [["requests", str(report.requests)],
-                ["served", ", ".join(f"{k} {v}" for k, v in sorted(report.served.items()))],
-                ["errors", str(sum(report.errors.values()))
-                 + (f" ({report.errors})" if report.errors else "")],
-                ["index updates", f"{report.updates} ({report.update_errors} failed)"],
-                ["seconds", f"{report.seconds:.1f} ({report.requests_per_s:.1f} req/s)"],
-                ["server RSS warm / end", f"{report.rss_warm_mb:.1f} / {report.rss_end_mb:.1f} MiB"],
-                ["RSS growth", f"{report.rss_growth_mb:+.1f} MiB"]]
+        rows = [
+            ["requests", str(report.requests)],
+            ["served", ", ".join(f"{k} {v}" for k, v in sorted(report.served.items()))],
+            ["errors", str(sum(report.errors.values())) + (f" ({report.errors})" if report.errors else "")],
+            ["index updates", f"{report.updates} ({report.update_errors} failed)"],
+            ["seconds", f"{report.seconds:.1f} ({report.requests_per_s:.1f} req/s)"],
+            ["server RSS warm / end", f"{report.rss_warm_mb:.1f} / {report.rss_end_mb:.1f} MiB"],
+            ["RSS growth", f"{report.rss_growth_mb:+.1f} MiB"],
+        ]
         print(format_table(["soak", "value"], rows))
         for example in report.error_examples:
             print(f"  error: {example}")
     failed = sum(report.errors.values()) + report.update_errors
-    print(f"verdict: {'PASS' if failed == 0 else 'FAIL'}: {report.requests} requests, "
-          f"{failed} errors, {report.updates} updates, RSS {report.rss_growth_mb:+.1f} MiB",
-          file=sys.stderr if args.json else sys.stdout)
+    print(
+        f"verdict: {'PASS' if failed == 0 else 'FAIL'}: {report.requests} requests, "
+        f"{failed} errors, {report.updates} updates, RSS {report.rss_growth_mb:+.1f} MiB",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     return 0 if failed == 0 else 1
 
 

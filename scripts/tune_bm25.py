@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared/data/jsquad/valid-v1.3.json"
 
 DROP = ["助詞", "助動詞", "補助記号", "記号", "空白"]  # the issue's default drop list
-PRON_LIGHT = [*DROP, "代名詞", "動詞-非自立可能"]       # + pronouns and light verbs (する, ある...)
+PRON_LIGHT = [*DROP, "代名詞", "動詞-非自立可能"]  # + pronouns and light verbs (する, ある...)
 # Analyzer variants: presets, or JSON options over the "ja" preset (tansaku.index.analyzer).
 VARIANTS: dict[str, dict | str] = {
     "ja-surface": "ja-surface",
@@ -71,12 +71,19 @@ VARIANTS: dict[str, dict | str] = {
     "surface+pos": {"form": "surface", "drop_pos": DROP, "ngram": None},
     "lemma+pos": {"drop_pos": DROP, "ngram": None},
     "surface+pos+2gram": {"form": "surface", "drop_pos": DROP, "ngram": 2},
-    "surface+pos+2gram(words)": {"form": "surface", "drop_pos": DROP,
-                                 "ngram": {"n": 2, "source": "words"}},
-    "surface+pos+2gram-prolonged": {"form": "surface", "drop_pos": DROP, "ngram": 2,
-                                    "normalize": ["nfkc", "lower"]},
-    "surface+pos+2gram+repetition": {"form": "surface", "drop_pos": DROP, "ngram": 2,
-                                     "normalize": ["nfkc", "repetition", "prolonged", "lower"]},
+    "surface+pos+2gram(words)": {"form": "surface", "drop_pos": DROP, "ngram": {"n": 2, "source": "words"}},
+    "surface+pos+2gram-prolonged": {
+        "form": "surface",
+        "drop_pos": DROP,
+        "ngram": 2,
+        "normalize": ["nfkc", "lower"],
+    },
+    "surface+pos+2gram+repetition": {
+        "form": "surface",
+        "drop_pos": DROP,
+        "ngram": 2,
+        "normalize": ["nfkc", "repetition", "prolonged", "lower"],
+    },
     "surface+pos+3gram": {"form": "surface", "drop_pos": DROP, "ngram": 3},
     "lemma+pos+2gram": {"drop_pos": DROP, "ngram": 2},
     "surface+pos(+pron)+2gram": {"form": "surface", "drop_pos": [*DROP, "代名詞"], "ngram": 2},
@@ -100,8 +107,7 @@ class Streams:
     seconds: float
 
 
-def count_matrix(token_lists: Sequence[Sequence[str]], vocab: dict[str, int], grow: bool
-                 ) -> sp.csr_matrix:
+def count_matrix(token_lists: Sequence[Sequence[str]], vocab: dict[str, int], grow: bool) -> sp.csr_matrix:
     rows, cols = [], []
     for i, tokens in enumerate(token_lists):
         for t in tokens:
@@ -130,18 +136,25 @@ def tokenise_variant(spec: dict | str, docs: list[str], queries: list[str]) -> S
     vg: dict[str, int] = {}
     dw = count_matrix([w for w, _ in d], vw, True)
     dg = count_matrix([g for _, g in d], vg, True)
-    return Streams(dw, dg, count_matrix([w for w, _ in q], vw, False),
-                   count_matrix([g for _, g in q], vg, False), seconds)
+    return Streams(
+        dw,
+        dg,
+        count_matrix([w for w, _ in q], vw, False),
+        count_matrix([g for _, g in q], vg, False),
+        seconds,
+    )
 
 
 def bm25_weights(counts: sp.csr_matrix, doc_len: np.ndarray, k1: float, b: float) -> sp.csr_matrix:
     """Terms × documents BM25 weights, computed by tansaku's own BM25Index."""
-    index = BM25Index.from_doc_term(counts.astype(np.int32), [str(i) for i in range(counts.shape[1])],
-                                    doc_len, BM25Params(k1=k1, b=b))
+    index = BM25Index.from_doc_term(
+        counts.astype(np.int32), [str(i) for i in range(counts.shape[1])], doc_len, BM25Params(k1=k1, b=b)
+    )
     # Every term comes from some document, so none was dropped and rows stay aligned.
     assert len(index.vocab) == counts.shape[1]
-    return sp.csr_matrix((index.weights, index.postings, index.indptr),
-                         shape=(counts.shape[1], counts.shape[0]))
+    return sp.csr_matrix(
+        (index.weights, index.postings, index.indptr), shape=(counts.shape[1], counts.shape[0])
+    )
 
 
 def stream_scores(s: Streams, k1: float, b: float, layout: str) -> tuple[np.ndarray, np.ndarray]:
@@ -171,9 +184,11 @@ def ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
 
 
 def metrics_of(r: np.ndarray) -> dict[str, float]:
-    return {"ndcg@10": float(np.where(r <= 10, 1 / np.log2(r + 1), 0).mean()),
-            "mrr@10": float(np.where(r <= 10, 1 / r, 0).mean()),
-            "recall@100": float((r <= 100).mean())}
+    return {
+        "ndcg@10": float(np.where(r <= 10, 1 / np.log2(r + 1), 0).mean()),
+        "mrr@10": float(np.where(r <= 10, 1 / r, 0).mean()),
+        "recall@100": float((r <= 100).mean()),
+    }
 
 
 def top_lists(scores: np.ndarray, k: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -188,8 +203,10 @@ def top_lists(scores: np.ndarray, k: int = 100) -> list[tuple[np.ndarray, np.nda
 
 def _hits(pos: np.ndarray, scores: np.ndarray) -> list[Hit]:
     # zero-padded ids: fusion breaks ties by id, which then means by position
-    return [Hit(f"{p:09d}", float(v), r, "x") for r, (p, v) in
-            enumerate(zip(pos.tolist(), scores.tolist(), strict=True), 1)]
+    return [
+        Hit(f"{p:09d}", float(v), r, "x")
+        for r, (p, v) in enumerate(zip(pos.tolist(), scores.tolist(), strict=True), 1)
+    ]
 
 
 def _gold_ranks(fused: list[list[Hit]], gold: np.ndarray) -> np.ndarray:
@@ -199,22 +216,41 @@ def _gold_ranks(fused: list[list[Hit]], gold: np.ndarray) -> np.ndarray:
     return out
 
 
-def fuse_ranks(bm25: list[tuple[np.ndarray, np.ndarray]], dense: list[tuple[np.ndarray, np.ndarray]],
-               gold: np.ndarray, w_dense: float) -> np.ndarray:
+def fuse_ranks(
+    bm25: list[tuple[np.ndarray, np.ndarray]],
+    dense: list[tuple[np.ndarray, np.ndarray]],
+    gold: np.ndarray,
+    w_dense: float,
+) -> np.ndarray:
     """Gold ranks after tansaku's score fusion (min-max per list, weighted sum, ties by id)."""
-    return _gold_ranks([score_fusion([_hits(*b), _hits(*d)], 100, weights=(1 - w_dense, w_dense))
-                        for b, d in zip(bm25, dense, strict=True)], gold)
+    return _gold_ranks(
+        [
+            score_fusion([_hits(*b), _hits(*d)], 100, weights=(1 - w_dense, w_dense))
+            for b, d in zip(bm25, dense, strict=True)
+        ],
+        gold,
+    )
 
 
-def rrf_ranks(bm25: list[tuple[np.ndarray, np.ndarray]], dense: list[tuple[np.ndarray, np.ndarray]],
-              gold: np.ndarray, rrf_k: int = 60) -> np.ndarray:
+def rrf_ranks(
+    bm25: list[tuple[np.ndarray, np.ndarray]],
+    dense: list[tuple[np.ndarray, np.ndarray]],
+    gold: np.ndarray,
+    rrf_k: int = 60,
+) -> np.ndarray:
     """Gold ranks after reciprocal rank fusion (tansaku's ``--fusion rrf``: k=60, ties by id)."""
-    return _gold_ranks([reciprocal_rank_fusion([_hits(*b), _hits(*d)], 100, rrf_k=rrf_k)
-                        for b, d in zip(bm25, dense, strict=True)], gold)
+    return _gold_ranks(
+        [
+            reciprocal_rank_fusion([_hits(*b), _hits(*d)], 100, rrf_k=rrf_k)
+            for b, d in zip(bm25, dense, strict=True)
+        ],
+        gold,
+    )
 
 
-def dense_lists(ds: RetrievalDataset, qids: list[str], cache: Path, name: str
-                ) -> list[tuple[np.ndarray, np.ndarray]]:
+def dense_lists(
+    ds: RetrievalDataset, qids: list[str], cache: Path, name: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """e5-small top-100 per question (cosine), from vectors cached under ``cache``."""
     if name != "e5-small":
         raise SystemExit(f"--dense supports e5-small only, got {name!r}")
@@ -246,16 +282,21 @@ def dense_lists(ds: RetrievalDataset, qids: list[str], cache: Path, name: str
     return out
 
 
-def verify_end_to_end(ds: RetrievalDataset, qids: list[str], spec: dict | str, k1: float,
-                      b: float, workdir: Path) -> dict[str, float]:
+def verify_end_to_end(
+    ds: RetrievalDataset, qids: list[str], spec: dict | str, k1: float, b: float, workdir: Path
+) -> dict[str, float]:
     """The chosen option through a real index, BM25Retriever and pytrec_eval."""
     from tansaku.index import BuildConfig, build_index, read_dicts
     from tansaku.pipeline.metrics import evaluate
     from tansaku.retrieve import BM25Retriever
 
     analyzer = spec if isinstance(spec, str) else json.dumps(spec, ensure_ascii=False)
-    index = build_index(workdir / "verify", read_dicts(ds.corpus),
-                        BuildConfig(analyzer=analyzer, bm25=BM25Params(k1=k1, b=b)), progress=False)
+    index = build_index(
+        workdir / "verify",
+        read_dicts(ds.corpus),
+        BuildConfig(analyzer=analyzer, bm25=BM25Params(k1=k1, b=b)),
+        progress=False,
+    )
     hits = BM25Retriever(index).retrieve_batch([ds.queries[q] for q in qids], 100)
     run = {q: {h.doc_id: h.score for h in hs} for q, hs in zip(qids, hits, strict=True)}
     return evaluate({q: ds.qrels[q] for q in qids}, run, METRICS)
@@ -266,38 +307,71 @@ def floats(text: str) -> list[float]:
 
 
 def table(rows: list[dict]) -> str:
-    headers = ["variant", "k1", "b", "fields", "w", *(f"{s} {m}" for s in ("tune", "check", "all")
-                                                      for m in ("nDCG@10", "MRR@10", "R@100"))]
-    return format_table(headers, [
-        [r["variant"], f"{r['k1']:g}", f"{r['b']:g}", r["layout"],
-         "-" if r["weight"] is None else f"{r['weight']:g}",
-         *(f"{r[s][m]:.4f}" for s in ("tune", "check", "all") for m in METRICS)] for r in rows])
+    headers = [
+        "variant",
+        "k1",
+        "b",
+        "fields",
+        "w",
+        *(f"{s} {m}" for s in ("tune", "check", "all") for m in ("nDCG@10", "MRR@10", "R@100")),
+    ]
+    return format_table(
+        headers,
+        [
+            [
+                r["variant"],
+                f"{r['k1']:g}",
+                f"{r['b']:g}",
+                r["layout"],
+                "-" if r["weight"] is None else f"{r['weight']:g}",
+                *(f"{r[s][m]:.4f}" for s in ("tune", "check", "all") for m in METRICS),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jsquad", type=Path, default=DEFAULT_DATA, help="JSQuAD valid-v1.3.json")
-    p.add_argument("--variants", default="all",
-                   help=f"comma-separated analyzer variants, or 'all' (default): {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        default="all",
+        help=f"comma-separated analyzer variants, or 'all' (default): {', '.join(VARIANTS)}",
+    )
     p.add_argument("--k1", default="0.2,0.3,0.5,0.9,1.2,1.5", help="k1 values (default: 0.2-1.5)")
     p.add_argument("--b", default="0.5,0.6,0.75,0.9", help="b values (default: 0.5,0.6,0.75,0.9)")
     p.add_argument("--weights", default="0.2,0.3,0.5,1", help="n-gram weights (default: 0.2,0.3,0.5,1)")
     p.add_argument("--layouts", default="one,two", help="n-gram field layouts: one, two (default: both)")
     p.add_argument("--queries", type=int, help="use only the first N questions")
     p.add_argument("--top", type=int, default=10, help="rows of the overall ranking (default: 10)")
-    p.add_argument("--dense", help="also fuse each variant's best one-field option with this "
-                                   "dense encoder (e5-small)")
-    p.add_argument("--fusion-weights", default="0.3,0.4,0.5,0.6",
-                   help="dense weights for --dense score fusion (default: 0.3,0.4,0.5,0.6; "
-                        "tansaku's default hybrid is 0.5)")
-    p.add_argument("--cache", type=Path, default=Path("/tmp/tansaku-e5-cache"),
-                   help="where e5 vectors are cached (default: /tmp/tansaku-e5-cache)")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/tansaku-tune-bm25"),
-                   help="where the end-to-end check builds its index")
+    p.add_argument(
+        "--dense", help="also fuse each variant's best one-field option with this dense encoder (e5-small)"
+    )
+    p.add_argument(
+        "--fusion-weights",
+        default="0.3,0.4,0.5,0.6",
+        help="dense weights for --dense score fusion (default: 0.3,0.4,0.5,0.6; "
+        "tansaku's default hybrid is 0.5)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/tmp/tansaku-e5-cache"),
+        help="where e5 vectors are cached (default: /tmp/tansaku-e5-cache)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/tansaku-tune-bm25"),
+        help="where the end-to-end check builds its index",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the end-to-end re-check")
-    p.add_argument("--quick", action="store_true",
-                   help=f"500 questions, variants {', '.join(QUICK_VARIANTS)}, k1 0.3,1.5, "
-                        "b 0.6,0.75, weights 0.3,1")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"500 questions, variants {', '.join(QUICK_VARIANTS)}, k1 0.3,1.5, b 0.6,0.75, weights 0.3,1",
+    )
     p.add_argument("--json", action="store_true", help="print every row as JSON too")
     args = p.parse_args(argv)
     if not args.jsquad.exists():
@@ -317,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     masks = {name: np.isin(qids, ids) for name, ids in splits.items()}
     docs = [f"{d['title']} {d['text']}" if d["title"] else d["text"] for d in ds.corpus]
     texts = [ds.queries[q] for q in qids]
-    print(f"JSQuAD: {len(docs)} paragraphs, {len(qids)} questions (tune {masks['tune'].sum()} / "
-          f"check {masks['check'].sum()})", file=sys.stderr)
+    print(
+        f"JSQuAD: {len(docs)} paragraphs, {len(qids)} questions (tune {masks['tune'].sum()} / "
+        f"check {masks['check'].sum()})",
+        file=sys.stderr,
+    )
 
     rows: list[dict] = []
     for name in names:
@@ -330,8 +407,13 @@ def main(argv: list[str] | None = None) -> int:
             words, grams = stream_scores(streams, k1, b, layout)
             for weight in floats(args.weights) if has_grams else [None]:
                 r = ranks(words + weight * grams if weight is not None else words, gold)
-                row = {"variant": name, "k1": k1, "b": b, "layout": layout if has_grams else "-",
-                       "weight": weight}
+                row = {
+                    "variant": name,
+                    "k1": k1,
+                    "b": b,
+                    "layout": layout if has_grams else "-",
+                    "weight": weight,
+                }
                 for split, mask in masks.items():
                     row[split] = metrics_of(r[mask])
                 rows.append(row)
@@ -343,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         return max(candidates, key=key)  # first of equals: grid order
 
     best = {v: best_of([r for r in rows if r["variant"] == v]) for v in names}
-    best_one = {v: best_of([r for r in rows if r["variant"] == v and r["layout"] in ("one", "-")])
-                for v in names}
+    best_one = {
+        v: best_of([r for r in rows if r["variant"] == v and r["layout"] in ("one", "-")]) for v in names
+    }
     print("\nBest k1/b/fields/n-gram weight per analyzer variant (chosen on tune):")
     print(table(sorted(best.values(), key=key, reverse=True)))
     two = [r for r in best.values() if r["layout"] == "two"]
@@ -366,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(hit):
                 dr[i] = hit[0] + 1
         fusion_rows: list[dict[str, Any]] = [
-            {"system": f"{args.dense} alone", **{s: metrics_of(dr[m]) for s, m in masks.items()}}]
+            {"system": f"{args.dense} alone", **{s: metrics_of(dr[m]) for s, m in masks.items()}}
+        ]
         for row in sorted(best_one.values(), key=key, reverse=True)[: args.top]:
             streams = tokenise_variant(VARIANTS[row["variant"]], docs, texts)
             words, grams = stream_scores(streams, row["k1"], row["b"], "one")
@@ -378,12 +462,22 @@ def main(argv: list[str] | None = None) -> int:
             r = rrf_ranks(lists, dense, gold)
             label = f"{row['variant']} (k1 {row['k1']:g}, b {row['b']:g}) + {args.dense}, rrf"
             fusion_rows.append({"system": label, **{s: metrics_of(r[m]) for s, m in masks.items()}})
-        print(f"\nHybrid with {args.dense} (tansaku's score fusion: min-max per list, BM25 weight "
-              f"1 - w, and rrf; each variant's best one-field BM25):")
-        print(format_table(["system", *(f"{s} {m}" for s in ("tune", "check", "all")
-                                       for m in ("nDCG@10", "MRR@10", "R@100"))],
-                           [[fr["system"], *(f"{fr[s][m]:.4f}" for s in ("tune", "check", "all")
-                                             for m in METRICS)] for fr in fusion_rows]))
+        print(
+            f"\nHybrid with {args.dense} (tansaku's score fusion: min-max per list, BM25 weight "
+            f"1 - w, and rrf; each variant's best one-field BM25):"
+        )
+        print(
+            format_table(
+                [
+                    "system",
+                    *(f"{s} {m}" for s in ("tune", "check", "all") for m in ("nDCG@10", "MRR@10", "R@100")),
+                ],
+                [
+                    [fr["system"], *(f"{fr[s][m]:.4f}" for s in ("tune", "check", "all") for m in METRICS)]
+                    for fr in fusion_rows
+                ],
+            )
+        )
         rows.extend({"fusion": True, **r} for r in fusion_rows)
 
     if not args.no_verify:
@@ -394,12 +488,15 @@ def main(argv: list[str] | None = None) -> int:
             spec = {**spec, "ngram": {**ngram, "weight": row["weight"]}}
         elif spec == "ja" and row["weight"] is not None:
             spec = {"ngram": {"weight": row["weight"]}}
-        got = {s: verify_end_to_end(ds, ids, spec, row["k1"], row["b"], args.workdir)
-               for s, ids in splits.items()}
-        print(f"\nEnd-to-end check of the best one-field option ({row['variant']}, k1 {row['k1']:g}, "
-              f"b {row['b']:g}, w {row['weight']}; a real index, BM25Retriever, pytrec_eval): "
-              + ", ".join(f"{s} nDCG@10 {got[s]['ndcg@10']:.4f} R@100 {got[s]['recall@100']:.4f}"
-                          for s in got))
+        got = {
+            s: verify_end_to_end(ds, ids, spec, row["k1"], row["b"], args.workdir)
+            for s, ids in splits.items()
+        }
+        print(
+            f"\nEnd-to-end check of the best one-field option ({row['variant']}, k1 {row['k1']:g}, "
+            f"b {row['b']:g}, w {row['weight']}; a real index, BM25Retriever, pytrec_eval): "
+            + ", ".join(f"{s} nDCG@10 {got[s]['ndcg@10']:.4f} R@100 {got[s]['recall@100']:.4f}" for s in got)
+        )
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     return 0

@@ -75,11 +75,56 @@ COMMON_KANJI = (
     "評価関係文章単語候補東京大阪神社観光客訪利用者合度表示全索引作素早動物暮捕得意"
 )
 EN_WORDS: tuple[str, ...] = (
-    "the", "of", "and", "to", "in", "is", "a", "for", "on", "that", "it", "by", "from", "with",
-    "search", "engine", "document", "documents", "query", "rank", "ranks", "relevance", "score",
-    "tokyo", "japan", "osaka", "kyoto", "capital", "city", "cities", "mountain", "fuji", "cat",
-    "cats", "train", "library", "student", "students", "machine", "learning", "model", "models",
-    "question", "answer", "data", "world", "people", "reranker", "candidate", "highest",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "a",
+    "for",
+    "on",
+    "that",
+    "it",
+    "by",
+    "from",
+    "with",
+    "search",
+    "engine",
+    "document",
+    "documents",
+    "query",
+    "rank",
+    "ranks",
+    "relevance",
+    "score",
+    "tokyo",
+    "japan",
+    "osaka",
+    "kyoto",
+    "capital",
+    "city",
+    "cities",
+    "mountain",
+    "fuji",
+    "cat",
+    "cats",
+    "train",
+    "library",
+    "student",
+    "students",
+    "machine",
+    "learning",
+    "model",
+    "models",
+    "question",
+    "answer",
+    "data",
+    "world",
+    "people",
+    "reranker",
+    "candidate",
+    "highest",
 )
 EN_SUFFIXES: tuple[str, ...] = ("##s", "##es", "##ed", "##ing", "##er", "##ly")
 BERT_SPECIALS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -97,9 +142,16 @@ def base_characters() -> list[str]:
     katakana = [chr(c) for c in range(0x30A1, 0x30FB)]
     corpus_cjk = [ch for text in JA_PARAGRAPHS for ch in text if _is_cjk(ch)]
     chars = [
-        *string.ascii_letters, *string.digits, *string.punctuation,
-        *hiragana, *katakana, "ー", "、", "。",
-        *corpus_cjk, *(ch for ch in COMMON_KANJI if _is_cjk(ch)),
+        *string.ascii_letters,
+        *string.digits,
+        *string.punctuation,
+        *hiragana,
+        *katakana,
+        "ー",
+        "、",
+        "。",
+        *corpus_cjk,
+        *(ch for ch in COMMON_KANJI if _is_cjk(ch)),
     ]
     return list(dict.fromkeys(chars))
 
@@ -138,7 +190,9 @@ def bert_tokenizer(directory: Path) -> Any:
     vocab_file = write_vocab(directory, wordpiece_vocab())
     # strip_accents=False: lower-casing would otherwise NFD-strip dakuten (で -> て).
     return BertTokenizerFast(
-        vocab=str(vocab_file), do_lower_case=True, strip_accents=False,
+        vocab=str(vocab_file),
+        do_lower_case=True,
+        strip_accents=False,
         model_max_length=MAX_POSITIONS,
     )
 
@@ -153,12 +207,16 @@ def train_unigram_tokenizer() -> Any:
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
     trainer = UnigramTrainer(
-        vocab_size=2000, special_tokens=list(XLMR_SPECIALS), unk_token="<unk>",
-        initial_alphabet=base_characters(), show_progress=False,
+        vocab_size=2000,
+        special_tokens=list(XLMR_SPECIALS),
+        unk_token="<unk>",
+        initial_alphabet=base_characters(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(training_corpus(), trainer)
     tokenizer.post_processor = processors.RobertaProcessing(
-        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),
+        ("</s>", tokenizer.token_to_id("</s>")),
+        ("<s>", tokenizer.token_to_id("<s>")),
     )
     return tokenizer
 
@@ -172,7 +230,9 @@ def train_bpe_tokenizer() -> Any:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
-        vocab_size=1200, special_tokens=list(BERT_SPECIALS), show_progress=False,
+        vocab_size=1200,
+        special_tokens=list(BERT_SPECIALS),
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(training_corpus(), trainer)
@@ -209,8 +269,11 @@ def bert_classifier(vocab_size: int, num_labels: int = 1) -> Any:
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=vocab_size, max_position_embeddings=MAX_POSITIONS, num_labels=num_labels,
-        initializer_range=INIT_RANGE, **TINY_SHAPE,
+        vocab_size=vocab_size,
+        max_position_embeddings=MAX_POSITIONS,
+        num_labels=num_labels,
+        initializer_range=INIT_RANGE,
+        **TINY_SHAPE,
     )
     with seeded():
         return BertForSequenceClassification(config)
@@ -232,8 +295,11 @@ def tiny_bert_japanese_reranker_dir(tmp_path_factory: pytest.TempPathFactory) ->
     directory = tmp_path_factory.mktemp("tiny-bert-japanese-reranker")
     vocab_file = write_vocab(directory, wordpiece_vocab(continuation=False, words=False))
     tokenizer = BertJapaneseTokenizer(
-        str(vocab_file), do_lower_case=False, word_tokenizer_type="mecab",
-        mecab_kwargs={"mecab_dic": "unidic_lite"}, subword_tokenizer_type="character",
+        str(vocab_file),
+        do_lower_case=False,
+        word_tokenizer_type="mecab",
+        mecab_kwargs={"mecab_dic": "unidic_lite"},
+        subword_tokenizer_type="character",
         model_max_length=MAX_POSITIONS,
     )
     return save_model(bert_classifier(len(tokenizer)), tokenizer, directory)
@@ -253,12 +319,16 @@ def tiny_xlmr_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = XLMRobertaTokenizerFast(tokenizer_object=backend, model_max_length=MAX_POSITIONS)
     pad_id = backend.token_to_id("<pad>")
     config = XLMRobertaConfig(
-        vocab_size=backend.get_vocab_size(), type_vocab_size=1, num_labels=1,
-        pad_token_id=pad_id, bos_token_id=backend.token_to_id("<s>"),
+        vocab_size=backend.get_vocab_size(),
+        type_vocab_size=1,
+        num_labels=1,
+        pad_token_id=pad_id,
+        bos_token_id=backend.token_to_id("<s>"),
         eos_token_id=backend.token_to_id("</s>"),
         # positions start at padding_idx + 1, so the table needs that many extra rows
         max_position_embeddings=MAX_POSITIONS + pad_id + 1,
-        initializer_range=INIT_RANGE, **TINY_SHAPE,
+        initializer_range=INIT_RANGE,
+        **TINY_SHAPE,
     )
     with seeded():
         model = XLMRobertaForSequenceClassification(config)
@@ -277,18 +347,32 @@ def tiny_modernbert_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Pa
     directory = tmp_path_factory.mktemp("tiny-modernbert-reranker")
     backend = train_bpe_tokenizer()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-        mask_token="[MASK]", unk_token="[UNK]", model_max_length=MAX_POSITIONS,
+        tokenizer_object=backend,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+        model_max_length=MAX_POSITIONS,
         model_input_names=["input_ids", "attention_mask"],  # ModernBERT has no token types
     )
-    ids = {name: backend.token_to_id(tok) for name, tok in
-           {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]"}.items()}
+    ids = {
+        name: backend.token_to_id(tok)
+        for name, tok in {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]"}.items()
+    }
     config = ModernBertConfig(
-        vocab_size=backend.get_vocab_size(), max_position_embeddings=MAX_POSITIONS,
-        num_labels=1, pad_token_id=ids["pad"], cls_token_id=ids["cls"], sep_token_id=ids["sep"],
-        bos_token_id=ids["cls"], eos_token_id=ids["sep"], initializer_range=INIT_RANGE,
+        vocab_size=backend.get_vocab_size(),
+        max_position_embeddings=MAX_POSITIONS,
+        num_labels=1,
+        pad_token_id=ids["pad"],
+        cls_token_id=ids["cls"],
+        sep_token_id=ids["sep"],
+        bos_token_id=ids["cls"],
+        eos_token_id=ids["sep"],
+        initializer_range=INIT_RANGE,
         # flash-attn is neither installed nor usable on CPU; pin an implementation that is
-        attn_implementation="sdpa", **TINY_SHAPE,
+        attn_implementation="sdpa",
+        **TINY_SHAPE,
     )
     with seeded():
         model = ModernBertForSequenceClassification(config)
@@ -314,8 +398,10 @@ def tiny_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     backbone_dir = tmp_path_factory.mktemp("tiny-bert-backbone")
     tokenizer = bert_tokenizer(backbone_dir)
     config = BertConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
-        initializer_range=INIT_RANGE, **TINY_SHAPE,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_POSITIONS,
+        initializer_range=INIT_RANGE,
+        **TINY_SHAPE,
     )
     with seeded():
         backbone = BertModel(config)

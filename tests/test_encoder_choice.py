@@ -28,16 +28,16 @@ def test_corpus_encoder_is_saved_in_the_index_and_used_for_queries(corpus_index)
     assert index.manifest["build"]["encoder_choice"].startswith("requested")
     plain = SentenceTransformer(str(corpus_index / "encoder"))
     q = ["日本で一番高い山", "寿司の歴史"]
-    np.testing.assert_allclose(plain.encode(q, normalize_embeddings=True),
-                               index.encoder.encode_queries(q), atol=1e-5)
+    np.testing.assert_allclose(
+        plain.encode(q, normalize_embeddings=True), index.encoder.encode_queries(q), atol=1e-5
+    )
     hits = DenseRetriever(index).retrieve("富士山の標高", 5)
     assert "ja-001" in [h.doc_id for h in hits]
 
 
 def test_update_keeps_the_corpus_encoder(tmp_path):
     rows = sample_rows()
-    build_index(tmp_path / "i", read_dicts(rows[:40]), BuildConfig(encoder="corpus"),
-                progress=False).close()
+    build_index(tmp_path / "i", read_dicts(rows[:40]), BuildConfig(encoder="corpus"), progress=False).close()
     before = Index.open(tmp_path / "i").encoder.encode_queries(["東京タワー"])
     update_index(tmp_path / "i", read_dicts(rows[40:]), progress=False)
     index = Index.open(tmp_path / "i")

@@ -27,14 +27,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 def test_trec_round_trips(tmp_path):
     qrels = {"q1": {"d1": 1, "d2": 0}, "q2": {"d3": 2}}
-    results = {"q1": [Hit("d2", 3.5, 1, "bm25"), Hit("d1", 1.25, 2, "bm25")],
-               "q2": [Hit("d3", 0.5, 1, "bm25")]}
+    results = {
+        "q1": [Hit("d2", 3.5, 1, "bm25"), Hit("d1", 1.25, 2, "bm25")],
+        "q2": [Hit("d3", 0.5, 1, "bm25")],
+    }
     for suffix in ("", ".gz"):
         write_qrels(tmp_path / f"q.qrels{suffix}", qrels)
         assert read_qrels(tmp_path / f"q.qrels{suffix}") == qrels
         write_run(tmp_path / f"r.run{suffix}", results, tag="t")
-        assert read_run(tmp_path / f"r.run{suffix}") == {"q1": {"d2": 3.5, "d1": 1.25},
-                                                         "q2": {"d3": 0.5}}
+        assert read_run(tmp_path / f"r.run{suffix}") == {"q1": {"d2": 3.5, "d1": 1.25}, "q2": {"d3": 0.5}}
         write_queries(tmp_path / f"q.jsonl{suffix}", {"q1": "富士山", "q2": "寿司"})
         assert read_queries(tmp_path / f"q.jsonl{suffix}") == {"q1": "富士山", "q2": "寿司"}
     with gzip.open(tmp_path / "r.run.gz", "rt") as fh:
@@ -72,10 +73,13 @@ def reference_metrics(qrels, run, k=10):
 def test_metrics_match_reference_on_generated_run():
     rng = np.random.default_rng(7)
     docs = [f"d{i}" for i in range(60)]
-    qrels = {f"q{i}": {d: int(rng.integers(1, 3)) for d in rng.choice(docs, 4, replace=False)}
-             for i in range(40)}
-    run = {q: dict(zip(rng.choice(docs, 30, replace=False), rng.permutation(30) + 0.5,
-                       strict=True)) for q in qrels}
+    qrels = {
+        f"q{i}": {d: int(rng.integers(1, 3)) for d in rng.choice(docs, 4, replace=False)} for i in range(40)
+    }
+    run = {
+        q: dict(zip(rng.choice(docs, 30, replace=False), rng.permutation(30) + 0.5, strict=True))
+        for q in qrels
+    }
     ours = per_query(qrels, run, ["ndcg@10", "mrr@10", "recall@10"])
     ref = reference_metrics(qrels, run)
     for q in qrels:
@@ -101,10 +105,13 @@ def test_compare_detects_a_real_difference_and_not_a_null_one():
 def sample_eval(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     index = build_index(tmp / "idx", read_file(SAMPLE_CORPUS), progress=False)
-    queries = {"q1": "富士山の標高", "q2": "検索エンジンの仕組み", "q3": "寿司のネタ",
-               "q4": "how does a search engine rank documents"}
-    qrels = {"q1": {"ja-001": 1}, "q2": {"ja-023": 1}, "q3": {"ja-009": 1, "ja-010": 1},
-             "q4": {"en-003": 1}}
+    queries = {
+        "q1": "富士山の標高",
+        "q2": "検索エンジンの仕組み",
+        "q3": "寿司のネタ",
+        "q4": "how does a search engine rank documents",
+    }
+    qrels = {"q1": {"ja-001": 1}, "q2": {"ja-023": 1}, "q3": {"ja-009": 1, "ja-010": 1}, "q4": {"en-003": 1}}
     write_queries(tmp / "queries.jsonl", queries)
     write_qrels(tmp / "qrels.txt", qrels)
     return tmp, index, queries, qrels
@@ -114,34 +121,54 @@ def test_evaluate_pipeline_per_stage(sample_eval, tiny_bert_reranker_dir):
     _, index, queries, qrels = sample_eval
     reranker = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)
     pipe = SearchPipeline(BM25Retriever(index), reranker, retrieve_k=30, rerank_k=20, top_n=5)
-    first, second = evaluate_pipeline(pipe, queries, qrels, ["ndcg@10", "recall@100"],
-                                      progress=False)
+    first, second = evaluate_pipeline(pipe, queries, qrels, ["ndcg@10", "recall@100"], progress=False)
     assert first.stage == "bm25" and second.stage == "bm25+rerank"
     direct = {q: BM25Retriever(index).retrieve(t, 30) for q, t in queries.items()}
     assert {q: [h.doc_id for h in hits] for q, hits in first.results.items()} == {
-        q: [h.doc_id for h in hits] for q, hits in direct.items()}
+        q: [h.doc_id for h in hits] for q, hits in direct.items()
+    }
     assert all(len(hits) == min(20, len(direct[q])) for q, hits in second.results.items())
-    expected = per_query(qrels, {q: {h.doc_id: h.score for h in hits}
-                                 for q, hits in direct.items()}, ["ndcg@10"])["ndcg@10"]
+    expected = per_query(
+        qrels, {q: {h.doc_id: h.score for h in hits} for q, hits in direct.items()}, ["ndcg@10"]
+    )["ndcg@10"]
     assert first.metrics["ndcg@10"] == pytest.approx(sum(expected.values()) / 4)
     # Reranking reorders the same 20 candidates, so recall@100 (within 20) cannot change.
     assert second.metrics["recall@100"] <= first.metrics["recall@100"]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
 
 
 def test_cli_eval_index_runs_and_compare(sample_eval, tmp_path):
     tmp, index, _, _ = sample_eval
-    proc = run_cli("eval", index.path, "--queries", tmp / "queries.jsonl", "--qrels",
-                   tmp / "qrels.txt", "--out", tmp_path / "runs", "--json", "-q")
+    proc = run_cli(
+        "eval",
+        index.path,
+        "--queries",
+        tmp / "queries.jsonl",
+        "--qrels",
+        tmp / "qrels.txt",
+        "--out",
+        tmp_path / "runs",
+        "--json",
+        "-q",
+    )
     assert proc.returncode == 0, proc.stderr
     (stage,) = json.loads(proc.stdout)["stages"]
     assert stage["stage"] == "bm25" and stage["queries"] == 4
     assert stage["metrics"]["ndcg@10"] > 0.7 and set(stage["metrics"]) == {
-        "ndcg@10", "mrr@10", "recall@10", "recall@100"}
+        "ndcg@10",
+        "mrr@10",
+        "recall@10",
+        "recall@100",
+    }
     run_file = tmp_path / "runs" / "bm25.run"
     assert stage["run_file"] == str(run_file) and len(read_run(run_file)) == 4
     # The written run re-scores to the same numbers.
@@ -154,12 +181,22 @@ def test_cli_eval_index_runs_and_compare(sample_eval, tmp_path):
         for q, docs in reversed_run.items():
             for r, (d, s) in enumerate(sorted(docs.items(), key=lambda kv: -kv[1]), 1):
                 fh.write(f"{q} Q0 {d} {r} {s} rev\n")
-    proc = run_cli("eval", "--run", run_file, "--run", tmp_path / "rev.run", "--qrels",
-                   tmp / "qrels.txt", "--json")
+    proc = run_cli(
+        "eval", "--run", run_file, "--run", tmp_path / "rev.run", "--qrels", tmp / "qrels.txt", "--json"
+    )
     comparison = {c["metric"]: c for c in json.loads(proc.stdout)["comparison"]}
     assert comparison["ndcg@10"]["delta"] < 0 and comparison["ndcg@10"]["losses"] >= 3
-    text = run_cli("eval", index.path, "--queries", tmp / "queries.jsonl", "--qrels",
-                   tmp / "qrels.txt", "--out", tmp_path / "r2", "-q").stdout
+    text = run_cli(
+        "eval",
+        index.path,
+        "--queries",
+        tmp / "queries.jsonl",
+        "--qrels",
+        tmp / "qrels.txt",
+        "--out",
+        tmp_path / "r2",
+        "-q",
+    ).stdout
     assert text.splitlines()[0].split()[:3] == ["stage", "queries", "ndcg@10"]
     bad = run_cli("eval", "--run", run_file)
     assert bad.returncode == 2 and "--qrels" in bad.stderr
@@ -167,14 +204,38 @@ def test_cli_eval_index_runs_and_compare(sample_eval, tmp_path):
 
 def test_candidates_adapter_and_evaluation(tmp_path, tiny_bert_reranker_dir):
     rows = [
-        {"q_id": "1", "question": "富士山の高さは", "passage_row_id": "p1", "title": "富士山",
-         "text": "富士山の高さは3776メートル", "label": 1},
-        {"q_id": "1", "question": "富士山の高さは", "passage_row_id": "p2", "title": "寿司",
-         "text": "寿司は日本料理", "label": 0},
-        {"q_id": "2", "question": "寿司とは", "passage_row_id": "p3", "title": "天ぷら",
-         "text": "天ぷらは揚げ物", "label": 0},
-        {"q_id": "2", "question": "寿司とは", "passage_row_id": "p4", "title": "寿司",
-         "text": "寿司は酢飯を使う料理", "label": 1},
+        {
+            "q_id": "1",
+            "question": "富士山の高さは",
+            "passage_row_id": "p1",
+            "title": "富士山",
+            "text": "富士山の高さは3776メートル",
+            "label": 1,
+        },
+        {
+            "q_id": "1",
+            "question": "富士山の高さは",
+            "passage_row_id": "p2",
+            "title": "寿司",
+            "text": "寿司は日本料理",
+            "label": 0,
+        },
+        {
+            "q_id": "2",
+            "question": "寿司とは",
+            "passage_row_id": "p3",
+            "title": "天ぷら",
+            "text": "天ぷらは揚げ物",
+            "label": 0,
+        },
+        {
+            "q_id": "2",
+            "question": "寿司とは",
+            "passage_row_id": "p4",
+            "title": "寿司",
+            "text": "寿司は酢飯を使う料理",
+            "label": 1,
+        },
     ]
     path = write_jsonl(tmp_path / "jqara.jsonl", rows)
     ds = load_candidates(path)
@@ -184,8 +245,10 @@ def test_candidates_adapter_and_evaluation(tmp_path, tiny_bert_reranker_dir):
     reranker = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)
     bm25, rr = evaluate_candidates(ds, reranker, ["ndcg@10", "mrr@10"], progress=False)
     assert bm25.metrics == {"ndcg@10": 1.0, "mrr@10": 1.0}  # lexical overlap picks both
-    scores = {q: reranker.score([(ds.queries[q], f"{c['title']} {c['text']}")
-                                 for c in ds.candidates[q]]) for q in ds.queries}
+    scores = {
+        q: reranker.score([(ds.queries[q], f"{c['title']} {c['text']}") for c in ds.candidates[q]])
+        for q in ds.queries
+    }
     relevant = {"1": 0, "2": 1}  # position of each query's relevant candidate
     per_q = {q: 1.0 if np.argmax(scores[q]) == relevant[q] else 0.5 for q in ("1", "2")}
     assert rr.per_query["mrr@10"] == pytest.approx(per_q)

@@ -55,6 +55,7 @@ CITIES = ["東京", "大阪", "京都"]
 
 # -- the corpus and an independent oracle --------------------------------------------------------
 
+
 def make_rows(n: int = N_DOCS, *, seed: int = 7, prefix: str = "d") -> list[dict[str, Any]]:
     """Distinct texts (sample documents mixed, plus a unique token) with varied metadata:
     missing fields, nulls, lists, booleans, floats, a Japanese key, a mistyped year."""
@@ -63,19 +64,23 @@ def make_rows(n: int = N_DOCS, *, seed: int = 7, prefix: str = "d") -> list[dict
     rows = []
     for i in range(n):
         a, b = base[i % len(base)], base[(i * 13 + 5) % len(base)]
-        row: dict[str, Any] = {"id": f"{prefix}{i:04d}", "title": a["title"],
-                               "text": f"{a['text']} {b['text'][:60]} 第{i}版"}
+        row: dict[str, Any] = {
+            "id": f"{prefix}{i:04d}",
+            "title": a["title"],
+            "text": f"{a['text']} {b['text'][:60]} 第{i}版",
+        }
         r = rng.random()
         if r < 0.85:
             row["year"] = rng.randint(2000, 2024)
         elif r < 0.92:
-            row["year"] = str(rng.randint(2000, 2024))   # a string: never compares as a number
+            row["year"] = str(rng.randint(2000, 2024))  # a string: never compares as a number
         row["category"] = rng.choice(CATEGORIES)
         if rng.random() < 0.8:
             row["score"] = round(rng.uniform(0, 10), 2)
         r = rng.random()
-        row["tags"] = (rng.sample(TAGS, rng.randint(0, 3)) if r < 0.8
-                       else rng.choice(TAGS))              # lists (maybe empty) and scalars
+        row["tags"] = (
+            rng.sample(TAGS, rng.randint(0, 3)) if r < 0.8 else rng.choice(TAGS)
+        )  # lists (maybe empty) and scalars
         if rng.random() < 0.7:
             row["flag"] = rng.random() < 0.5
         r = rng.random()
@@ -101,8 +106,13 @@ def _kind(v: Any) -> str:
     return "text" if isinstance(v, str) else "null"
 
 
-_CMP = {"$eq": lambda a, b: a == b, "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
-        "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+_CMP = {
+    "$eq": lambda a, b: a == b,
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
+}
 
 
 def holds(meta: dict[str, Any], flt: dict[str, Any]) -> bool:
@@ -170,8 +180,9 @@ def random_filter(rng: random.Random, depth: int = 0) -> dict[str, Any]:
 
 def random_condition(rng: random.Random, field: str, depth: int = 0) -> Any:
     value = rng.choice(DOMAIN[field])
-    op = rng.choice(["short", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin",
-                     "$exists", "$not", "range"])
+    op = rng.choice(
+        ["short", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not", "range"]
+    )
     if isinstance(value, bool) and op in ("$gt", "$gte", "$lt", "$lte", "range"):
         op = "$eq"
     if op == "short":
@@ -208,6 +219,7 @@ def mask_ids(index: Index, flt: Any) -> set[str]:
 
 # -- fixtures --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def rows() -> list[dict[str, Any]]:
     return make_rows()
@@ -224,14 +236,14 @@ def bm25_index(tmp_path_factory, rows) -> Iterator[Index]:
 @pytest.fixture(scope="module")
 def dense_index(tmp_path_factory, rows, tiny_bi_encoder_dir) -> Iterator[Index]:
     path = tmp_path_factory.mktemp("filters") / "dense"
-    index = build_index(path, read_dicts(rows), BuildConfig(encoder=str(tiny_bi_encoder_dir)),
-                        progress=False)
+    index = build_index(path, read_dicts(rows), BuildConfig(encoder=str(tiny_bi_encoder_dir)), progress=False)
     assert index.dense is not None and index.dense.params.kind == "flat"
     yield index
     index.close()
 
 
 # -- parsing and validation ------------------------------------------------------------------------
+
 
 def test_parse_accepts_the_documented_forms():
     assert parse_filter(None) is None
@@ -243,9 +255,18 @@ def test_parse_accepts_the_documented_forms():
     assert params == ('$."lang"', "ja", '$."year"', 2020, '$."year"', 2024)
     assert "lang" not in where and "year" not in where  # field names only ever as parameters
     # every operator, including nested logic and field-level $not
-    parse_filter({"$and": [{"a": {"$in": [1, "x", True]}}, {"$or": [{"b": {"$nin": []}},
-                  {"c": {"$exists": False}}]}], "$not": {"d": {"$ne": 1.5}},
-                  "e": {"$not": {"$gt": 1, "$lte": 9}}, "カテゴリ": "食", "f-g_h": True})
+    parse_filter(
+        {
+            "$and": [
+                {"a": {"$in": [1, "x", True]}},
+                {"$or": [{"b": {"$nin": []}}, {"c": {"$exists": False}}]},
+            ],
+            "$not": {"d": {"$ne": 1.5}},
+            "e": {"$not": {"$gt": 1, "$lte": 9}},
+            "カテゴリ": "食",
+            "f-g_h": True,
+        }
+    )
 
 
 def test_booleans_and_numbers_stay_apart(tmp_path):
@@ -255,8 +276,9 @@ def test_booleans_and_numbers_stay_apart(tmp_path):
     conn = sqlite3.connect(tmp_path / "t.sqlite")
     conn.execute("CREATE TABLE docs (id TEXT, metadata TEXT)")
     values = [True, False, 1, 0, 1.0, "1", [0, True], None]
-    conn.executemany("INSERT INTO docs VALUES (?, ?)",
-                     [(str(i), json.dumps({"x": v})) for i, v in enumerate(values)])
+    conn.executemany(
+        "INSERT INTO docs VALUES (?, ?)", [(str(i), json.dumps({"x": v})) for i, v in enumerate(values)]
+    )
     matched = {int(i) for (i,) in conn.execute(f"SELECT id FROM docs WHERE {where}", params)}
     assert matched == {0, 2, 4, 5, 6}
     where, params = parse_filter({"x": False}).sql()
@@ -264,28 +286,31 @@ def test_booleans_and_numbers_stay_apart(tmp_path):
     conn.close()
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ('{"year": {"$foo": 1}}', r"field 'year': unknown operator '\$foo'"),
-    ('{"$where": "1"}', r"unknown operator '\$where'"),
-    ('{"$gte": 3}', r"unknown operator '\$gte' at the top level.*inside a field"),
-    ('{"year": [2020, 2021]}', r"field 'year'.*use \$in"),
-    ('{"year": null}', r"field 'year'.*null.*\$exists"),
-    ('{"year": {"$gt": true}}', r"field 'year': '\$gt' compares numbers or strings"),
-    ('{"year": {"$in": 2020}}', r"field 'year': '\$in' takes a list"),
-    ('{"year": {"$in": [[1]]}}', r"field 'year': '\$in' takes a string, number or boolean"),
-    ('{"year": {"$exists": 1}}', r"field 'year': '\$exists' takes true or false"),
-    ('{"year": {}}', r"field 'year': empty operator object"),
-    ('{"year": {"$gt": {"$lt": 1}}}', r"field 'year': '\$gt' takes a string, number or boolean"),
-    ('{"$and": []}', r"'\$and' takes a non-empty list.*empty list"),
-    ('{"$or": {"a": 1}}', r"'\$or' takes a non-empty list"),
-    ('{"$not": [1]}', r"'\$not' takes a non-empty filter object"),
-    ('{"year": NaN}', r"NaN"),
-    ('{"year": 1e999}', r"finite"),
-    ('{"year": 99999999999999999999}', r"64-bit"),
-    ('{"year": ', r"not valid JSON"),
-    ('[{"year": 1}]', r"must be a JSON object, got a list"),
-    ('"year"', r"must be a JSON object, got a string"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ('{"year": {"$foo": 1}}', r"field 'year': unknown operator '\$foo'"),
+        ('{"$where": "1"}', r"unknown operator '\$where'"),
+        ('{"$gte": 3}', r"unknown operator '\$gte' at the top level.*inside a field"),
+        ('{"year": [2020, 2021]}', r"field 'year'.*use \$in"),
+        ('{"year": null}', r"field 'year'.*null.*\$exists"),
+        ('{"year": {"$gt": true}}', r"field 'year': '\$gt' compares numbers or strings"),
+        ('{"year": {"$in": 2020}}', r"field 'year': '\$in' takes a list"),
+        ('{"year": {"$in": [[1]]}}', r"field 'year': '\$in' takes a string, number or boolean"),
+        ('{"year": {"$exists": 1}}', r"field 'year': '\$exists' takes true or false"),
+        ('{"year": {}}', r"field 'year': empty operator object"),
+        ('{"year": {"$gt": {"$lt": 1}}}', r"field 'year': '\$gt' takes a string, number or boolean"),
+        ('{"$and": []}', r"'\$and' takes a non-empty list.*empty list"),
+        ('{"$or": {"a": 1}}', r"'\$or' takes a non-empty list"),
+        ('{"$not": [1]}', r"'\$not' takes a non-empty filter object"),
+        ('{"year": NaN}', r"NaN"),
+        ('{"year": 1e999}', r"finite"),
+        ('{"year": 99999999999999999999}', r"64-bit"),
+        ('{"year": ', r"not valid JSON"),
+        ('[{"year": 1}]', r"must be a JSON object, got a list"),
+        ('"year"', r"must be a JSON object, got a string"),
+    ],
+)
 def test_bad_filters_name_the_operator_or_field(spec, match):
     with pytest.raises(ConfigError, match=match):
         parse_filter(spec)
@@ -301,8 +326,23 @@ def test_limits():
         parse_filter(deep)
 
 
-INJECTIONS = ["a') OR 1=1 --", "$.x", "a\"b", "a'b", "a.b", "a[0]", "", " ", "1abc", "a b",
-              "x\"); DROP TABLE docs; --", "a\nb", "$", "a]", "*"]
+INJECTIONS = [
+    "a') OR 1=1 --",
+    "$.x",
+    'a"b',
+    "a'b",
+    "a.b",
+    "a[0]",
+    "",
+    " ",
+    "1abc",
+    "a b",
+    'x"); DROP TABLE docs; --',
+    "a\nb",
+    "$",
+    "a]",
+    "*",
+]
 
 
 @pytest.mark.parametrize("field", INJECTIONS)
@@ -311,8 +351,12 @@ def test_injection_in_field_names_never_reaches_sql(bm25_index, field):
     conn = bm25_index.corpus.db.conn
     conn.set_trace_callback(statements.append)
     try:
-        for spec in ({field: 1}, {field: {"$gt": 1}}, {"$or": [{"a": 1}, {field: {"$in": [1]}}]},
-                     {"a": {"$not": {"$exists": True}}, field: {"$exists": True}}):
+        for spec in (
+            {field: 1},
+            {field: {"$gt": 1}},
+            {"$or": [{"a": 1}, {field: {"$in": [1]}}]},
+            {"a": {"$not": {"$exists": True}}, field: {"$exists": True}},
+        ):
             with pytest.raises(ConfigError, match="field|operator"):
                 bm25_index.filter_mask(spec)
             with pytest.raises(ConfigError):
@@ -347,16 +391,36 @@ OPERATOR_CASES = [
     {"category": "food"},
     {"category": {"$eq": "food"}},
     {"category": {"$ne": "food"}},
-    {"year": {"$gt": 2012}}, {"year": {"$gte": 2012}}, {"year": {"$lt": 2012}},
-    {"year": {"$lte": 2012}}, {"year": 2012.0}, {"year": "2012"}, {"year": {"$gte": "2013"}},
+    {"year": {"$gt": 2012}},
+    {"year": {"$gte": 2012}},
+    {"year": {"$lt": 2012}},
+    {"year": {"$lte": 2012}},
+    {"year": 2012.0},
+    {"year": "2012"},
+    {"year": {"$gte": "2013"}},
     {"score": {"$gte": 2.5, "$lt": 7.25}},
-    {"year": {"$in": [2001, 2002, "2003"]}}, {"year": {"$nin": [2001, 2002]}},
-    {"year": {"$in": []}}, {"year": {"$nin": []}},
-    {"tags": "a"}, {"tags": {"$ne": "a"}}, {"tags": {"$in": ["a", "z"]}}, {"tags": {"$nin": ["a"]}},
-    {"tags": {"$gt": "b"}}, {"tags": {"$exists": True}},
-    {"flag": True}, {"flag": False}, {"flag": {"$ne": True}}, {"flag": {"$in": [True, 1]}},
-    {"note": {"$exists": True}}, {"note": {"$exists": False}}, {"note": "x"}, {"note": {"$ne": "x"}},
-    {"absent": 1}, {"absent": {"$ne": 1}}, {"absent": {"$exists": False}}, {"absent": {"$nin": [1]}},
+    {"year": {"$in": [2001, 2002, "2003"]}},
+    {"year": {"$nin": [2001, 2002]}},
+    {"year": {"$in": []}},
+    {"year": {"$nin": []}},
+    {"tags": "a"},
+    {"tags": {"$ne": "a"}},
+    {"tags": {"$in": ["a", "z"]}},
+    {"tags": {"$nin": ["a"]}},
+    {"tags": {"$gt": "b"}},
+    {"tags": {"$exists": True}},
+    {"flag": True},
+    {"flag": False},
+    {"flag": {"$ne": True}},
+    {"flag": {"$in": [True, 1]}},
+    {"note": {"$exists": True}},
+    {"note": {"$exists": False}},
+    {"note": "x"},
+    {"note": {"$ne": "x"}},
+    {"absent": 1},
+    {"absent": {"$ne": 1}},
+    {"absent": {"$exists": False}},
+    {"absent": {"$nin": [1]}},
     {"名前": {"$in": ["東京", "京都"]}},
     {"$or": [{"category": "food"}, {"flag": True}]},
     {"$and": [{"category": "food"}, {"flag": True}]},
@@ -374,9 +438,15 @@ def test_every_operator_matches_the_oracle(bm25_index, rows, flt):
 def test_operator_cases_are_not_trivial(rows):
     # The cases above mean something only if they split this corpus.
     trivial = [f for f in OPERATOR_CASES if not 0 < len(allowed_ids(rows, f)) < len(rows)]
-    assert trivial == [{"year": {"$in": []}}, {"year": {"$nin": []}}, {"tags": {"$exists": True}},
-                       {"absent": 1}, {"absent": {"$ne": 1}}, {"absent": {"$exists": False}},
-                       {"absent": {"$nin": [1]}}]
+    assert trivial == [
+        {"year": {"$in": []}},
+        {"year": {"$nin": []}},
+        {"tags": {"$exists": True}},
+        {"absent": 1},
+        {"absent": {"$ne": 1}},
+        {"absent": {"$exists": False}},
+        {"absent": {"$nin": [1]}},
+    ]
     assert allowed_ids(rows, {"year": {"$gte": 2000}}) != allowed_ids(rows, {"year": {"$exists": True}})
     assert any(isinstance(r["tags"], list) and len(r["tags"]) > 1 for r in rows)
 
@@ -406,6 +476,7 @@ def test_masks_are_cached_per_index_version_and_read_only(bm25_index):
 
 # -- BM25, dense, hybrid ---------------------------------------------------------------------------
 
+
 def filtered_reference(full: list[Any], ok: set[str], k: int) -> list[Any]:
     return [h for h in full if h.doc_id in ok][:k]
 
@@ -421,8 +492,13 @@ def assert_same_ranking(got: list[Any], ref: list[Any], atol: float) -> None:
 
 def test_bm25_filtered_equals_unfiltered_minus_excluded(bm25_index, rows):
     retriever = BM25Retriever(bm25_index)
-    filters = [{"category": "food"}, {"year": {"$gte": 2015}}, {"tags": {"$in": ["a", "b"]}},
-               {"$not": {"flag": True}}, *random_filters(40, seed=3)]
+    filters = [
+        {"category": "food"},
+        {"year": {"$gte": 2015}},
+        {"tags": {"$in": ["a", "b"]}},
+        {"$not": {"flag": True}},
+        *random_filters(40, seed=3),
+    ]
     for flt in filters:
         ok = allowed_ids(rows, flt)
         for q in QUERIES:
@@ -438,15 +514,14 @@ def test_bm25_filtered_equals_unfiltered_minus_excluded(bm25_index, rows):
 
 def test_dense_flat_filtered_equals_unfiltered_minus_excluded(dense_index, rows):
     retriever = DenseRetriever(dense_index)
-    for flt in [{"category": "food"}, {"year": {"$lt": 2010}}, {"名前": "京都"},
-                *random_filters(12, seed=5)]:
+    for flt in [{"category": "food"}, {"year": {"$lt": 2010}}, {"名前": "京都"}, *random_filters(12, seed=5)]:
         ok = allowed_ids(rows, flt)
         fulls = retriever.retrieve_batch(QUERIES, N_DOCS)
         for k in (10, N_DOCS):
             got = retriever.retrieve_batch(QUERIES, k, filter=flt)
             for hits, full in zip(got, fulls, strict=True):
                 assert_same_ranking(hits, filtered_reference(full, ok, k), atol=1e-5)
-                assert len(hits) == min(k, len(ok))        # never padded, never short
+                assert len(hits) == min(k, len(ok))  # never padded, never short
 
 
 def test_hybrid_fuses_the_filtered_lists(dense_index, rows):
@@ -456,16 +531,20 @@ def test_hybrid_fuses_the_filtered_lists(dense_index, rows):
         ok = allowed_ids(rows, flt)
         for q in QUERIES:
             got = hybrid.retrieve(q, 10, filter=flt)
-            expected = score_fusion([bm25.retrieve(q, 30, filter=flt),
-                                     dense.retrieve(q, 30, filter=flt)], 10, weights=(0.6, 0.4))
+            expected = score_fusion(
+                [bm25.retrieve(q, 30, filter=flt), dense.retrieve(q, 30, filter=flt)], 10, weights=(0.6, 0.4)
+            )
             assert got == expected
             assert {h.doc_id for h in got} <= ok and len(got) == min(10, len(ok))
 
 
 def test_no_result_ever_violates_the_filter(dense_index, rows):
     by_id = {r["id"]: meta_of(r) for r in rows}
-    retrievers = [BM25Retriever(dense_index), DenseRetriever(dense_index),
-                  HybridRetriever([BM25Retriever(dense_index), DenseRetriever(dense_index)])]
+    retrievers = [
+        BM25Retriever(dense_index),
+        DenseRetriever(dense_index),
+        HybridRetriever([BM25Retriever(dense_index), DenseRetriever(dense_index)]),
+    ]
     for flt in random_filters(30, seed=9):
         for retriever in retrievers:
             for hits in retriever.retrieve_batch(QUERIES[:3], 25, filter=flt):
@@ -477,20 +556,23 @@ def test_k_beyond_the_matches_returns_them_all_and_empty_is_fine(dense_index, ro
     ok = allowed_ids(rows, few)
     assert 0 < len(ok) < 30
     dense_hits = DenseRetriever(dense_index).retrieve("寿司", 100, filter=few)
-    assert {h.doc_id for h in dense_hits} == ok           # all of them, no -1 padding
+    assert {h.doc_id for h in dense_hits} == ok  # all of them, no -1 padding
     bm25_hits = BM25Retriever(dense_index).retrieve("寿司 東京 日本", 100, filter=few)
     assert {h.doc_id for h in bm25_hits} <= ok and len(bm25_hits) == len(set(h.doc_id for h in bm25_hits))
     none = {"category": "no-such-category"}
-    for retriever in (BM25Retriever(dense_index), DenseRetriever(dense_index),
-                      HybridRetriever([BM25Retriever(dense_index), DenseRetriever(dense_index)])):
+    for retriever in (
+        BM25Retriever(dense_index),
+        DenseRetriever(dense_index),
+        HybridRetriever([BM25Retriever(dense_index), DenseRetriever(dense_index)]),
+    ):
         assert retriever.retrieve("寿司", 10, filter=none) == []
         assert retriever.retrieve_batch(["寿司", "東京"], 10, filter=none) == [[], []]
 
 
 # -- the FAISS index directly: exact path, selector path, IVFPQ recall -------------------------------
 
-def clustered(n: int, dim: int, *, seed: int = 0, clusters: int = 40,
-              spread: float = 0.25) -> np.ndarray:
+
+def clustered(n: int, dim: int, *, seed: int = 0, clusters: int = 40, spread: float = 0.25) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim))
     x = centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim))
@@ -504,8 +586,7 @@ def exact_filtered(x: np.ndarray, q: np.ndarray, allowed: np.ndarray, k: int) ->
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t)
-                          for f, t in zip(found, truth, strict=True)]))
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
 def test_flat_selector_and_exact_paths_equal_the_reference():
@@ -516,7 +597,7 @@ def test_flat_selector_and_exact_paths_equal_the_reference():
     for frac in (0.5, 0.05, 0.003):
         allowed = rng.random(len(x)) < frac
         truth = exact_filtered(x, q, allowed, 50)
-        for exact_max in (0, len(x)):    # force the FAISS selector, then exact scoring
+        for exact_max in (0, len(x)):  # force the FAISS selector, then exact scoring
             scores, pos = index.search(q, 50, allowed=allowed, exact_max=exact_max)
             assert pos.shape == truth.shape and (pos >= 0).all()
             np.testing.assert_array_equal(pos, truth)
@@ -538,7 +619,7 @@ def test_ivfpq_filtered_recall_and_exact_small_sets(ivfpq, frac):
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     k = 100
     truth = exact_filtered(x, q, allowed, k)
-    _, pos = index.search(q, k, allowed=allowed, exact_max=0)    # the FAISS selector path
+    _, pos = index.search(q, k, allowed=allowed, exact_max=0)  # the FAISS selector path
     assert allowed[pos[pos >= 0]].all()
     unfiltered = recall(index.search(q, k)[1], exact_filtered(x, q, np.ones(len(x), bool), k))
     # Probing nprobe / selectivity lists keeps filtered recall near the unfiltered level.
@@ -560,7 +641,7 @@ def test_ivfpq_few_allowed_in_probed_lists_still_returns_k(ivfpq):
     q = x[:1]
     far_lists = np.argsort(ivf.quantizer.reconstruct_n(0, ivf.nlist) @ q[0])[:16]
     allowed = np.isin(lists[:, 0], far_lists)
-    assert 8 * len(x) / allowed.sum() < ivf.nlist     # the first search is not already exhaustive
+    assert 8 * len(x) / allowed.sum() < ivf.nlist  # the first search is not already exhaustive
     scores, pos = index.search(q, 100, allowed=allowed, exact_max=0)
     assert pos.shape == (1, 100) and (pos >= 0).all() and allowed[pos].all()
     assert recall(pos, exact_filtered(x, q, allowed, 100)) >= 0.9
@@ -570,10 +651,14 @@ def test_ivfpq_few_allowed_in_probed_lists_still_returns_k(ivfpq):
 
 # -- updates: positions after add / delete ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("faiss_kind", ["flat", "ivfpq"])
 def test_filters_after_add_and_delete(tmp_path, rows, tiny_bi_encoder_dir, faiss_kind):
-    params = FaissParams(kind="ivfpq", nlist=4, m=8, nbits=4, nprobe=4, rescore=4) \
-        if faiss_kind == "ivfpq" else FaissParams()
+    params = (
+        FaissParams(kind="ivfpq", nlist=4, m=8, nbits=4, nprobe=4, rescore=4)
+        if faiss_kind == "ivfpq"
+        else FaissParams()
+    )
     config = BuildConfig(encoder=str(tiny_bi_encoder_dir), faiss=params)
     path = tmp_path / "u"
     build_index(path, read_dicts(rows[:150]), config, progress=False).close()
@@ -594,13 +679,15 @@ def test_filters_after_add_and_delete(tmp_path, rows, tiny_bi_encoder_dir, faiss
         ok = allowed_ids(final, flt)
         for q in QUERIES[:4]:
             ref = filtered_reference(bm25.retrieve(q, len(index)), ok, 20)
-            assert [(h.doc_id, h.score) for h in bm25.retrieve(q, 20, filter=flt)] == \
-                [(h.doc_id, h.score) for h in ref]
+            assert [(h.doc_id, h.score) for h in bm25.retrieve(q, 20, filter=flt)] == [
+                (h.doc_id, h.score) for h in ref
+            ]
             hits = dense.retrieve(q, 20, filter=flt)
             assert {h.doc_id for h in hits} <= ok and len(hits) == min(20, len(ok))
             if faiss_kind == "flat":
-                assert_same_ranking(hits, filtered_reference(dense.retrieve(q, len(index)), ok, 20),
-                                    atol=1e-5)
+                assert_same_ranking(
+                    hits, filtered_reference(dense.retrieve(q, len(index)), ok, 20), atol=1e-5
+                )
     index.close()
 
 
@@ -608,33 +695,47 @@ def test_cli_filtered_search_after_cli_add_and_delete(tmp_path, rows, capsys):
     docs = write_jsonl(tmp_path / "docs.jsonl", rows[:60])
     path = tmp_path / "cli"
     assert cli_main(["build", str(path), str(docs), "--encoder", "none", "--quiet"]) == 0
-    more = write_jsonl(tmp_path / "more.jsonl", [dict(rows[60], category="newcat"),
-                                                 dict(rows[5], category="newcat")])
+    more = write_jsonl(
+        tmp_path / "more.jsonl", [dict(rows[60], category="newcat"), dict(rows[5], category="newcat")]
+    )
     assert cli_main(["add", str(path), str(more), "--quiet"]) == 0
     assert cli_main(["delete", str(path), "--ids", rows[0]["id"], rows[7]["id"], "--quiet"]) == 0
     capsys.readouterr()
-    assert cli_main(["search", str(path), "東京 日本 寿司 富士山", "-k", "50", "--json",
-                     "--filter", '{"category": "newcat"}']) == 0
+    assert (
+        cli_main(
+            [
+                "search",
+                str(path),
+                "東京 日本 寿司 富士山",
+                "-k",
+                "50",
+                "--json",
+                "--filter",
+                '{"category": "newcat"}',
+            ]
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert {h["id"] for h in hits} <= {rows[60]["id"], rows[5]["id"]}
     assert all(h["metadata"]["category"] == "newcat" for h in hits)
     flt = {"year": {"$gte": 2010}, "category": {"$ne": "newcat"}}
-    assert cli_main(["search", str(path), "東京", "-k", "50", "--json", "--filter",
-                     json.dumps(flt)]) == 0
+    assert cli_main(["search", str(path), "東京", "-k", "50", "--json", "--filter", json.dumps(flt)]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits and all(holds(h["metadata"], flt) for h in hits)
     assert rows[0]["id"] not in {h["id"] for h in hits}
 
 
 def test_cli_bad_filters_fail_clearly(tmp_path, bm25_index, capsys):
-    for bad, message in [("{bad json", "filter is not valid JSON"),
-                         ('{"year": {"$regex": "x"}}', "unknown operator '$regex'"),
-                         ('{"a\') OR 1=1 --": 1}', "is not a valid field name")]:
+    for bad, message in [
+        ("{bad json", "filter is not valid JSON"),
+        ('{"year": {"$regex": "x"}}', "unknown operator '$regex'"),
+        ('{"a\') OR 1=1 --": 1}', "is not a valid field name"),
+    ]:
         assert cli_main(["search", str(bm25_index.path), "東京", "--filter", bad]) == 2
         err = capsys.readouterr().err
         assert "tansaku: error:" in err and message in err
-    assert cli_main(["search", str(bm25_index.path), "東京", "--filter",
-                     '{"category": "no-such"}']) == 0
+    assert cli_main(["search", str(bm25_index.path), "東京", "--filter", '{"category": "no-such"}']) == 0
     assert "no documents match '東京' and the --filter" in capsys.readouterr().out
 
 
@@ -644,23 +745,48 @@ def test_cli_eval_with_filter(tmp_path, bm25_index, rows, capsys):
     queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "text": "東京 日本 寿司"}])
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("".join(f"q1 0 {d} 1\n" for d in other[:20]), encoding="utf-8")
-    args = ["eval", str(bm25_index.path), "--queries", str(queries), "--qrels", str(qrels),
-            "--metrics", "recall@100", "--out", str(tmp_path / "runs"), "--json", "--quiet"]
+    args = [
+        "eval",
+        str(bm25_index.path),
+        "--queries",
+        str(queries),
+        "--qrels",
+        str(qrels),
+        "--metrics",
+        "recall@100",
+        "--out",
+        str(tmp_path / "runs"),
+        "--json",
+        "--quiet",
+    ]
     assert cli_main(args) == 0
     unfiltered = json.loads(capsys.readouterr().out)["stages"][0]["metrics"]["recall@100"]
     assert cli_main([*args, "--filter", '{"category": "food"}']) == 0
     filtered = json.loads(capsys.readouterr().out)["stages"][0]["metrics"]["recall@100"]
-    assert unfiltered > 0 and filtered == 0.0   # every judged document is filtered out
+    assert unfiltered > 0 and filtered == 0.0  # every judged document is filtered out
     run = (tmp_path / "runs" / "bm25.run").read_text(encoding="utf-8").split("\n")
     assert {line.split()[2] for line in run if line} <= set(food)
     assert cli_main([*args, "--filter", "{oops"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert cli_main(["eval", "--run", str(tmp_path / "runs" / "bm25.run"), "--qrels", str(qrels),
-                     "--filter", '{"category": "food"}']) == 2
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--run",
+                str(tmp_path / "runs" / "bm25.run"),
+                "--qrels",
+                str(qrels),
+                "--filter",
+                '{"category": "food"}',
+            ]
+        )
+        == 2
+    )
     assert "--filter applies to searching an INDEX" in capsys.readouterr().err
 
 
 # -- the Python API, the pipeline and HTTP -----------------------------------------------------------
+
 
 def test_api_and_pipeline_take_filters(dense_index, rows):
     by_id = {r["id"]: meta_of(r) for r in rows}
@@ -671,8 +797,9 @@ def test_api_and_pipeline_take_filters(dense_index, rows):
             assert res.hits and all(holds(by_id[h.doc_id], flt) for h in res.candidates)
             assert all(h.metadata["category"] in ("food", "sports") for h in res.hits)
         batch = idx.search_batch(["寿司", "東京"], filter=json.dumps(flt), mode="bm25")
-        assert [r.hits for r in batch] == [idx.search(q, filter=flt, mode="bm25").hits
-                                           for q in ("寿司", "東京")]
+        assert [r.hits for r in batch] == [
+            idx.search(q, filter=flt, mode="bm25").hits for q in ("寿司", "東京")
+        ]
         with pytest.raises(ConfigError, match="unknown operator"):
             idx.search("寿司", filter={"year": {"$between": [1, 2]}})
     pipeline = SearchPipeline(BM25Retriever(dense_index), top_n=5)
@@ -694,25 +821,30 @@ def server(bm25_index) -> Iterator[str]:
 def test_http_search_with_filter(server, rows):
     by_id = {r["id"]: meta_of(r) for r in rows}
     flt = {"$or": [{"category": "food"}, {"tags": {"$in": ["d"]}}], "year": {"$lt": 2015}}
-    res = httpx.post(f"{server}/v1/search", json={"query": "東京 寿司", "top_n": 20, "filter": flt},
-                     timeout=60)
+    res = httpx.post(
+        f"{server}/v1/search", json={"query": "東京 寿司", "top_n": 20, "filter": flt}, timeout=60
+    )
     assert res.status_code == 200, res.text
     hits = res.json()["hits"]
     assert hits and all(holds(by_id[h["id"]], flt) for h in hits)
     assert all(holds(h["metadata"], flt) for h in hits)
-    res = httpx.post(f"{server}/v1/search", json={"query": "東京", "filter": {"category": "none"}},
-                     timeout=60)
+    res = httpx.post(
+        f"{server}/v1/search", json={"query": "東京", "filter": {"category": "none"}}, timeout=60
+    )
     assert res.status_code == 200 and res.json()["hits"] == []
 
 
-@pytest.mark.parametrize(("flt", "words"), [
-    ({"year": {"$regex": "20"}}, ["'year'", "$regex"]),
-    ({"a') OR 1=1 --": 1}, ["not a valid field name"]),
-    ({"year": None}, ["'year'", "null"]),
-    ({"$and": "x"}, ["$and"]),
-    ("year", []),              # not an object: pydantic's own 422
-    ([{"year": 1}], []),
-])
+@pytest.mark.parametrize(
+    ("flt", "words"),
+    [
+        ({"year": {"$regex": "20"}}, ["'year'", "$regex"]),
+        ({"a') OR 1=1 --": 1}, ["not a valid field name"]),
+        ({"year": None}, ["'year'", "null"]),
+        ({"$and": "x"}, ["$and"]),
+        ("year", []),  # not an object: pydantic's own 422
+        ([{"year": 1}], []),
+    ],
+)
 def test_http_bad_filter_is_a_422_naming_it(server, flt, words):
     res = httpx.post(f"{server}/v1/search", json={"query": "東京", "filter": flt}, timeout=60)
     assert res.status_code == 422, res.text
@@ -723,25 +855,27 @@ def test_http_bad_filter_is_a_422_naming_it(server, flt, words):
 
 # -- the expression-index helper -------------------------------------------------------------------
 
+
 def test_create_field_index(tmp_path, rows):
     path = tmp_path / "fx"
     build_index(path, read_dicts(rows[:50]), BuildConfig(encoder="none"), progress=False).close()
     name = create_field_index(path, "year")
     assert name == "tansaku_meta_year" and create_field_index(path, "year") == name  # idempotent
     with sqlite3.connect(path / "corpus.sqlite") as conn:
-        plan = conn.execute("EXPLAIN QUERY PLAN SELECT rowid FROM docs WHERE "
-                            "json_extract(metadata, '$.\"year\"') = 2020").fetchall()
-        assert any(name in row[-1] for row in plan)   # literal-path SQL seeks the index
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT rowid FROM docs WHERE json_extract(metadata, '$.\"year\"') = 2020"
+        ).fetchall()
+        assert any(name in row[-1] for row in plan)  # literal-path SQL seeks the index
         where, params = parse_filter({"year": 2020}).sql()
-        plan = conn.execute(f"EXPLAIN QUERY PLAN SELECT rowid FROM docs WHERE {where}",
-                            params).fetchall()
+        plan = conn.execute(f"EXPLAIN QUERY PLAN SELECT rowid FROM docs WHERE {where}", params).fetchall()
         assert not any(name in row[-1] for row in plan)  # as its docstring says: masks scan
     conn.close()
     update_index(path, read_dicts(rows[50:60]), [rows[0]["id"]], progress=False)
     index = Index.open(path)
-    names = [r for (r,) in index.corpus.db.conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'index'")]
-    assert name in names                               # updates keep it
+    names = [
+        r for (r,) in index.corpus.db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    ]
+    assert name in names  # updates keep it
     final = rows[1:60]
     assert mask_ids(index, {"year": {"$gte": 2010}}) == allowed_ids(final, {"year": {"$gte": 2010}})
     assert create_field_index(index, "名前") == "tansaku_meta_名前"

@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("langchain_core", reason="langchain-core is not installed (pip install "
-                                             "'tansaku[langchain]')")
-pytest.importorskip("llama_index.core", reason="llama-index-core is not installed (pip install "
-                                               "'tansaku[llamaindex]')")
+pytest.importorskip(
+    "langchain_core", reason="langchain-core is not installed (pip install 'tansaku[langchain]')"
+)
+pytest.importorskip(
+    "llama_index.core", reason="llama-index-core is not installed (pip install 'tansaku[llamaindex]')"
+)
 
 from langchain_core.documents import Document  # noqa: E402
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough  # noqa: E402
@@ -92,6 +94,7 @@ def closed_port_url() -> str:
 
 # -- expectations ----------------------------------------------------------------------------------
 
+
 def assert_documents(docs: list[Document], hits: list[Hit], *, score_key: str = "score") -> None:
     """Documents carry the hits: order, id, text, title, score, rank, stage, record metadata."""
     assert [d.id for d in docs] == [h.doc_id for h in hits] and hits
@@ -115,23 +118,29 @@ def assert_nodes(nodes: list[NodeWithScore], hits: list[Hit]) -> None:
 
 # -- LangChain: retriever ---------------------------------------------------------------------------
 
+
 def test_langchain_retriever_in_process_equals_search(index_path, reranking, reranker):
     want = reranking.search(QUERY).hits
     assert [h.stage for h in want] == ["rerank"] * 5
-    for retriever in (lc.TansakuRetriever(index=reranking),
-                      lc.TansakuRetriever(index=index_path, reranker=reranker, **SETTINGS),
-                      lc.TansakuRetriever(index=str(index_path), reranker=reranker, **SETTINGS)):
+    for retriever in (
+        lc.TansakuRetriever(index=reranking),
+        lc.TansakuRetriever(index=index_path, reranker=reranker, **SETTINGS),
+        lc.TansakuRetriever(index=str(index_path), reranker=reranker, **SETTINGS),
+    ):
         assert_documents(retriever.invoke(QUERY), want)
 
 
 def test_langchain_retriever_settings_pass_through(reranking):
     retriever = lc.TansakuRetriever(index=reranking, top_n=3, retrieve_k=10)
     # retrieve_k alone shrinks the default rerank_k with it, as the server does
-    assert_documents(retriever.invoke(QUERY), reranking.search(QUERY, top_n=3, retrieve_k=10,
-                                                               rerank_k=10).hits)
+    assert_documents(
+        retriever.invoke(QUERY), reranking.search(QUERY, top_n=3, retrieve_k=10, rerank_k=10).hits
+    )
     # per call
-    assert_documents(retriever.invoke(QUERY, top_n=2, rerank_k=4),
-                     reranking.search(QUERY, top_n=2, retrieve_k=10, rerank_k=4).hits)
+    assert_documents(
+        retriever.invoke(QUERY, top_n=2, rerank_k=4),
+        reranking.search(QUERY, top_n=2, retrieve_k=10, rerank_k=4).hits,
+    )
     with pytest.raises(ConfigError, match="unknown search setting.*'k'"):
         retriever.invoke(QUERY, k=3)
     with pytest.raises(ConfigError, match="top_n"):
@@ -145,8 +154,9 @@ def test_langchain_retriever_remote_equals_search(server, reranking):
     assert_documents(docs, reranking.search(OTHER_QUERY, top_n=3, retrieve_k=20, rerank_k=10).hits)
     assert server.posted(since) == ["/v1/search"]
     # server defaults when nothing is set; async goes the same way
-    assert_documents(asyncio.run(lc.TansakuRetriever(url=server.url).ainvoke(QUERY)),
-                     reranking.search(QUERY).hits)
+    assert_documents(
+        asyncio.run(lc.TansakuRetriever(url=server.url).ainvoke(QUERY)), reranking.search(QUERY).hits
+    )
 
 
 def test_langchain_retriever_async_in_process(reranking):
@@ -162,6 +172,7 @@ def test_langchain_retriever_async_in_process(reranking):
 
 # -- LangChain: reranker (document compressor) ----------------------------------------------------------
 
+
 def test_langchain_reranker_equals_the_pipelines_rerank(plain, reranking, reranker, server):
     candidates = lc.TansakuRetriever(index=plain).invoke(QUERY)  # first stage, best 20
     result = reranking.search(QUERY)
@@ -169,8 +180,10 @@ def test_langchain_reranker_equals_the_pipelines_rerank(plain, reranking, rerank
     assert {d.metadata["stage"] for d in candidates} == {"bm25"}
     want = result.hits
     since = len(server.paths)
-    for compressor in (lc.TansakuReranker(model=reranker, top_n=5),
-                       lc.TansakuReranker(url=server.url, model=MODEL, top_n=5)):
+    for compressor in (
+        lc.TansakuReranker(model=reranker, top_n=5),
+        lc.TansakuReranker(url=server.url, model=MODEL, top_n=5),
+    ):
         reranked = list(compressor.compress_documents(candidates, QUERY))
         assert_documents(reranked, want, score_key="relevance_score")
         # the retriever's own metadata is kept beside the new score
@@ -179,16 +192,23 @@ def test_langchain_reranker_equals_the_pipelines_rerank(plain, reranking, rerank
 
 
 def test_langchain_reranker_on_any_documents(reranker, server, tiny_bert_reranker_dir):
-    docs = [Document(page_content=t, metadata={"source": i}) for i, t in enumerate(
-        ["東京タワーは東京の電波塔です。", "富士山は日本で一番高い山です。", "猫はネズミを捕まえます。"])]
+    docs = [
+        Document(page_content=t, metadata={"source": i})
+        for i, t in enumerate(
+            ["東京タワーは東京の電波塔です。", "富士山は日本で一番高い山です。", "猫はネズミを捕まえます。"]
+        )
+    ]
     want = reranker.rerank(QUERY, [d.page_content for d in docs])
-    for compressor in (lc.TansakuReranker(model=reranker),
-                       lc.TansakuReranker(model=str(tiny_bert_reranker_dir)),
-                       lc.TansakuReranker(url=server.url)):
+    for compressor in (
+        lc.TansakuReranker(model=reranker),
+        lc.TansakuReranker(model=str(tiny_bert_reranker_dir)),
+        lc.TansakuReranker(url=server.url),
+    ):
         out = list(compressor.compress_documents(docs, QUERY))  # top_n None: all, reordered
         assert [d.metadata["source"] for d in out] == [int(h.doc_id) for h in want]
         assert [d.metadata["relevance_score"] for d in out] == pytest.approx(
-            [h.score for h in want], abs=1e-6)
+            [h.score for h in want], abs=1e-6
+        )
         assert all(0 <= d.metadata["relevance_score"] <= 1 for d in out)
     assert lc.TansakuReranker(model=reranker).compress_documents([], QUERY) == []
     out = asyncio.run(lc.TansakuReranker(model=reranker, top_n=1).acompress_documents(docs, QUERY))
@@ -203,19 +223,21 @@ def test_langchain_retrieve_then_rerank_chain(plain, reranking, reranker):
     retriever = lc.TansakuRetriever(index=plain)
     compressor = lc.TansakuReranker(model=reranker, top_n=5)
     chain = {"docs": retriever, "query": RunnablePassthrough()} | RunnableLambda(
-        lambda x: compressor.compress_documents(x["docs"], x["query"]))
-    assert_documents(list(chain.invoke(QUERY)), reranking.search(QUERY).hits,
-                     score_key="relevance_score")
+        lambda x: compressor.compress_documents(x["docs"], x["query"])
+    )
+    assert_documents(list(chain.invoke(QUERY)), reranking.search(QUERY).hits, score_key="relevance_score")
 
 
 # -- LlamaIndex --------------------------------------------------------------------------------------
 
-def test_llamaindex_retriever_in_process_and_remote_equal_search(index_path, reranking, reranker,
-                                                                 server):
+
+def test_llamaindex_retriever_in_process_and_remote_equal_search(index_path, reranking, reranker, server):
     want = reranking.search(QUERY).hits
-    for retriever in (li.TansakuRetriever(reranking),
-                      li.TansakuRetriever(index_path, reranker=reranker, **SETTINGS),
-                      li.TansakuRetriever(url=server.url, **SETTINGS)):
+    for retriever in (
+        li.TansakuRetriever(reranking),
+        li.TansakuRetriever(index_path, reranker=reranker, **SETTINGS),
+        li.TansakuRetriever(url=server.url, **SETTINGS),
+    ):
         assert_nodes(retriever.retrieve(QUERY), want)
     remote = li.TansakuRetriever(url=server.url, top_n=2, retrieve_k=10, mode="bm25")
     want = reranking.search(OTHER_QUERY, top_n=2, retrieve_k=10, rerank_k=10).hits
@@ -229,8 +251,10 @@ def test_llamaindex_reranker_equals_the_pipelines_rerank(plain, reranking, reran
     result = reranking.search(QUERY)
     assert [n.node.node_id for n in candidates] == [h.doc_id for h in result.candidates[:20]]
     want = result.hits
-    for post in (li.TansakuReranker(model=reranker, top_n=5),
-                 li.TansakuReranker(url=server.url, model=MODEL, top_n=5)):
+    for post in (
+        li.TansakuReranker(model=reranker, top_n=5),
+        li.TansakuReranker(url=server.url, model=MODEL, top_n=5),
+    ):
         assert_nodes(post.postprocess_nodes(candidates, query_str=QUERY), want)
         assert_nodes(asyncio.run(post.apostprocess_nodes(candidates, query_str=QUERY)), want)
     with pytest.raises(ConfigError, match="needs the query"):
@@ -244,13 +268,16 @@ def test_llamaindex_query_engine_runs_retriever_and_reranker(plain, reranking, r
     from llama_index.core.response_synthesizers.no_text import NoText
 
     engine = RetrieverQueryEngine(
-        li.TansakuRetriever(plain), node_postprocessors=[li.TansakuReranker(model=reranker, top_n=5)],
+        li.TansakuRetriever(plain),
+        node_postprocessors=[li.TansakuReranker(model=reranker, top_n=5)],
         # NoText never calls the LLM, but LlamaIndex wants one (else it looks for OpenAI)
-        response_synthesizer=NoText(llm=MockLLM()))
+        response_synthesizer=NoText(llm=MockLLM()),
+    )
     assert_nodes(engine.query(QUERY).source_nodes, reranking.search(QUERY).hits)
 
 
 # -- filters --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not FILTERS_LANDED, reason="filters not landed")
 def test_filter_passes_through_in_process_and_remote(reranking, server):
@@ -258,12 +285,16 @@ def test_filter_passes_through_in_process_and_remote(reranking, server):
     want = reranking.search(query, filter=where).hits
     assert want and all(h.metadata["lang"] == "en" for h in want)
     assert want != reranking.search(query).hits
-    for docs in (lc.TansakuRetriever(index=reranking, filter=where).invoke(query),
-                 lc.TansakuRetriever(index=reranking).invoke(query, filter=where),
-                 lc.TansakuRetriever(url=server.url).invoke(query, filter=where)):
+    for docs in (
+        lc.TansakuRetriever(index=reranking, filter=where).invoke(query),
+        lc.TansakuRetriever(index=reranking).invoke(query, filter=where),
+        lc.TansakuRetriever(url=server.url).invoke(query, filter=where),
+    ):
         assert_documents(docs, want)
-    for retriever in (li.TansakuRetriever(reranking, filter=where),
-                      li.TansakuRetriever(url=server.url, filter=where)):
+    for retriever in (
+        li.TansakuRetriever(reranking, filter=where),
+        li.TansakuRetriever(url=server.url, filter=where),
+    ):
         assert_nodes(retriever.retrieve(query), want)
     # a bad filter is refused by the searcher, or by the server naming the field
     bad = {"year": {"$bogus": 1}}
@@ -278,10 +309,12 @@ def test_filter_passes_through_in_process_and_remote(reranking, server):
 
 # -- errors ----------------------------------------------------------------------------------------------
 
+
 def test_server_errors_become_remote_errors(server, guarded, reranking, reranker):
     with pytest.raises(RemoteError, match="unknown model") as err:
         lc.TansakuReranker(url=server.url, model="rerank-v3.5").compress_documents(
-            [Document(page_content="文書")], QUERY)
+            [Document(page_content="文書")], QUERY
+        )
     assert (err.value.status, err.value.field) == (404, "model")
     with pytest.raises(RemoteError, match="dense index") as err:  # a BM25-only index
         li.TansakuRetriever(url=server.url, mode="dense").retrieve(QUERY)
@@ -289,42 +322,55 @@ def test_server_errors_become_remote_errors(server, guarded, reranking, reranker
     with pytest.raises(RemoteError, match="API key") as err:
         lc.TansakuRetriever(url=guarded.url).invoke(QUERY)
     assert err.value.status == 401
-    assert_documents(lc.TansakuRetriever(url=guarded.url, api_key=KEY).invoke(QUERY),
-                     reranking.search(QUERY).hits)
+    assert_documents(
+        lc.TansakuRetriever(url=guarded.url, api_key=KEY).invoke(QUERY), reranking.search(QUERY).hits
+    )
     docs = [Document(page_content="東京タワー"), Document(page_content="猫")]
-    assert len(li.TansakuReranker(url=guarded.url, api_key=KEY).postprocess_nodes(
-        [NodeWithScore(node=TextNode(text=d.page_content)) for d in docs], query_str=QUERY)) == 2
+    assert (
+        len(
+            li.TansakuReranker(url=guarded.url, api_key=KEY).postprocess_nodes(
+                [NodeWithScore(node=TextNode(text=d.page_content)) for d in docs], query_str=QUERY
+            )
+        )
+        == 2
+    )
     down = closed_port_url()
     with pytest.raises(RemoteError, match="cannot reach") as err:
         lc.TansakuRetriever(url=down).invoke(QUERY)
     assert err.value.status is None
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda p, r: lc.TansakuRetriever(), "either index= .* or url="),
-    (lambda p, r: lc.TansakuRetriever(index=p, url="http://127.0.0.1:1"), "not both"),
-    (lambda p, r: lc.TansakuRetriever(url="http://127.0.0.1:1", reranker=r), "own --reranker"),
-    (lambda p, r: lc.TansakuRetriever(index="http://127.0.0.1:1"), "pass it as url="),
-    (lambda p, r: lc.TansakuRetriever(index=p, top_n=0), "top_n must be an integer >= 1"),
-    (lambda p, r: lc.TansakuRetriever(index=p, retrieve_k=2.5), "retrieve_k"),
-    (lambda p, r: lc.TansakuRetriever(url="127.0.0.1:8080"), "http:// or https://"),
-    (lambda p, r: lc.TansakuReranker(), "give model="),
-    (lambda p, r: lc.TansakuReranker(model=r, top_n=0), "top_n"),
-    (lambda p, r: lc.TansakuReranker(model=42), "rerank\\(query, docs, top_n\\)"),
-    (lambda p, r: lc.TansakuReranker(url="http://127.0.0.1:1", model=r), "name of the server"),
-    (lambda p, r: li.TansakuRetriever(p, rerank_k=-1), "rerank_k"),
-    (lambda p, r: li.TansakuRetriever(), "either index="),
-    (lambda p, r: li.TansakuReranker(model=r, top_n=True), "top_n"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p, r: lc.TansakuRetriever(), "either index= .* or url="),
+        (lambda p, r: lc.TansakuRetriever(index=p, url="http://127.0.0.1:1"), "not both"),
+        (lambda p, r: lc.TansakuRetriever(url="http://127.0.0.1:1", reranker=r), "own --reranker"),
+        (lambda p, r: lc.TansakuRetriever(index="http://127.0.0.1:1"), "pass it as url="),
+        (lambda p, r: lc.TansakuRetriever(index=p, top_n=0), "top_n must be an integer >= 1"),
+        (lambda p, r: lc.TansakuRetriever(index=p, retrieve_k=2.5), "retrieve_k"),
+        (lambda p, r: lc.TansakuRetriever(url="127.0.0.1:8080"), "http:// or https://"),
+        (lambda p, r: lc.TansakuReranker(), "give model="),
+        (lambda p, r: lc.TansakuReranker(model=r, top_n=0), "top_n"),
+        (lambda p, r: lc.TansakuReranker(model=42), "rerank\\(query, docs, top_n\\)"),
+        (lambda p, r: lc.TansakuReranker(url="http://127.0.0.1:1", model=r), "name of the server"),
+        (lambda p, r: li.TansakuRetriever(p, rerank_k=-1), "rerank_k"),
+        (lambda p, r: li.TansakuRetriever(), "either index="),
+        (lambda p, r: li.TansakuReranker(model=r, top_n=True), "top_n"),
+    ],
+)
 def test_bad_settings_are_config_errors(index_path, reranker, make, message):
     with pytest.raises(ConfigError, match=message):
         make(index_path, reranker)
 
 
-@pytest.mark.parametrize(("module", "package", "extra"), [
-    ("tansaku.pipeline.langchain", "langchain_core", "tansaku[langchain]"),
-    ("tansaku.pipeline.llamaindex", "llama_index", "tansaku[llamaindex]"),
-])
+@pytest.mark.parametrize(
+    ("module", "package", "extra"),
+    [
+        ("tansaku.pipeline.langchain", "langchain_core", "tansaku[langchain]"),
+        ("tansaku.pipeline.llamaindex", "llama_index", "tansaku[llamaindex]"),
+    ],
+)
 def test_missing_framework_names_the_extra(monkeypatch, module, package, extra):
     # as if the framework were not installed: importing it fails, and nothing is cached
     monkeypatch.setitem(sys.modules, package, None)

@@ -10,9 +10,11 @@ from tansaku.index import ConfigError
 from tansaku.pipeline.metrics import evaluate, per_query
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"z": 1}}
-RUN = {"q1": {"x": 3.0, "a": 2.0, "y": 1.0},           # relevant at rank 2
-       "q2": {"b": 5.0, "x": 4.0, "c": 3.0},           # relevant at ranks 1 and 3
-       "q3": {"x": 1.0}}                                # relevant never retrieved
+RUN = {
+    "q1": {"x": 3.0, "a": 2.0, "y": 1.0},  # relevant at rank 2
+    "q2": {"b": 5.0, "x": 4.0, "c": 3.0},  # relevant at ranks 1 and 3
+    "q3": {"x": 1.0},
+}  # relevant never retrieved
 
 
 def test_hand_computed_values():

@@ -17,8 +17,22 @@ REPO = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-         "-w", str(out), "-q"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (whl,) = out.glob("tansaku-*.whl")
     return whl
@@ -28,13 +42,17 @@ def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("tansaku-")}
     assert tops == {"tansaku"}, tops  # never top-level `index`, `pipeline`, ...
-    for module in ("tansaku/__init__.py", "tansaku/index/bm25.py", "tansaku/retrieve/hybrid.py",
-                   "tansaku/rerank/__init__.py", "tansaku/pipeline/cli.py",
-                   "tansaku/index/data/sample.jsonl"):
+    for module in (
+        "tansaku/__init__.py",
+        "tansaku/index/bm25.py",
+        "tansaku/retrieve/hybrid.py",
+        "tansaku/rerank/__init__.py",
+        "tansaku/pipeline/cli.py",
+        "tansaku/index/data/sample.jsonl",
+    ):
         assert module in names
     assert not any("tests/" in n or n.endswith(".pkl") for n in names)
-    entry = zipfile.ZipFile(wheel).read(
-        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tansaku = tansaku.pipeline.cli:main" in entry
 
 
@@ -52,8 +70,12 @@ def test_wheel_imports_and_runs(wheel, tmp_path):
         "s = tansaku.open({!r})\n"
         "print(s.search('富士山', top_n=1).hits[0].doc_id)\n"
     ).format(str(target), str(tmp_path / "idx"), str(tmp_path / "idx"))
-    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                          env={"PYTHONPATH": f"{target}:{deps}", "HF_HUB_OFFLINE": "1",
-                               "PATH": "/usr/bin:/bin"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": f"{target}:{deps}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ja-001"

@@ -82,8 +82,7 @@ def test_batch_equals_single(index_path, reranker):
         for q, res in zip(queries, batch, strict=True):
             single = idx.search(q)
             assert [h.doc_id for h in res.hits] == [h.doc_id for h in single.hits]
-            np.testing.assert_allclose([h.score for h in res.hits],
-                                       [h.score for h in single.hits], atol=1e-6)
+            np.testing.assert_allclose([h.score for h in res.hits], [h.score for h in single.hits], atol=1e-6)
 
 
 def test_unloadable_reranker_is_an_error_not_a_silent_skip(index_path, tmp_path):
@@ -93,29 +92,64 @@ def test_unloadable_reranker_is_an_error_not_a_silent_skip(index_path, tmp_path)
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
 
 
 def test_cli_search_with_reranker_and_rerank_command(index_path, tiny_bert_reranker_dir):
-    proc = run_cli("search", index_path, "東京の電波塔", "--reranker", tiny_bert_reranker_dir,
-                   "--retrieve-k", "30", "--rerank-k", "10", "--top-n", "3", "--json")
+    proc = run_cli(
+        "search",
+        index_path,
+        "東京の電波塔",
+        "--reranker",
+        tiny_bert_reranker_dir,
+        "--retrieve-k",
+        "30",
+        "--rerank-k",
+        "10",
+        "--top-n",
+        "3",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert len(out["hits"]) == 3 and out["hits"][0]["stage"] == "rerank"
     # Only documents sharing a term are retrieved (the ja analyzer drops the particle の).
     assert out["counts"]["reranked"] == min(10, out["counts"]["retrieved"]) > 3
     assert "rerank" in out["timings_ms"]
-    proc = run_cli("rerank", "--model", tiny_bert_reranker_dir, "富士山の高さ", "富士山は3776m",
-                   "東京の人口", "寿司", "--json")
+    proc = run_cli(
+        "rerank",
+        "--model",
+        tiny_bert_reranker_dir,
+        "富士山の高さ",
+        "富士山は3776m",
+        "東京の人口",
+        "寿司",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)["results"]
     assert sorted(r["index"] for r in res) == [0, 1, 2]
     direct = CrossEncoderReranker(tiny_bert_reranker_dir).score(
-        [("富士山の高さ", d) for d in ("富士山は3776m", "東京の人口", "寿司")])
+        [("富士山の高さ", d) for d in ("富士山は3776m", "東京の人口", "寿司")]
+    )
     assert [r["index"] for r in res] == list(np.argsort(-direct, kind="stable"))
     proc = run_cli("search", index_path, "東京", "--reranker", "no-org/no-model")
     assert proc.returncode == 2 and "no-org/no-model" in proc.stderr and "--reranker DIR" in proc.stderr
-    proc = run_cli("search", index_path, "東京", "--retrieve-k", "5", "--rerank-k", "9",
-                   "--reranker", tiny_bert_reranker_dir)
+    proc = run_cli(
+        "search",
+        index_path,
+        "東京",
+        "--retrieve-k",
+        "5",
+        "--rerank-k",
+        "9",
+        "--reranker",
+        tiny_bert_reranker_dir,
+    )
     assert proc.returncode == 2 and "cannot exceed retrieve_k" in proc.stderr

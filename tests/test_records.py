@@ -12,10 +12,13 @@ from tansaku.index.records import unique_ids
 
 
 def test_jsonl_fields_title_and_metadata(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"id": 1, "title": "東京", "text": "日本の首都", "lang": "ja", "tags": ["a", "b"]},
-        {"id": "x", "text": "no title", "metadata": {"year": 2020}},
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": 1, "title": "東京", "text": "日本の首都", "lang": "ja", "tags": ["a", "b"]},
+            {"id": "x", "text": "no title", "metadata": {"year": 2020}},
+        ],
+    )
     recs = list(read_file(path))
     assert [r.id for r in recs] == ["1", "x"]
     assert recs[0].title == "東京" and recs[0].indexed_text == "東京 日本の首都"
@@ -25,8 +28,7 @@ def test_jsonl_fields_title_and_metadata(tmp_path):
 
 
 def test_csv_tsv_gzip_and_custom_fields(tmp_path):
-    (tmp_path / "d.csv").write_text('qid,question,answer\nq1,"富士山, 高さ",3776m\n',
-                                    encoding="utf-8")
+    (tmp_path / "d.csv").write_text('qid,question,answer\nq1,"富士山, 高さ",3776m\n', encoding="utf-8")
     fields = FieldMap(id="qid", text="answer", title="question")
     (rec,) = read_file(tmp_path / "d.csv", fields)
     assert (rec.id, rec.title, rec.text) == ("q1", "富士山, 高さ", "3776m")
@@ -36,15 +38,18 @@ def test_csv_tsv_gzip_and_custom_fields(tmp_path):
     assert (rec.id, rec.text, dict(rec.metadata)) == ("7", "本文", {"lang": "ja"})
 
 
-@pytest.mark.parametrize("line, field, words", [
-    ('{"id": "a"}', "text", "missing text"),
-    ('{"text": "x"}', "id", "missing id"),
-    ('{"id": "a", "text": 5}', "text", "must be a string"),
-    ('{"id": "a", "text": "   "}', "text", "empty"),
-    ('{"id": [1], "text": "x"}', "id", "string or integer"),
-    ('{"id": "a", "text": "x", "meta": {"nested": 1}}', "meta", "scalars"),
-    ('{"id": "a", "text": "x", "title": 3}', "title", "must be a string"),
-])
+@pytest.mark.parametrize(
+    "line, field, words",
+    [
+        ('{"id": "a"}', "text", "missing text"),
+        ('{"text": "x"}', "id", "missing id"),
+        ('{"id": "a", "text": 5}', "text", "must be a string"),
+        ('{"id": "a", "text": "   "}', "text", "empty"),
+        ('{"id": [1], "text": "x"}', "id", "string or integer"),
+        ('{"id": "a", "text": "x", "meta": {"nested": 1}}', "meta", "scalars"),
+        ('{"id": "a", "text": "x", "title": 3}', "title", "must be a string"),
+    ],
+)
 def test_bad_record_names_file_line_field(tmp_path, line, field, words):
     path = write_jsonl(tmp_path / "bad.jsonl", ['{"id": "ok", "text": "fine"}', line])
     with pytest.raises(IngestError) as err:
@@ -61,7 +66,7 @@ def test_invalid_json_and_non_utf8_and_not_object(tmp_path):
     (tmp_path / "u.jsonl").write_bytes(b'{"id": "a", "text": "x"}\n{"id": "b", "text": "\xff"}\n')
     with pytest.raises(IngestError, match=r"u.jsonl, line 2: not valid UTF-8"):
         list(read_file(tmp_path / "u.jsonl"))
-    path = write_jsonl(tmp_path / "l.jsonl", ['[1, 2]'])
+    path = write_jsonl(tmp_path / "l.jsonl", ["[1, 2]"])
     with pytest.raises(IngestError, match="line 1: expected a JSON object"):
         list(read_file(path))
     (tmp_path / "u.csv").write_bytes(b"id,text\n1,ok\n2,\xfe\xff\n")
@@ -87,8 +92,9 @@ def test_unknown_extension_and_missing_file(tmp_path):
 
 
 def test_duplicate_ids_name_both_places(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "1"}, {"id": "b", "text": "2"},
-                                             {"id": "a", "text": "3"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"id": "a", "text": "1"}, {"id": "b", "text": "2"}, {"id": "a", "text": "3"}]
+    )
     with pytest.raises(IngestError) as err:
         list(unique_ids(read_file(path)))
     assert "duplicate id 'a'" in str(err.value)

@@ -37,8 +37,7 @@ JSONL_CASES = [
     ("duplicate id", ".jsonl", GOOD + "\n" + GOOD, "duplicate id 'ok-1'"),
     ("non-UTF-8 bytes", ".jsonl", GOOD.encode() + b'\n{"id": "u", "text": "\xff\xfe"}', "line 2"),
     ("latin-1 file", ".jsonl", '{"id": "l", "text": "café"}'.encode("latin-1"), "UTF-8"),
-    ("10 MB document", ".jsonl", GOOD + "\n" + json.dumps({"id": "big", "text": "あ" * 10_000_000}),
-     "limit"),
+    ("10 MB document", ".jsonl", GOOD + "\n" + json.dumps({"id": "big", "text": "あ" * 10_000_000}), "limit"),
     ("trailing garbage", ".jsonl", GOOD + "\n" + GOOD[:-1] + ', "x": 1}}', "line 2"),
     ("csv missing column", ".csv", "id,body\n1,x\n", "'text'"),
     ("csv extra cells", ".csv", "id,text\n1,x\n2,y,z\n", "line 3"),
@@ -81,8 +80,7 @@ def test_every_bad_file_is_a_clear_error_and_changes_nothing(base_index, tmp_pat
                     update_index(base_index, read_file(path), progress=False)
             message = str(err.value)
             assert must_name in message, (name, action, message)
-            assert name == "empty file" or path.name in message or "duplicate" in message, (
-                name, message)
+            assert name == "empty file" or path.name in message or "duplicate" in message, (name, message)
             tried += 1
     assert tree_snapshot(base_index) == before  # not one byte changed
     assert len(Index.open(base_index)) == 12
@@ -109,14 +107,23 @@ def test_document_size_limit_is_configurable(tmp_path):
 
 def test_no_unsafe_deserialisation_in_the_code():
     """No pickle/joblib/marshal loading, torch.load only with weights_only=True, no allow_pickle."""
-    sources = [p for d in ("index", "retrieve", "rerank", "pipeline", "scripts")
-               for p in (REPO / d).rglob("*.py")]
+    sources = [
+        p for d in ("index", "retrieve", "rerank", "pipeline", "scripts") for p in (REPO / d).rglob("*.py")
+    ]
     assert len(sources) > 20
     offenders = []
     for path in sources:
         text = path.read_text(encoding="utf-8")
-        for pattern in (r"\bimport pickle\b", r"\bpickle\.load", r"\bjoblib\b", r"\bmarshal\.load",
-                        r"allow_pickle\s*=\s*True", r"\bdill\b", r"(?<![.\w])eval\(", r"yaml\.load\("):
+        for pattern in (
+            r"\bimport pickle\b",
+            r"\bpickle\.load",
+            r"\bjoblib\b",
+            r"\bmarshal\.load",
+            r"allow_pickle\s*=\s*True",
+            r"\bdill\b",
+            r"(?<![.\w])eval\(",
+            r"yaml\.load\(",
+        ):
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(REPO)}: {pattern}")
         for call in re.finditer(r"torch\.load\(([^)]*)\)", text):

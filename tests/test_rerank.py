@@ -122,8 +122,9 @@ def test_japanese_bert_document_gets_segment_one(tiny_bert_japanese_reranker_dir
     ours = reranker(tiny_bert_japanese_reranker_dir).score(PAIRS)
     # the plain v5 CrossEncoder feeds the document as segment 0, the model learned segment 1
     assert np.abs(ours - plain.predict(PAIRS)).max() > 1e-3
-    np.testing.assert_allclose(ours, reference(tiny_bert_japanese_reranker_dir).predict(PAIRS),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        ours, reference(tiny_bert_japanese_reranker_dir).predict(PAIRS), atol=1e-5, rtol=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +164,15 @@ def test_rerank_hits_sorted_ranked_and_fields_kept(bert: CrossEncoderReranker) -
     query = "東京の人口"
     texts = [doc for _, doc in PAIRS]
     hits = [
-        Hit(f"doc-{i}", score=100.0 - i, rank=i + 1, stage="bm25", title=f"title {i}",
-            text=text, metadata={"source": "test", "i": i})
+        Hit(
+            f"doc-{i}",
+            score=100.0 - i,
+            rank=i + 1,
+            stage="bm25",
+            title=f"title {i}",
+            text=text,
+            metadata={"source": "test", "i": i},
+        )
         for i, text in enumerate(texts)
     ]
     out = bert.rerank(query, hits)
@@ -179,7 +187,10 @@ def test_rerank_hits_sorted_ranked_and_fields_kept(bert: CrossEncoderReranker) -
         i = int(hit.doc_id.removeprefix("doc-"))
         assert hit.score == pytest.approx(float(scores[i]), abs=1e-6)
         assert (hit.title, hit.text, dict(hit.metadata)) == (
-            f"title {i}", texts[i], {"source": "test", "i": i})
+            f"title {i}",
+            texts[i],
+            {"source": "test", "i": i},
+        )
     assert [hit.doc_id for hit in hits] == [f"doc-{i}" for i in range(len(hits))]  # untouched
 
 
@@ -241,7 +252,8 @@ def test_length_sorted_batches_match_one_by_one(tiny_bert_reranker_dir: Path) ->
 
     permutation = np.random.default_rng(0).permutation(len(pairs))
     shuffled = reranker(tiny_bert_reranker_dir, max_length=64, batch_size=4).score(
-        [pairs[i] for i in permutation])
+        [pairs[i] for i in permutation]
+    )
     np.testing.assert_allclose(shuffled[np.argsort(permutation)], one_by_one, atol=1e-5, rtol=0)
 
 
@@ -250,10 +262,18 @@ def test_length_sorted_batches_match_one_by_one(tiny_bert_reranker_dir: Path) ->
 # Kanji and punctuation only: the WordPiece tokenizer makes one token per character, so any
 # token window decodes to text that re-tokenizes to exactly that window.
 CHUNK_QUERY = "富士山高"
-PASSAGES = ["富士山日本一高山、高三千七百七十六米。", "東京日本首都、人口千四百万人。",
-            "京都古寺神社多、毎年観光客訪。", "北海道冬寒、雪多降。"]
-FILLERS = ["図書館本借、学生静部屋勉強。", "新幹線東京大阪高速鉄道。",
-           "猫昔人間近暮動物。", "夏夜花火大会、川近集。"]
+PASSAGES = [
+    "富士山日本一高山、高三千七百七十六米。",
+    "東京日本首都、人口千四百万人。",
+    "京都古寺神社多、毎年観光客訪。",
+    "北海道冬寒、雪多降。",
+]
+FILLERS = [
+    "図書館本借、学生静部屋勉強。",
+    "新幹線東京大阪高速鉄道。",
+    "猫昔人間近暮動物。",
+    "夏夜花火大会、川近集。",
+]
 MAX_LENGTH = 64
 OVERLAP = 16
 
@@ -278,12 +298,12 @@ def window_scores(path: Path, query: str, doc: str, max_chunks: int) -> np.ndarr
     overlap = min(OVERLAP, window // 2)  # documented clamp: windows advance by >= half
     starts = list(range(0, len(d_ids), window - overlap))
     starts = starts[: next(i for i, s in enumerate(starts) if s + window >= len(d_ids)) + 1]
-    texts = [tokenizer.decode(ids) for ids in (q_ids, *(d_ids[s:s + window] for s in starts))]
-    for text, ids in zip(texts, (q_ids, *(d_ids[s:s + window] for s in starts)), strict=True):
+    texts = [tokenizer.decode(ids) for ids in (q_ids, *(d_ids[s : s + window] for s in starts))]
+    for text, ids in zip(texts, (q_ids, *(d_ids[s : s + window] for s in starts)), strict=True):
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids  # exact round trip
     assert len(starts) >= 3, "the test document must need several windows"
     ref = reference(path, max_length=MAX_LENGTH)
-    return ref.predict([(texts[0], text) for text in texts[1:1 + max_chunks]])
+    return ref.predict([(texts[0], text) for text in texts[1 : 1 + max_chunks]])
 
 
 def test_long_document_scores_best_window(tiny_bert_reranker_dir: Path, long_document: str) -> None:
@@ -306,19 +326,15 @@ def test_chunk_cap(tiny_bert_reranker_dir: Path, long_document: str) -> None:
     assert one.score(pair)[0] == pytest.approx(float(truncated), abs=1e-5)
 
     windows = window_scores(tiny_bert_reranker_dir, CHUNK_QUERY, long_document, max_chunks=2)
-    two = reranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH, chunk_overlap=OVERLAP,
-                   max_chunks_per_doc=2)
+    two = reranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH, chunk_overlap=OVERLAP, max_chunks_per_doc=2)
     assert two.score(pair)[0] == pytest.approx(float(windows.max()), abs=1e-5)
 
 
-def test_long_query_is_cut_to_half_the_window(
-    tiny_bert_reranker_dir: Path, long_document: str
-) -> None:
+def test_long_query_is_cut_to_half_the_window(tiny_bert_reranker_dir: Path, long_document: str) -> None:
     query = "東京都市図書館本学生勉強新幹線大阪高速鉄道" * 3  # longer than MAX_LENGTH // 2
     windows = window_scores(tiny_bert_reranker_dir, query, long_document, max_chunks=8)
     chunked = reranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH, chunk_overlap=OVERLAP)
-    assert chunked.score([(query, long_document)])[0] == pytest.approx(
-        float(windows.max()), abs=1e-5)
+    assert chunked.score([(query, long_document)])[0] == pytest.approx(float(windows.max()), abs=1e-5)
 
 
 # -- compute_score (FlagEmbedding style) ------------------------------------------------------
@@ -335,8 +351,9 @@ def test_compute_score(bert: CrossEncoderReranker, tiny_bert_reranker_dir: Path)
     many = bert.compute_score(PAIRS)
     assert isinstance(many, list) and all(isinstance(v, float) for v in many)
     np.testing.assert_allclose(many, raw, atol=1e-6)
-    np.testing.assert_allclose(bert.compute_score([list(p) for p in PAIRS], normalize=True),
-                               bert.score(PAIRS), atol=1e-6)
+    np.testing.assert_allclose(
+        bert.compute_score([list(p) for p in PAIRS], normalize=True), bert.score(PAIRS), atol=1e-6
+    )
     assert bert.compute_score(PAIRS[:1]) == pytest.approx([float(raw[0])], abs=1e-6)
 
 
@@ -395,8 +412,15 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "local"),
-    [("./model", True), ("/abs/model", True), ("~/model", True), ("a/b/c", True),
-     ("owner/name", False), ("bert-base-uncased", False), (DEFAULT_RERANKER, False)],
+    [
+        ("./model", True),
+        ("/abs/model", True),
+        ("~/model", True),
+        ("a/b/c", True),
+        ("owner/name", False),
+        ("bert-base-uncased", False),
+        (DEFAULT_RERANKER, False),
+    ],
 )
 def test_local_path_or_hub_id(name: str, local: bool) -> None:
     assert loading.looks_like_local_path(name) is local
@@ -497,6 +521,7 @@ def test_int8_scores_close_to_float32(model_dir: Path) -> None:
     assert quantized.quantize == "int8" and "quantize='int8'" in repr(quantized)
     model = quantized._model
     assert any(isinstance(m, TokenScaledInt8Linear) for m in model.modules())
+
     # the per-token Linears that read the hidden states became int8; the projections back
     # into the residual stream (BERT: the "output" modules' dense; ModernBERT: Wo) and the
     # once-per-pair pooler/head stay float
@@ -505,8 +530,10 @@ def test_int8_scores_close_to_float32(model_dir: Path) -> None:
 
     float_linear = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
     int8 = [name for name, m in model.named_modules() if isinstance(m, TokenScaledInt8Linear)]
-    assert all({"pooler", "classifier", "head"} & set(name.split(".")) or writes_residual(name)
-               for name in float_linear)
+    assert all(
+        {"pooler", "classifier", "head"} & set(name.split(".")) or writes_residual(name)
+        for name in float_linear
+    )
     assert not any(writes_residual(name) for name in int8)
     assert any(writes_residual(name) for name in float_linear) and int8
     scores = quantized.score(PAIRS)
@@ -574,8 +601,7 @@ def test_int8_runs_special_tokens_in_float32(tiny_bert_reranker_dir: Path, packe
 
     for side in ("right", "left"):
         tokenizer.padding_side = side
-        batch = tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], padding=True,
-                          return_tensors="pt")
+        batch = tokenizer([q for q, _ in PAIRS], [d for _, d in PAIRS], padding=True, return_tensors="pt")
         for name, model in (("exact", exact_model), ("int8", int8_model)):
             value = model.bert.encoder.layer[0].attention.self.value
             handle = value.register_forward_hook(keep(name))  # type: ignore[arg-type]
@@ -597,11 +623,18 @@ def test_int8_runs_special_tokens_in_float32(tiny_bert_reranker_dir: Path, packe
 # -- padding-free encoder layers (CPU) ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("fixture, packs", [
-    ("tiny_bert_reranker_dir", True), ("tiny_bert_japanese_reranker_dir", True),
-    ("tiny_xlmr_reranker_dir", True), ("tiny_modernbert_reranker_dir", False)])
+@pytest.mark.parametrize(
+    "fixture, packs",
+    [
+        ("tiny_bert_reranker_dir", True),
+        ("tiny_bert_japanese_reranker_dir", True),
+        ("tiny_xlmr_reranker_dir", True),
+        ("tiny_modernbert_reranker_dir", False),
+    ],
+)
 def test_cpu_reranker_runs_encoder_layers_on_real_tokens_only(
-        request: pytest.FixtureRequest, fixture: str, packs: bool) -> None:
+    request: pytest.FixtureRequest, fixture: str, packs: bool
+) -> None:
     """BERT-layout encoders skip padded positions; other layouts keep the stock forward
     (test_scores_match_cross_encoder_predict checks the scores of both)."""
     from tansaku.rerank.packing import PackedEncoder
@@ -668,5 +701,5 @@ def test_documents_repeated_in_a_request_score_like_single_ones(bert: CrossEncod
     docs = [doc for _, doc in PAIRS]
     pairs = [("東京の人口", doc) for doc in docs] + [("富士山", doc) for doc in docs]
     together = bert.score(pairs)
-    apart = np.concatenate([bert.score(pairs[:len(docs)]), bert.score(pairs[len(docs):])])
+    apart = np.concatenate([bert.score(pairs[: len(docs)]), bert.score(pairs[len(docs) :])])
     np.testing.assert_allclose(together, apart, atol=1e-6)

@@ -54,8 +54,9 @@ def expected(reranker: Any, docs: list[str], top_n: int | None = None) -> list[t
 
 def assert_results(results: list[dict[str, Any]], want: list[tuple[int, float]]) -> None:
     assert [r["index"] for r in results] == [i for i, _ in want]
-    np.testing.assert_allclose([r["relevance_score"] for r in results], [s for _, s in want],
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        [r["relevance_score"] for r in results], [s for _, s in want], rtol=0, atol=1e-6
+    )
 
 
 def tokens(reranker: CrossEncoderReranker, docs: list[str]) -> int:
@@ -65,6 +66,7 @@ def tokens(reranker: CrossEncoderReranker, docs: list[str]) -> int:
 
 
 # -- paths, order, index, top_n ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", COHERE_PATHS)
 def test_every_path_ranks_all_documents_by_descending_score(server, reranker, path):
@@ -106,6 +108,7 @@ def test_top_k_is_refused_not_taken_for_top_n(server, path, extra):
 
 # -- scores --------------------------------------------------------------------------------------------
 
+
 def test_relevance_score_is_the_sigmoid_and_raw_logits_have_their_own_name(server, reranker):
     logits = np.asarray(reranker.compute_score([(QUERY, d) for d in DOCS]), dtype=np.float32)
     sigmoid = 1 / (1 + np.exp(-logits.astype(np.float64)))
@@ -113,28 +116,27 @@ def test_relevance_score_is_the_sigmoid_and_raw_logits_have_their_own_name(serve
     for path in COHERE_PATHS:
         default = post(server, path, {"query": QUERY, "documents": DOCS}).json()["results"]
         assert all("raw_score" not in r for r in default)
-        np.testing.assert_allclose([r["relevance_score"] for r in default],
-                                   [sigmoid[r["index"]] for r in default], atol=1e-6)
+        np.testing.assert_allclose(
+            [r["relevance_score"] for r in default], [sigmoid[r["index"]] for r in default], atol=1e-6
+        )
         raw = post(server, path, {"query": QUERY, "documents": DOCS, "raw_scores": True})
         assert raw.status_code == 200, raw.text
         results = raw.json()["results"]
         # relevance_score never carries the logit, asked for or not
-        assert [(r["index"], r["relevance_score"]) for r in results] == \
-               [(r["index"], r["relevance_score"]) for r in default]
-        np.testing.assert_allclose([r["raw_score"] for r in results],
-                                   [logits[r["index"]] for r in results], atol=1e-6)
-        assert [r["raw_score"] for r in results] == sorted((r["raw_score"] for r in results),
-                                                           reverse=True)
+        assert [(r["index"], r["relevance_score"]) for r in results] == [
+            (r["index"], r["relevance_score"]) for r in default
+        ]
+        np.testing.assert_allclose(
+            [r["raw_score"] for r in results], [logits[r["index"]] for r in results], atol=1e-6
+        )
+        assert [r["raw_score"] for r in results] == sorted((r["raw_score"] for r in results), reverse=True)
     # TEI's body keeps TEI's contract: raw_scores puts the logit in "score"
     tei = post(server, "/rerank", {"query": QUERY, "texts": DOCS, "raw_scores": True}).json()
-    np.testing.assert_allclose([r["score"] for r in tei], [logits[r["index"]] for r in tei],
-                               atol=1e-6)
+    np.testing.assert_allclose([r["score"] for r in tei], [logits[r["index"]] for r in tei], atol=1e-6)
 
 
-def test_logit_activation_reranker_still_gets_sigmoid_scores(servers, tiny_bert_reranker_dir,
-                                                             reranker):
-    logit_model = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH,
-                                       activation="none")
+def test_logit_activation_reranker_still_gets_sigmoid_scores(servers, tiny_bert_reranker_dir, reranker):
+    logit_model = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH, activation="none")
     served = servers.start(create_app(None, logit_model, model_name=MODEL))
     res = post(served, "/v2/rerank", {"query": QUERY, "documents": DOCS})
     assert res.status_code == 200, res.text
@@ -174,6 +176,7 @@ def test_a_reranker_returning_logits_is_a_server_error_not_a_relevance_score(ser
 
 # -- response shape ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", COHERE_PATHS)
 def test_document_is_omitted_unless_requested_and_billing_is_reported(server, reranker, path):
     for flag in ({}, {"return_documents": False}):
@@ -197,60 +200,66 @@ def test_search_units_count_per_hundred_documents(server):
 def test_litellm_jina_provider_reads_usage(server, reranker):
     import litellm
 
-    res = litellm.rerank(model=f"jina_ai/{MODEL}", query=QUERY, documents=DOCS, top_n=2,
-                         api_base=server.url, api_key="unused")
+    res = litellm.rerank(
+        model=f"jina_ai/{MODEL}", query=QUERY, documents=DOCS, top_n=2, api_base=server.url, api_key="unused"
+    )
     assert_results([dict(r) for r in res.results], expected(reranker, DOCS, top_n=2))
     assert res.meta["billed_units"]["total_tokens"] == tokens(reranker, DOCS)
 
 
 # -- v1 objects with rank_fields, v2 max_tokens_per_doc ----------------------------------------------
 
+
 def test_v1_object_documents_with_rank_fields_through_the_cohere_sdk(server, reranker):
     import cohere
 
-    docs = [{"title": t, "text": d, "year": 2000 + i}
-            for i, (t, d) in enumerate(zip(["東京", "富士山", "猫", "Tokyo"], DOCS, strict=False))]
+    docs = [
+        {"title": t, "text": d, "year": 2000 + i}
+        for i, (t, d) in enumerate(zip(["東京", "富士山", "猫", "Tokyo"], DOCS, strict=False))
+    ]
     res = cohere.Client(api_key="unused", base_url=server.url).rerank(
-        model=MODEL, query=QUERY, documents=docs, rank_fields=["title", "text"],
-        return_documents=True)
+        model=MODEL, query=QUERY, documents=docs, rank_fields=["title", "text"], return_documents=True
+    )
     joined = [f"title: {d['title']}\ntext: {d['text']}" for d in docs]
-    assert_results([{"index": r.index, "relevance_score": r.relevance_score} for r in res.results],
-                   expected(reranker, joined))
+    assert_results(
+        [{"index": r.index, "relevance_score": r.relevance_score} for r in res.results],
+        expected(reranker, joined),
+    )
     # documents come back whole (all their fields), in result order
-    raw = post(server, "/v1/rerank", {"query": QUERY, "documents": docs,
-                                      "rank_fields": ["title", "text"], "return_documents": True})
+    raw = post(
+        server,
+        "/v1/rerank",
+        {"query": QUERY, "documents": docs, "rank_fields": ["title", "text"], "return_documents": True},
+    )
     assert [r["document"] for r in raw.json()["results"]] == [docs[r.index] for r in res.results]
     # rank_fields order matters: it is the order of the lines the model reads
-    swapped = post(server, "/v1/rerank", {"query": QUERY, "documents": docs,
-                                          "rank_fields": ["text", "title"]}).json()["results"]
-    assert_results(swapped, expected(reranker, [f"text: {d['text']}\ntitle: {d['title']}"
-                                                for d in docs]))
+    swapped = post(
+        server, "/v1/rerank", {"query": QUERY, "documents": docs, "rank_fields": ["text", "title"]}
+    ).json()["results"]
+    assert_results(swapped, expected(reranker, [f"text: {d['text']}\ntitle: {d['title']}" for d in docs]))
 
 
 def _cut(reranker: CrossEncoderReranker, text: str, n: int) -> str:
     enc = reranker.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return text[:enc["offset_mapping"][n - 1][1]] if len(enc["input_ids"]) > n else text
+    return text[: enc["offset_mapping"][n - 1][1]] if len(enc["input_ids"]) > n else text
 
 
 def test_v2_max_tokens_per_doc_cuts_then_windows(server, reranker, tiny_bert_reranker_dir):
     import cohere
 
-    docs = [LONG_DOC[i * 37:] for i in range(6)] + [DOCS[0]]
+    docs = [LONG_DOC[i * 37 :] for i in range(6)] + [DOCS[0]]
     limit = 300  # above the 128-token window: each cut document is still windowed
     cut = [_cut(reranker, d, limit) for d in docs]
-    assert all(len(reranker.tokenizer(c, add_special_tokens=False)["input_ids"]) <= limit
-               for c in cut)
+    assert all(len(reranker.tokenizer(c, add_special_tokens=False)["input_ids"]) <= limit for c in cut)
     want = expected(reranker, cut)
     res = cohere.ClientV2(api_key="unused", base_url=server.url).rerank(
-        model=MODEL, query=QUERY, documents=docs, max_tokens_per_doc=limit)
-    assert_results([{"index": r.index, "relevance_score": r.relevance_score} for r in res.results],
-                   want)
+        model=MODEL, query=QUERY, documents=docs, max_tokens_per_doc=limit
+    )
+    assert_results([{"index": r.index, "relevance_score": r.relevance_score} for r in res.results], want)
     raw = post(server, "/v2/rerank", {"query": QUERY, "documents": docs, "max_tokens_per_doc": limit})
     assert raw.json()["usage"]["total_tokens"] == tokens(reranker, cut)
     # the cut really is windowed (not scored as its first window only) and really is cut
     # (not the whole document): for these documents both give other scores
-    first_window = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH,
-                                        max_chunks_per_doc=1)
+    first_window = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=MAX_LENGTH, max_chunks_per_doc=1)
     assert dict(want) != dict(expected(first_window, cut))
     assert dict(want) != dict(expected(reranker, docs))
-

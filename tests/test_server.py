@@ -77,21 +77,31 @@ def server(searcher, reranker, serve) -> Served:
 @pytest.fixture(scope="module")
 def guarded(serve, reranker) -> Served:
     """Rerank only, with an API key and small limits."""
-    return serve(create_app(None, reranker, api_key=KEY, model_name=MODEL,
-                            max_documents=GUARD_MAX_DOCUMENTS, max_body_bytes=GUARD_MAX_BODY))
+    return serve(
+        create_app(
+            None,
+            reranker,
+            api_key=KEY,
+            model_name=MODEL,
+            max_documents=GUARD_MAX_DOCUMENTS,
+            max_body_bytes=GUARD_MAX_BODY,
+        )
+    )
 
 
 def post(served: Served, path: str, body: Any, **kwargs: Any) -> httpx.Response:
     return httpx.post(served.url + path, json=body, timeout=60, **kwargs)
 
 
-def expected_ranking(reranker: CrossEncoderReranker, query: str, docs: list[str],
-                     top_n: int | None = None) -> list[tuple[int, float]]:
+def expected_ranking(
+    reranker: CrossEncoderReranker, query: str, docs: list[str], top_n: int | None = None
+) -> list[tuple[int, float]]:
     return [(int(h.doc_id), h.score) for h in reranker.rerank(query, docs, top_n=top_n)]
 
 
-def assert_ranking(results: list[dict[str, Any]], expected: list[tuple[int, float]],
-                   score_key: str = "relevance_score") -> None:
+def assert_ranking(
+    results: list[dict[str, Any]], expected: list[tuple[int, float]], score_key: str = "relevance_score"
+) -> None:
     assert [r["index"] for r in results] == [i for i, _ in expected]
     np.testing.assert_allclose([r[score_key] for r in results], [s for _, s in expected], atol=1e-5)
 
@@ -103,6 +113,7 @@ def token_count(reranker: CrossEncoderReranker, query: str, docs: list[str]) -> 
 
 
 # -- Cohere-shaped rerank over httpx -------------------------------------------------------------
+
 
 def test_cohere_v1_matches_reranker(server, reranker):
     res = post(server, "/v1/rerank", {"model": MODEL, "query": QUERY, "documents": DOCS, "top_n": 3})
@@ -153,8 +164,12 @@ def test_long_documents_truncated_and_windowed(server, reranker, tiny_bert_reran
     docs = [LONG_DOC, DOCS[0], LONG_DOC[100:]]
     # max_tokens_per_doc: each document cut at the character where its N-th token ends
     tok = reranker._tokenizer
-    cut = [d[:tok(d, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][39][1]]
-           if len(tok(d, add_special_tokens=False)["input_ids"]) > 40 else d for d in docs]
+    cut = [
+        d[: tok(d, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][39][1]]
+        if len(tok(d, add_special_tokens=False)["input_ids"]) > 40
+        else d
+        for d in docs
+    ]
     res = post(server, "/v2/rerank", {"query": QUERY, "documents": docs, "max_tokens_per_doc": 40})
     assert_ranking(res.json()["results"], expected_ranking(reranker, QUERY, cut))
     assert res.json()["usage"]["total_tokens"] == token_count(reranker, QUERY, cut)
@@ -170,6 +185,7 @@ def test_long_documents_truncated_and_windowed(server, reranker, tiny_bert_reran
 
 
 # -- TEI -------------------------------------------------------------------------------------------
+
 
 def test_tei_body_gets_bare_sorted_array(server, reranker, tiny_bert_reranker_dir):
     res = post(server, "/rerank", {"query": QUERY, "texts": DOCS})
@@ -189,15 +205,18 @@ def test_tei_body_gets_bare_sorted_array(server, reranker, tiny_bert_reranker_di
 
 # -- search, models, health ------------------------------------------------------------------------
 
+
 def test_search_runs_the_pipeline(server, searcher):
-    res = post(server, "/v1/search", {"query": "東京の電波塔", "top_n": 3, "retrieve_k": 20,
-                                      "rerank_k": 10, "mode": "bm25"})
+    res = post(
+        server,
+        "/v1/search",
+        {"query": "東京の電波塔", "top_n": 3, "retrieve_k": 20, "rerank_k": 10, "mode": "bm25"},
+    )
     assert res.status_code == 200, res.text
     body = res.json()
     direct = searcher.search("東京の電波塔", top_n=3, retrieve_k=20, rerank_k=10, mode="bm25")
     assert [h["id"] for h in body["hits"]] == [h.doc_id for h in direct.hits]
-    np.testing.assert_allclose([h["score"] for h in body["hits"]], [h.score for h in direct.hits],
-                               atol=1e-5)
+    np.testing.assert_allclose([h["score"] for h in body["hits"]], [h.score for h in direct.hits], atol=1e-5)
     hit = body["hits"][0]
     assert set(hit) == {"id", "title", "text", "score", "rank", "stage", "metadata"}
     assert hit["stage"] == "rerank" and hit["rank"] == 1 and hit["title"] and hit["metadata"]["lang"]
@@ -276,10 +295,11 @@ def test_max_tokens_cut_without_offsets(tiny_bert_japanese_reranker_dir):
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    assert count(cut) <= 30 < count(LONG_DOC[:len(cut) + 1])
+    assert count(cut) <= 30 < count(LONG_DOC[: len(cut) + 1])
 
 
 # -- client libraries, unchanged -------------------------------------------------------------------
+
 
 def test_cohere_sdk_v1_and_v2(server, reranker):
     import cohere
@@ -304,18 +324,29 @@ def test_litellm_cohere_and_jina_providers(server, reranker):
     expected = expected_ranking(reranker, QUERY, DOCS, top_n=3)
     for provider in ("cohere", "jina_ai"):
         since = len(server.paths)
-        res = litellm.rerank(model=f"{provider}/{MODEL}", query=QUERY, documents=DOCS, top_n=3,
-                             api_base=server.url, api_key="unused")
+        res = litellm.rerank(
+            model=f"{provider}/{MODEL}",
+            query=QUERY,
+            documents=DOCS,
+            top_n=3,
+            api_base=server.url,
+            api_key="unused",
+        )
         assert_ranking([dict(r) for r in res.results], expected)
         assert server.posted(since) == ["/v2/rerank" if provider == "cohere" else "/v1/rerank"]
 
 
 # -- authentication --------------------------------------------------------------------------------
 
+
 def test_api_key_required_except_health(guarded):
     body = {"query": QUERY, "documents": DOCS[:2]}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY},
-                    {"Authorization": f"Basic {KEY}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": KEY},
+        {"Authorization": f"Basic {KEY}"},
+    ):
         res = post(guarded, "/v1/rerank", body, headers=headers)
         assert res.status_code == 401 and res.json()["error"]["field"] == "Authorization"
     assert httpx.get(guarded.url + "/v1/models").status_code == 401
@@ -330,9 +361,9 @@ def test_cohere_sdk_sees_401(guarded):
 
     with pytest.raises(UnauthorizedError):
         cohere.ClientV2(api_key="wrong", base_url=guarded.url).rerank(
-            model=MODEL, query=QUERY, documents=DOCS)
-    res = cohere.ClientV2(api_key=KEY, base_url=guarded.url).rerank(
-        model=MODEL, query=QUERY, documents=DOCS)
+            model=MODEL, query=QUERY, documents=DOCS
+        )
+    res = cohere.ClientV2(api_key=KEY, base_url=guarded.url).rerank(model=MODEL, query=QUERY, documents=DOCS)
     assert len(res.results) == len(DOCS)
 
 
@@ -362,12 +393,15 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("/v1/rerank", {**Q, "documents": DOCS, "return_documents": "yes"}, 422, "return_documents"),
     ("/v1/rerank", {**Q, "documents": DOCS, "rank_fields": []}, 422, "rank_fields"),
     ("/v1/rerank", {**Q, "documents": [{"text": "t"}], "rank_fields": ["title"]}, 422, "documents[0]"),
-    ("/v1/rerank", {**Q, "documents": [{"title": ["x"]}], "rank_fields": ["title"]}, 422,
-     "documents[0].title"),
+    (
+        "/v1/rerank",
+        {**Q, "documents": [{"title": ["x"]}], "rank_fields": ["title"]},
+        422,
+        "documents[0].title",
+    ),
     ("/v1/rerank", {**Q, "documents": DOCS, "max_chunks_per_doc": 0}, 422, "max_chunks_per_doc"),
     ("/v2/rerank", {**Q, "documents": DOCS, "max_tokens_per_doc": 0}, 422, "max_tokens_per_doc"),
-    ("/v2/rerank", {**Q, "documents": DOCS, "relevant_spans": {"mode": "enabled"}}, 422,
-     "relevant_spans"),
+    ("/v2/rerank", {**Q, "documents": DOCS, "relevant_spans": {"mode": "enabled"}}, 422, "relevant_spans"),
     ("/v2/rerank", {**Q, "documents": DOCS, "model": "nope"}, 404, "model"),
     ("/v2/rerank", {**Q, "documents": [{}]}, 422, "documents[0].text"),
     ("/rerank", {**Q, "documents": []}, 422, "documents"),
@@ -392,12 +426,16 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "status", "field"), BAD_REQUESTS,
-                         ids=[f"{p}:{f}:{i}" for i, (p, _, _, f) in enumerate(BAD_REQUESTS)])
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    BAD_REQUESTS,
+    ids=[f"{p}:{f}:{i}" for i, (p, _, _, f) in enumerate(BAD_REQUESTS)],
+)
 def test_bad_input_is_4xx_naming_the_field(server, path, body, status, field):
     if isinstance(body, bytes):
-        res = httpx.post(server.url + path, content=body,
-                         headers={"Content-Type": "application/json"}, timeout=30)
+        res = httpx.post(
+            server.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=30
+        )
     else:
         res = post(server, path, body)
     assert res.status_code < 500
@@ -424,8 +462,9 @@ def test_limits_documents_and_body_size(guarded):
             yield b"x" * 1000
         yield b'"]}'
 
-    res = httpx.post(guarded.url + "/v1/rerank", content=chunks(),
-                     headers={**auth, "Content-Type": "application/json"})
+    res = httpx.post(
+        guarded.url + "/v1/rerank", content=chunks(), headers={**auth, "Content-Type": "application/json"}
+    )
     assert res.status_code == 413 and res.json()["error"]["field"] == "body"
     # nothing loaded for search on a rerank-only server
     res = post(guarded, "/v1/search", {"query": QUERY}, headers=auth)
@@ -440,6 +479,7 @@ def test_unknown_path_and_method_use_the_error_shape(server):
 
 
 # -- app and command line --------------------------------------------------------------------------
+
 
 def test_create_app_needs_something_to_serve(reranker):
     with pytest.raises(ConfigError, match="nothing to serve"):
@@ -469,6 +509,16 @@ def test_serve_cli_options_and_checks(capsys):
     with pytest.raises(SystemExit):
         _serve_args("--help")
     help_text = capsys.readouterr().out
-    for option in ("--reranker", "--host", "--port", "--api-key", "--max-documents",
-                   "--max-body-bytes", "--workers-threads", "--no-index", "curl", "TANSAKU_API_KEY"):
+    for option in (
+        "--reranker",
+        "--host",
+        "--port",
+        "--api-key",
+        "--max-documents",
+        "--max-body-bytes",
+        "--workers-threads",
+        "--no-index",
+        "curl",
+        "TANSAKU_API_KEY",
+    ):
         assert option in help_text

@@ -48,7 +48,7 @@ def test_search_requests_keep_working_during_updates(tmp_path, servers):
         t.start()
     try:
         for i in range(30, 56, 2):
-            update_index(path, read_dicts(rows[i:i + 2]), progress=False)
+            update_index(path, read_dicts(rows[i : i + 2]), progress=False)
     finally:
         stop.set()
         for t in threads:
@@ -82,8 +82,13 @@ def test_client_supplied_paths_are_never_read(tmp_path, servers, tiny_bert_reran
     searcher = tansaku.open(tmp_path / "idx", mode="bm25")
     reranker = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=64)
     served = servers.start(create_app(searcher, reranker, model_name="served-model"))
-    client_paths = [str(secret), str(other_model), str(tmp_path / "idx"), "../../etc/passwd",
-                    f"file://{secret}"]
+    client_paths = [
+        str(secret),
+        str(other_model),
+        str(tmp_path / "idx"),
+        "../../etc/passwd",
+        f"file://{secret}",
+    ]
     bodies: list[tuple[str, dict[str, Any]]] = []
     for p in client_paths:
         bodies += [
@@ -98,15 +103,16 @@ def test_client_supplied_paths_are_never_read(tmp_path, servers, tiny_bert_reran
     recorder = _OpenRecorder()
     recorder.recording = True
     try:
-        statuses = [httpx.post(served.url + url, json=body, timeout=60).status_code
-                    for url, body in bodies]
+        statuses = [httpx.post(served.url + url, json=body, timeout=60).status_code for url, body in bodies]
     finally:
         recorder.recording = False
     assert all(s < 500 for s in statuses), statuses
     assert 404 in statuses and 422 in statuses and 200 in statuses  # model, unknown field, served
-    touched = [p for p in recorder.opened
-               if any(p.startswith(c.removeprefix("file://")) for c in client_paths)
-               or "etc/passwd" in p]
+    touched = [
+        p
+        for p in recorder.opened
+        if any(p.startswith(c.removeprefix("file://")) for c in client_paths) or "etc/passwd" in p
+    ]
     assert not touched, touched
     recorder.recording = True  # the control: the hook does see an open of that file
     try:

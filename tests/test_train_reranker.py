@@ -52,10 +52,20 @@ from tansaku.rerank.training import (
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 QUERIES = (
-    "東京の人口は何人ですか", "京都の古い寺や神社", "富士山の高さは何メートル", "検索エンジンは文書を探す",
-    "全文検索の索引を作る", "リランカーは候補の文書を評価する", "新幹線で東京と大阪を結ぶ",
-    "猫はネズミを捕まえる", "日本の料理の食事", "北海道の冬の雪とスキー", "機械学習のモデルとデータ",
-    "図書館で本を借りる", "コンピューターのプログラムの手順", "夏の夜の花火大会",
+    "東京の人口は何人ですか",
+    "京都の古い寺や神社",
+    "富士山の高さは何メートル",
+    "検索エンジンは文書を探す",
+    "全文検索の索引を作る",
+    "リランカーは候補の文書を評価する",
+    "新幹線で東京と大阪を結ぶ",
+    "猫はネズミを捕まえる",
+    "日本の料理の食事",
+    "北海道の冬の雪とスキー",
+    "機械学習のモデルとデータ",
+    "図書館で本を借りる",
+    "コンピューターのプログラムの手順",
+    "夏の夜の花火大会",
 )
 FAST = TrainConfig(epochs=4, learning_rate=5e-3, max_length=96, warmup_ratio=0.1, checkpoint_every=0)
 
@@ -123,6 +133,7 @@ def weights_of(out: Path) -> dict[str, torch.Tensor]:
 
 # -------------------------------------------------------------------------------- mining
 
+
 def test_mining_takes_first_stage_hits_minus_positives(corpus_index, pairs, examples):
     index = Index.open(corpus_index)
     texts = {r.id: r.text for r in index.corpus.iter_records()}
@@ -142,10 +153,14 @@ def test_unknown_positive_and_bad_pairs_file_fail_clearly(corpus_index, tmp_path
     with pytest.raises(IngestError, match="'nope'.*not in the index"):
         mine_hard_negatives(index, [TrainingPair("東京", ("nope",), "q")], progress=False)
     index.close()
-    good = write_jsonl(tmp_path / "ok.jsonl", [{"query": "東京", "positive": "d00"},
-                                                {"query": "猫", "positive": ["d07", "d00"], "id": "x"}])
-    assert read_pairs(good) == [TrainingPair("東京", ("d00",), "ok.jsonl:1"),
-                                TrainingPair("猫", ("d07", "d00"), "x")]
+    good = write_jsonl(
+        tmp_path / "ok.jsonl",
+        [{"query": "東京", "positive": "d00"}, {"query": "猫", "positive": ["d07", "d00"], "id": "x"}],
+    )
+    assert read_pairs(good) == [
+        TrainingPair("東京", ("d00",), "ok.jsonl:1"),
+        TrainingPair("猫", ("d07", "d00"), "x"),
+    ]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"query": "東京", "positive": "d00"}, {"query": "猫"}])
     with pytest.raises(IngestError, match=r"bad.jsonl, line 2, field 'positive'"):
         read_pairs(bad)
@@ -160,6 +175,7 @@ def test_holdout_split_is_seeded_and_disjoint(pairs):
 
 
 # -------------------------------------------------------------------------------- training
+
 
 def test_training_raises_positive_minus_negative_margin(e5_like_base, examples, tmp_path):
     start, _ = initial_model(e5_like_base, examples, FAST)
@@ -176,24 +192,34 @@ def test_training_raises_positive_minus_negative_margin(e5_like_base, examples, 
 
 
 def test_bce_loss_and_unfrozen_embeddings(tiny_bert_reranker_dir, examples, tmp_path):
-    config = TrainConfig(loss="bce", epochs=4, learning_rate=5e-3, max_length=96,
-                         train_embeddings=True, checkpoint_every=0)
+    config = TrainConfig(
+        loss="bce", epochs=4, learning_rate=5e-3, max_length=96, train_embeddings=True, checkpoint_every=0
+    )
     before = CrossEncoderReranker(tiny_bert_reranker_dir, activation="none", max_length=96)
-    base_margin = np.mean([float(s[0] - s[1:].mean()) for s in (
-        before.score([(ex.query, t) for t in (ex.positive, *ex.negatives)]) for ex in examples)])
+    base_margin = np.mean(
+        [
+            float(s[0] - s[1:].mean())
+            for s in (before.score([(ex.query, t) for t in (ex.positive, *ex.negatives)]) for ex in examples)
+        ]
+    )
     train_cross_encoder(tiny_bert_reranker_dir, examples, tmp_path / "bce", config, progress=False)
     assert trained_margins(tmp_path / "bce", examples).mean() > base_margin + 0.3
     base_emb = load_file(str(tiny_bert_reranker_dir / "model.safetensors"))[
-        "bert.embeddings.word_embeddings.weight"]
-    assert not torch.equal(weights_of(tmp_path / "bce")["bert.embeddings.word_embeddings.weight"],
-                           base_emb)
+        "bert.embeddings.word_embeddings.weight"
+    ]
+    assert not torch.equal(weights_of(tmp_path / "bce")["bert.embeddings.word_embeddings.weight"], base_emb)
 
 
 def test_same_seed_same_model_other_seed_other_model(e5_like_base, examples, tmp_path):
     config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=96, checkpoint_every=0)
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        train_cross_encoder(e5_like_base, examples, tmp_path / name,
-                            TrainConfig(**{**config.to_dict(), "seed": seed}), progress=False)
+        train_cross_encoder(
+            e5_like_base,
+            examples,
+            tmp_path / name,
+            TrainConfig(**{**config.to_dict(), "seed": seed}),
+            progress=False,
+        )
     a, b, c = (weights_of(tmp_path / n) for n in "abc")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -202,22 +228,30 @@ def test_same_seed_same_model_other_seed_other_model(e5_like_base, examples, tmp
 def test_resume_from_checkpoint_equals_uninterrupted_run(e5_like_base, examples, tmp_path):
     config = TrainConfig(epochs=2, learning_rate=1e-3, max_length=96, checkpoint_every=5)
     full = train_cross_encoder(e5_like_base, examples, tmp_path / "full", config, progress=False)
-    paused = train_cross_encoder(e5_like_base, examples, tmp_path / "part", config, stop_after=7,
-                                 progress=False)
+    paused = train_cross_encoder(
+        e5_like_base, examples, tmp_path / "part", config, stop_after=7, progress=False
+    )
     assert not paused.completed and paused.steps == 7
     checkpoint = latest_checkpoint(tmp_path / "part")
     assert checkpoint == paused.checkpoint and checkpoint.name == "step-0000007"
     # plain tensors and JSON only: nothing a loader would unpickle
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "optimizer.safetensors", "state.json", "trainable.safetensors"]
+        "optimizer.safetensors",
+        "state.json",
+        "trainable.safetensors",
+    ]
     assert not (tmp_path / "part" / "config.json").exists()
     # settings that change the arithmetic must match
     with pytest.raises(ConfigError, match="learning_rate was 0.001 in the paused run"):
-        train_cross_encoder(e5_like_base, None, tmp_path / "part",
-                            TrainConfig(**{**config.to_dict(), "learning_rate": 2e-3}), resume=True,
-                            progress=False)
-    resumed = train_cross_encoder(e5_like_base, None, tmp_path / "part", config, resume=True,
-                                  progress=False)
+        train_cross_encoder(
+            e5_like_base,
+            None,
+            tmp_path / "part",
+            TrainConfig(**{**config.to_dict(), "learning_rate": 2e-3}),
+            resume=True,
+            progress=False,
+        )
+    resumed = train_cross_encoder(e5_like_base, None, tmp_path / "part", config, resume=True, progress=False)
     assert resumed.completed and resumed.steps == full.steps
     a, b = weights_of(tmp_path / "full"), weights_of(tmp_path / "part")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -231,22 +265,30 @@ def test_micro_batches_layers_and_frozen_layers(e5_like_base, examples, tmp_path
     with torch.no_grad():
         padded = loaded.model(**encoder.batch(examples[:2])).logits[:, 0]
         for size in (1, 3, 8):  # length-sorted micro-batches, put back in input order
-            torch.testing.assert_close(encoder.logits(loaded.model, examples[:2], size), padded,
-                                       atol=1e-5, rtol=1e-5)
-    config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=96, layers=1, freeze_layers=1,
-                         checkpoint_every=0)
+            torch.testing.assert_close(
+                encoder.logits(loaded.model, examples[:2], size), padded, atol=1e-5, rtol=1e-5
+            )
+    config = TrainConfig(
+        epochs=1, learning_rate=1e-3, max_length=96, layers=1, freeze_layers=1, checkpoint_every=0
+    )
     train_cross_encoder(e5_like_base, examples[:3], tmp_path / "one", config, progress=False)
     saved = json.loads((tmp_path / "one" / "config.json").read_text())
     assert saved["num_hidden_layers"] == 1
     trained, base = weights_of(tmp_path / "one"), load_file(str(e5_like_base / "model.safetensors"))
     assert not any(k.startswith("bert.encoder.layer.1.") for k in trained)
     # layer 0 was frozen, the head was not
-    assert torch.equal(trained["bert.encoder.layer.0.output.dense.weight"],
-                       base["encoder.layer.0.output.dense.weight"])
+    assert torch.equal(
+        trained["bert.encoder.layer.0.output.dense.weight"], base["encoder.layer.0.output.dense.weight"]
+    )
     assert len(CrossEncoderReranker(tmp_path / "one").score([("東京", "東京は日本の首都")])) == 1
     with pytest.raises(ConfigError, match="layers=5: the base model has 2 layers"):
-        train_cross_encoder(e5_like_base, examples[:3], tmp_path / "five",
-                            TrainConfig(layers=5, checkpoint_every=0), progress=False)
+        train_cross_encoder(
+            e5_like_base,
+            examples[:3],
+            tmp_path / "five",
+            TrainConfig(layers=5, checkpoint_every=0),
+            progress=False,
+        )
 
 
 def test_output_dir_rules(e5_like_base, examples, tmp_path):
@@ -263,14 +305,12 @@ def test_output_dir_rules(e5_like_base, examples, tmp_path):
     with pytest.raises(ConfigError, match="loss must be one of"):
         TrainConfig(loss="hinge")
     with pytest.raises(ConfigError, match="no negatives"):
-        train_cross_encoder(e5_like_base, [TrainExample("q", "p", ())], tmp_path / "o3", FAST,
-                            progress=False)
+        train_cross_encoder(e5_like_base, [TrainExample("q", "p", ())], tmp_path / "o3", FAST, progress=False)
 
 
 def test_trained_dir_loads_as_a_normal_cross_encoder(e5_like_base, examples, tmp_path):
     out = tmp_path / "ce"
-    train_cross_encoder(e5_like_base, examples[:4], out, FAST, provenance={"note": "test"},
-                        progress=False)
+    train_cross_encoder(e5_like_base, examples[:4], out, FAST, provenance={"note": "test"}, progress=False)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert len(config["id2label"]) == 1  # num_labels=1, as transformers 5 writes it
@@ -287,6 +327,7 @@ def test_trained_dir_loads_as_a_normal_cross_encoder(e5_like_base, examples, tmp
 
 
 # -------------------------------------------------------------------------------- fusion
+
 
 def test_fuse_interpolates_between_first_stage_and_reranker():
     first = [Hit("a", 10.0, 1, "bm25"), Hit("b", 9.0, 2, "bm25"), Hit("c", 1.0, 3, "bm25")]
@@ -343,18 +384,46 @@ def test_pipeline_fusion_weight_and_the_trained_default(corpus_index, e5_like_ba
 
 # -------------------------------------------------------------------------------- CLI
 
+
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
 
 
 def test_cli_train_reranker_end_to_end(corpus_index, e5_like_base, tmp_path):
-    data = write_jsonl(tmp_path / "pairs.jsonl",
-                       [{"query": q, "positive": f"d{i:02d}"} for i, q in enumerate(QUERIES)])
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"query": q, "positive": f"d{i:02d}"} for i, q in enumerate(QUERIES)]
+    )
     out = tmp_path / "reranker"
-    common = ["train-reranker", "--base", e5_like_base, "--train", data, "--index", corpus_index,
-              "--out", out, "--negatives", "3", "--epochs", "2", "--lr", "2e-3", "--max-length", "96",
-              "--holdout", "0.3", "--rerank-k", "5", "-q"]
+    common = [
+        "train-reranker",
+        "--base",
+        e5_like_base,
+        "--train",
+        data,
+        "--index",
+        corpus_index,
+        "--out",
+        out,
+        "--negatives",
+        "3",
+        "--epochs",
+        "2",
+        "--lr",
+        "2e-3",
+        "--max-length",
+        "96",
+        "--holdout",
+        "0.3",
+        "--rerank-k",
+        "5",
+        "-q",
+    ]
     proc = run_cli(*common, "--pause-after", "5", "--json")
     assert proc.returncode == 0, proc.stderr
     paused = json.loads(proc.stdout)
@@ -372,8 +441,20 @@ def test_cli_train_reranker_end_to_end(corpus_index, e5_like_base, tmp_path):
     assert manifest["fusion"] == fusion and manifest["data"]["mining"]["mode"] == "bm25"
     assert manifest["data"]["held_out_pairs"] == 4 and manifest["data"]["sources"] == [str(data)]
 
-    proc = run_cli("search", corpus_index, QUERIES[2], "--reranker", out, "--retrieve-k", "10",
-                   "--rerank-k", "5", "--top-n", "3", "--json")
+    proc = run_cli(
+        "search",
+        corpus_index,
+        QUERIES[2],
+        "--reranker",
+        out,
+        "--retrieve-k",
+        "10",
+        "--rerank-k",
+        "5",
+        "--top-n",
+        "3",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
     hits = found["hits"]
@@ -384,8 +465,20 @@ def test_cli_train_reranker_end_to_end(corpus_index, e5_like_base, tmp_path):
 
 def test_cli_train_reranker_errors(corpus_index, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "東京", "positive": "missing-id"}])
-    proc = run_cli("train-reranker", "--base", tmp_path / "no-base", "--train", data,
-                   "--index", corpus_index, "--out", tmp_path / "o", "--holdout", "0", "-q")
+    proc = run_cli(
+        "train-reranker",
+        "--base",
+        tmp_path / "no-base",
+        "--train",
+        data,
+        "--index",
+        corpus_index,
+        "--out",
+        tmp_path / "o",
+        "--holdout",
+        "0",
+        "-q",
+    )
     assert proc.returncode == 2 and "'missing-id'" in proc.stderr and "not in the index" in proc.stderr
     proc = run_cli("train-reranker", "--help")
     assert proc.returncode == 0 and "--resume" in proc.stdout and "--rerank-k" in proc.stdout

@@ -18,8 +18,14 @@ from tansaku.index import BuildConfig, FaissParams, Index, IngestError, build_in
 from tansaku.index.update import update_index
 from tansaku.retrieve import BM25Retriever, DenseRetriever
 
-QUERIES = ["東京の電波塔", "寿司", "富士山の高さ", "how does a search engine rank documents",
-           "日本の祭り", "新しい説明"]
+QUERIES = [
+    "東京の電波塔",
+    "寿司",
+    "富士山の高さ",
+    "how does a search engine rank documents",
+    "日本の祭り",
+    "新しい説明",
+]
 
 
 def final_corpus(rows, new, deleted):
@@ -38,8 +44,7 @@ def assert_same_search(a: Index, b: Index):
     assert list(a.doc_ids) == list(b.doc_ids)
     for q in QUERIES:
         tokens = a.analyzer.tokenize(q)
-        np.testing.assert_allclose(a.bm25.get_scores(tokens), b.bm25.get_scores(tokens),
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.bm25.get_scores(tokens), b.bm25.get_scores(tokens), rtol=0, atol=1e-6)
         ha, hb = BM25Retriever(a).retrieve(q, 20), BM25Retriever(b).retrieve(q, 20)
         assert [h.doc_id for h in ha] == [h.doc_id for h in hb]
         np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], atol=1e-6)
@@ -52,8 +57,11 @@ def assert_same_search(a: Index, b: Index):
 @pytest.mark.parametrize("faiss_kind", ["flat", "ivfpq"])
 def test_update_equals_fresh_build(tmp_path, tiny_bi_encoder_dir, faiss_kind):
     rows = sample_rows()
-    params = FaissParams(kind=faiss_kind, nlist=2, m=8, nbits=4, nprobe=2, rescore=0) \
-        if faiss_kind == "ivfpq" else FaissParams()
+    params = (
+        FaissParams(kind=faiss_kind, nlist=2, m=8, nbits=4, nprobe=2, rescore=0)
+        if faiss_kind == "ivfpq"
+        else FaissParams()
+    )
     config = BuildConfig(encoder=str(tiny_bi_encoder_dir), faiss=params)
     build_index(tmp_path / "u", read_dicts(rows[:40]), config, progress=False).close()
     trained = Index.open(tmp_path / "u").dense
@@ -72,13 +80,16 @@ def test_update_equals_fresh_build(tmp_path, tiny_bi_encoder_dir, faiss_kind):
     else:
         # FAISS adds without retraining: the coarse quantizer and codebooks are the old ones.
         assert updated.dense.params.kind == "ivfpq" and updated.dense.ntotal == 54
-        np.testing.assert_array_equal(faiss.vector_to_array(updated.dense.index.pq.centroids),
-                                      faiss.vector_to_array(trained.index.pq.centroids))
+        np.testing.assert_array_equal(
+            faiss.vector_to_array(updated.dense.index.pq.centroids),
+            faiss.vector_to_array(trained.index.pq.centroids),
+        )
         fresh = build_index(tmp_path / "fresh", read_dicts(expected), progress=False)
         for q in QUERIES:  # BM25 equals a fresh build; dense never returns deleted docs
             tokens = updated.analyzer.tokenize(q)
-            np.testing.assert_allclose(updated.bm25.get_scores(tokens),
-                                       fresh.bm25.get_scores(tokens), atol=1e-6)
+            np.testing.assert_allclose(
+                updated.bm25.get_scores(tokens), fresh.bm25.get_scores(tokens), atol=1e-6
+            )
             hits = DenseRetriever(updated).retrieve(q, 54)
             assert len(hits) == 54 and not {"ja-010", "ja-011"} & {h.doc_id for h in hits}
 
@@ -87,8 +98,7 @@ def test_bad_update_changes_nothing(tmp_path):
     build_index(tmp_path / "u", read_dicts(sample_rows()[:10]), progress=False).close()
     before = tree_snapshot(tmp_path / "u")
     with pytest.raises(IngestError, match="record 2, field 'text'"):
-        update_index(tmp_path / "u", read_dicts([{"id": "n1", "text": "ok"}, {"id": "n2"}]),
-                     progress=False)
+        update_index(tmp_path / "u", read_dicts([{"id": "n1", "text": "ok"}, {"id": "n2"}]), progress=False)
     with pytest.raises(IngestError, match="unknown ids: 'nope'"):
         update_index(tmp_path / "u", (), ["ja-001", "nope"], progress=False)
     with pytest.raises(IngestError, match="cannot delete every document"):
@@ -120,7 +130,7 @@ def test_readers_keep_working_during_updates(tmp_path):
     for t in threads:
         t.start()
     for i in range(30, 56, 2):
-        update_index(tmp_path / "u", read_dicts(rows[i:i + 2]), progress=False)
+        update_index(tmp_path / "u", read_dicts(rows[i : i + 2]), progress=False)
     stop.set()
     for t in threads:
         t.join()
@@ -144,16 +154,30 @@ def test_cli_add_and_delete(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
-                              capture_output=True, text=True, env=env, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "tansaku.pipeline.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
 
     rows = sample_rows()
-    assert cli("build", tmp_path / "i", write_jsonl(tmp_path / "a.jsonl", rows[:50]), "--encoder", "none",
-               "-q").returncode == 0
+    assert (
+        cli(
+            "build", tmp_path / "i", write_jsonl(tmp_path / "a.jsonl", rows[:50]), "--encoder", "none", "-q"
+        ).returncode
+        == 0
+    )
     out = cli("add", tmp_path / "i", write_jsonl(tmp_path / "b.jsonl", rows[50:]), "--json", "-q")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) | {"seconds": 0} == {"added": 6, "replaced": 0, "deleted": 0,
-                                                       "docs": 56, "seconds": 0}
+    assert json.loads(out.stdout) | {"seconds": 0} == {
+        "added": 6,
+        "replaced": 0,
+        "deleted": 0,
+        "docs": 56,
+        "seconds": 0,
+    }
     out = cli("delete", tmp_path / "i", "--ids", "en-001", "en-002", "--json", "-q")
     assert json.loads(out.stdout)["deleted"] == 2
     bad = cli("delete", tmp_path / "i", "--ids", "en-001")
