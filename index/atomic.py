@@ -4,6 +4,9 @@ A build writes everything into a temporary sibling directory, fsyncs it, then
 swaps it in. On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call, so
 the index path always names a complete index; elsewhere two renames are used
 and :func:`recover` repairs the (tiny) window between them on the next open.
+
+Every entry point resolves symlinks first: ``idx`` and a link to it share one lock
+and one swap, and the swap replaces the real directory, so the link stays a link.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import IndexFormatError
+from .paths import real_path
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -140,7 +144,7 @@ def _swap_lock(path: Path, exclusive: bool) -> Iterator[None]:
 
 def reading(path: Path) -> contextlib.AbstractContextManager[None]:
     """Hold while opening the files of the index at ``path``."""
-    return _swap_lock(path, exclusive=False)
+    return _swap_lock(real_path(path), exclusive=False)
 
 
 def swap_in(tmp: Path, path: Path) -> None:
@@ -149,6 +153,7 @@ def swap_in(tmp: Path, path: Path) -> None:
     Readers that already opened the old files keep them (open descriptors and memory
     maps survive the unlink); readers opening now wait for the swap.
     """
+    path = real_path(path)
     fsync_tree(tmp)
     checkpoint("swap")
     with _swap_lock(path, exclusive=True):
@@ -172,6 +177,7 @@ def _swap(tmp: Path, path: Path) -> None:
 
 def recover(path: Path) -> None:
     """If a two-rename swap was interrupted, put the previous complete index back."""
+    path = real_path(path)
     if path.exists():
         return
     olds = sorted(path.parent.glob(_old_prefix(path) + "*"), key=lambda p: p.stat().st_mtime)
@@ -180,13 +186,18 @@ def recover(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged(path: Path) -> Iterator[Path]:
+def staged(path: Path, check: Callable[[Path], object] | None = None) -> Iterator[Path]:
     """Write a new version of the index at ``path`` in a temporary sibling, then swap it in.
 
-    Holds the writer lock throughout; on any error (or interruption) the temporary
-    directory is removed and ``path`` is left exactly as it was.
+    Holds the writer lock throughout; ``check(real path)`` runs under it first, so a guard
+    such as :func:`~tansaku.index.paths.check_index_target` sees what the swap will
+    replace. On any error (or interruption) the temporary directory is removed and
+    ``path`` is left exactly as it was.
     """
+    path = real_path(path)
     with write_lock(path):
+        if check is not None:
+            check(path)
         clean_stale(path)
         tmp = temp_sibling(path)
         try:
@@ -202,6 +213,7 @@ def write_lock(path: Path) -> Iterator[None]:
     """Hold the index's writer lock (``.NAME.lock`` beside it); a second writer fails clearly."""
     import fcntl
 
+    path = real_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
     with open(lock_path, "a+") as fh:

@@ -25,6 +25,7 @@ from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, load_encoder
 from .errors import ConfigError, IngestError
 from .manifest import new_manifest, write_manifest
+from .paths import check_index_target
 from .records import Record
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
 from .tokenize_workers import resolve_workers
@@ -111,13 +112,19 @@ def build_index(
 ) -> Index:
     """Build (or rebuild) the index at ``path`` from ``records`` and open it.
 
+    ``path`` may be new, an empty directory or an existing index (replaced); anything
+    else there (a file, a folder of the user's) is refused with a
+    :class:`~tansaku.index.errors.ConfigError` and left untouched. Symlinks are followed:
+    the index is built where the link points, and the link stays a link.
+
     ``encoder`` (an :class:`Encoder` object, or a spec such as ``"none"``, ``"e5-small"`` or a
     model path) overrides ``config.encoder``. On any error the previous index at ``path`` is
     left as it was.
     """
     if isinstance(encoder, str):
         config, encoder = replace(config, encoder=encoder), None
-    path = Path(path).expanduser().absolute()
+    # Refuse a path holding the user's files before any slow work; again under the lock.
+    path = check_index_target(path)
     say = log or (lambda _msg: None)
     analyzer = get_analyzer(config.analyzer)
     spec = (config.encoder or "none") if encoder is None else "object"
@@ -134,7 +141,7 @@ def build_index(
         say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
     timings: dict[str, float] = {}
     choice = ""
-    with staged(path) as tmp:
+    with staged(path, check=check_index_target) as tmp:
         t0 = time.perf_counter()
         corpus = Corpus(tmp / CORPUS_FILE)
         n = corpus.ingest(records, progress=progress, total=total)

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IndexFormatError
+from .paths import FORMAT, MANIFEST, missing_index_message
 
-FORMAT = "tansaku-index"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 _PACKAGES = (
     "tansaku",
@@ -67,7 +66,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest, after checking it is a tansaku index of a format this version reads."""
     path = directory / MANIFEST
     if not directory.is_dir():
-        raise IndexFormatError(f"no index at {directory}: build one with `tansaku build {directory} DOCS`")
+        raise IndexFormatError(missing_index_message(directory))
     if not path.is_file():
         raise IndexFormatError(f"{directory} is not a tansaku index (no {MANIFEST})")
     try:

@@ -29,6 +29,7 @@ from .builder import _encode_texts, write_parts
 from .corpus import Corpus
 from .encoders import Encoder
 from .errors import IngestError
+from .paths import real_path
 from .records import Record
 from .store import CORPUS_FILE, ENCODER_DIR, Index
 from .tokenize_workers import resolve_workers
@@ -70,7 +71,7 @@ def update_index(
     Unknown ids in ``delete`` are an error naming them unless ``missing_ok``. On any
     error nothing changes.
     """
-    path = Path(path).expanduser().absolute()
+    path = real_path(path)  # `idx` and a link to it: one index, one lock
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     with staged(path) as tmp:

@@ -49,6 +49,9 @@ INDEX/dense/ and what was built, with which versions, in INDEX/manifest.json.
 
 The build writes into a temporary directory beside INDEX and swaps it in only
 when complete: if it fails or is interrupted, the previous index stays intact.
+INDEX must be new, an empty directory or an existing index: a file or a folder
+of anything else is refused, never replaced. A symlink is followed (the index
+is built where it points and the link stays a link).
 Bad input stops the build with the file, line and field at fault.""",
         epilog="""\
 examples:
@@ -200,6 +203,10 @@ def run_build(args: argparse.Namespace) -> int:
         ),
         encode_batch_size=args.batch_size,
     )
+    from tansaku.index.paths import check_index_target
+
+    # Before reading anything: the index path must not hold the user's files or inputs.
+    check_index_target(args.index, inputs)
     say = _log(args)
     start = time.perf_counter()
     index = build_index(args.index, read_inputs(args, inputs), config, progress=not args.quiet, log=say)
@@ -564,7 +571,8 @@ runs: TREC format, plain or .gz.""",
         "--out",
         type=Path,
         default=Path("runs"),
-        help="directory for the stages' TREC run files (default: runs/)",
+        help="directory for the stages' TREC run files (default: runs/); a directory holding "
+        "anything but earlier *.run files is refused",
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -605,6 +613,15 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"randomisation p = {c['randomization_p']:.4g}"
             )
         return 0
+    from tansaku.index.paths import check_output_dir
+
+    # Checked before the (long) evaluation: --out only ever holds the stages' run files.
+    out_dir = check_output_dir(
+        args.out,
+        what="run files",
+        ours=lambda d: all(e.is_file() and e.suffix == ".run" for e in d.iterdir()),
+        remedy="choose a new --out directory (it may only hold earlier *.run files)",
+    )
     if args.candidates:
         from .datasets import load_candidates
 
@@ -632,10 +649,10 @@ def run_eval(args: argparse.Namespace) -> int:
             reports = evaluate_pipeline(
                 searcher.pipeline(), queries, qrels, metrics, progress=not args.quiet, filter=flt
             )
-    args.out.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for report in reports:
-        path = args.out / f"{report.stage.replace('+', '-')}.run"
+        path = out_dir / f"{report.stage.replace('+', '-')}.run"
         write_run(path, report.results, tag=report.stage)
         files[report.stage] = str(path)
     if args.json:

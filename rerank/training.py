@@ -581,6 +581,10 @@ def _load_checkpoint(path: Path, named: dict[str, torch.nn.Parameter], optimizer
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> Path | None:
     """Check the output directory; the checkpoint to resume from, if resuming."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"refusing to write the reranker to {out}: it is a file; choose a directory for --out"
+        )
     if resume:
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
@@ -627,7 +631,7 @@ def train_cross_encoder(
     continues from. ``provenance`` is added to the manifest (e.g. how negatives were mined).
     """
     say = log or logger.info
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser().resolve()  # a symlinked --out keeps its link
     checkpoint = _prepare_out(out, resume, overwrite)
     root = out / CHECKPOINT_DIR
     if checkpoint is not None:
