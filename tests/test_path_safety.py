@@ -138,7 +138,8 @@ def test_model_and_run_outputs_refuse_user_files(tmp_path, capsys):
     assert data.read_text() == "mine" and tree_snapshot(folder) == before
     runs = tmp_path / "runs"
     for _ in range(2):  # a second evaluation replaces the first one's run files
-        code, out, _ = cli(capsys, "eval", index, "--queries", queries, "--qrels", qrels, "--out", runs,
-                           "-q", "--json")
+        code, out, _ = cli(
+            capsys, "eval", index, "--queries", queries, "--qrels", qrels, "--out", runs, "-q", "--json"
+        )
         assert code == 0 and json.loads(out)["stages"][0]["run_file"].endswith(".run")
     assert [p.suffix for p in runs.iterdir()] == [".run"]
