@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # The hub is unreachable on these machines; fail fast instead of retrying downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# numba's cache=True writes beside the kernels (into the source tree of an editable install);
+# the suite keeps its compiled kernels in the temporary directory instead (set before numba loads).
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tansaku-numba-cache"))
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402

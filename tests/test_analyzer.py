@@ -373,6 +373,7 @@ def tansaku(*args):
     return proc
 
 
+@pytest.mark.slow
 def test_cli_build_analyzers_and_bm25_params(tmp_path):
     docs = write_jsonl(tmp_path / "docs.jsonl", sample_rows()[:20])
     for spec, name in (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
@@ -303,3 +305,14 @@ def test_batch_term_counting_short_and_long_queries():
     assert not np.array_equal(
         index._batch_terms(short, None)[2], index._batch_terms(short, ngram.term_weight)[2]
     )
+
+
+def test_compiled_kernels_are_cached_outside_the_source_tree():
+    """Running the suite never writes into the checkout (numba caches beside its kernels)."""
+    from tansaku.index import dense_kernels
+
+    repo = Path(__file__).resolve().parent.parent
+    cached = [f for m in (kernels, dense_kernels) for f in vars(m).values() if hasattr(f, "_cache")]
+    assert len(cached) >= 5
+    for kernel in cached:
+        assert repo not in Path(kernel._cache._cache_path).resolve().parents, kernel

@@ -233,6 +233,7 @@ def test_cli_errors_are_clear(tmp_path):
         assert option in help_text
 
 
+@pytest.mark.slow
 def test_cli_sample_build_with_dense_and_hybrid(tmp_path, tiny_bi_encoder_dir):
     tansaku("build", tmp_path / "s", "--sample", "--encoder", tiny_bi_encoder_dir, "--quiet")
     res = json.loads(tansaku("search", tmp_path / "s", "東京タワー", "--json").stdout)

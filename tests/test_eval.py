@@ -146,6 +146,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_eval_index_runs_and_compare(sample_eval, tmp_path):
     tmp, index, _, _ = sample_eval
     proc = run_cli(

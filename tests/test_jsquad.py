@@ -9,6 +9,8 @@ from tansaku.pipeline.datasets import load_jsquad
 from tansaku.pipeline.metrics import evaluate
 from tansaku.retrieve import BM25Retriever
 
+pytestmark = pytest.mark.slow  # the shared JSQuAD benchmark
+
 
 @pytest.fixture(scope="module")
 def jsquad(jsquad_path):

@@ -26,11 +26,6 @@ def index_path(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def reranker(tiny_bert_reranker_dir):
-    return CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)
-
-
 def test_reranked_order_follows_reranker_scores(index_path, reranker):
     idx = tansaku.open(index_path, reranker=reranker, retrieve_k=30, rerank_k=20, top_n=5)
     res = idx.search("東京の電波塔")
@@ -101,6 +96,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_search_with_reranker_and_rerank_command(index_path, tiny_bert_reranker_dir):
     proc = run_cli(
         "search",

@@ -197,6 +197,7 @@ def test_search_units_count_per_hundred_documents(server):
     assert body["meta"]["billed_units"]["search_units"] == 2
 
 
+@pytest.mark.slow
 def test_litellm_jina_provider_reads_usage(server, reranker):
     import litellm
 

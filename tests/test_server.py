@@ -249,16 +249,15 @@ def test_health_answers_while_a_slow_rerank_runs(server):
         while httpx.get(server.url + "/health").json()["in_flight"] < 1:
             assert time.monotonic() < deadline and not pending.done(), "slow request never started"
             time.sleep(0.01)
-        latencies = []
+        # /health is answered beside inference, not queued behind it: every answer is given
+        # while the slow rerank is still in flight (the server itself says so in each one).
+        in_flight = []
         for _ in range(3):
-            start = time.perf_counter()
             health = httpx.get(server.url + "/health", timeout=5)
-            latencies.append(time.perf_counter() - start)
             assert health.status_code == 200
-        still_running = health.json()["in_flight"] >= 1
+            in_flight.append(health.json()["in_flight"])
         assert pending.result().status_code == 200
-    assert still_running, "the slow rerank finished before /health was measured"
-    assert max(latencies) < 0.5, latencies
+    assert min(in_flight) >= 1, f"a /health answer waited for the slow rerank: {in_flight}"
 
 
 def test_inference_queue_bounds_waiting_requests():

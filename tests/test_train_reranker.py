@@ -343,6 +343,7 @@ def test_fuse_interpolates_between_first_stage_and_reranker():
     assert best_weight({0.0: 0.5, 0.5: 0.7, 1.0: 0.7}) == 1.0
 
 
+@pytest.mark.slow
 def test_pipeline_fusion_weight_and_the_trained_default(corpus_index, e5_like_base, examples, tmp_path):
     out = tmp_path / "r"
     train_cross_encoder(e5_like_base, examples, out, FAST, progress=False)
@@ -395,6 +396,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_train_reranker_end_to_end(corpus_index, e5_like_base, tmp_path):
     data = write_jsonl(
         tmp_path / "pairs.jsonl", [{"query": q, "positive": f"d{i:02d}"} for i, q in enumerate(QUERIES)]

@@ -150,6 +150,7 @@ def test_open_searcher_sees_updates(tmp_path):
     assert "en-001" not in {h.doc_id for h in searcher.search("Mount Fuji").hits}
 
 
+@pytest.mark.slow
 def test_cli_add_and_delete(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
