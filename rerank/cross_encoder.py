@@ -86,10 +86,12 @@ class CrossEncoderReranker:
         self._show_progress = show_progress
 
         cross_encoder = load_cross_encoder(model, device=self._device)
-        self._tokenizer = cross_encoder.tokenizer
-        self._model = cross_encoder.model
-        if self._tokenizer is None or self._model is None:
+        if cross_encoder.tokenizer is None or cross_encoder.model is None:
             raise ConfigError(f"{self._model_name!r} is not a tokenizer + transformer model")
+        self._tokenizer: Any = cross_encoder.tokenizer
+        # A transformers PreTrainedModel; quantize_int8 returns it as a plain Module with the
+        # same attributes (config, forward), which no single static type describes.
+        self._model: Any = cross_encoder.model
         if self._fp16:
             self._model.half()
         self._model.eval()
