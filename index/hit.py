@@ -7,6 +7,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 
+def indexed_text(title: str | None, text: str) -> str:
+    """What the analyzers and encoders index and a reranker reads: "title text".
+
+    The one definition of that join (as the JQaRA evaluator does it): records, hits,
+    training pairs and the integrations all call this.
+    """
+    return f"{title} {text}" if title else text
+
+
 @dataclass(frozen=True)
 class Hit:
     """One ranked document.
@@ -28,8 +37,8 @@ class Hit:
 
     @property
     def indexed_text(self) -> str | None:
-        """What BM25 indexed and a reranker reads: "title text" (see ``Record.indexed_text``)."""
-        return f"{self.title} {self.text}" if self.title else self.text
+        """What BM25 indexed and a reranker reads: "title text" (None before hydration)."""
+        return None if self.text is None else indexed_text(self.title, self.text)
 
     def replace(self, **changes: Any) -> Hit:
         """A copy with some fields changed (hits are immutable)."""
@@ -46,8 +55,3 @@ class Hit:
             "text": self.text,
             "metadata": dict(self.metadata),
         }
-
-
-def ranked(items: list[tuple[str, float]], stage: str) -> list[Hit]:
-    """Hits from (doc_id, score) pairs already sorted best first."""
-    return [Hit(doc_id, float(score), rank, stage) for rank, (doc_id, score) in enumerate(items, 1)]

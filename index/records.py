@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import IngestError
+from .hit import indexed_text
 
 FORMATS = ("jsonl", "csv", "tsv")
 
@@ -53,7 +54,7 @@ class Record:
     @property
     def indexed_text(self) -> str:
         """What the analyzers and encoders see: "title text" (as the JQaRA evaluator does)."""
-        return f"{self.title} {self.text}" if self.title else self.text
+        return indexed_text(self.title, self.text)
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:

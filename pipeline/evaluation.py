@@ -195,17 +195,11 @@ def evaluate_candidates(
     for qid in tqdm(list(dataset.queries), desc="evaluate", unit="query", disable=not progress):
         query = dataset.queries[qid]
         docs = [
-            Hit(
-                c["id"],
-                0.0,
-                i + 1,
-                "candidates",
-                text=f"{c['title']} {c['text']}" if c["title"] else c["text"],
-            )
+            Hit(c["id"], 0.0, i + 1, "candidates", title=c["title"] or None, text=c["text"])
             for i, c in enumerate(dataset.candidates[qid])
         ]
         t0 = time.perf_counter()
-        index = BM25Index.build([an.tokenize(d.text or "") for d in docs])
+        index = BM25Index.build([an.tokenize(d.indexed_text or "") for d in docs])
         scores = index.get_scores(an.tokenize(query), getattr(an, "term_weight", None))
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
         bm25_results[qid] = [Hit(docs[i].doc_id, float(scores[i]), r, "bm25") for r, i in enumerate(order, 1)]

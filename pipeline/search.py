@@ -135,14 +135,9 @@ class SearchPipeline:
         return results
 
     def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:
-        # The cross-encoder reads "title text", as BM25 indexed it; the hits handed back
-        # keep title and text apart.
-        inputs = [h.replace(text=h.indexed_text) for h in head]
-        by_id = {h.doc_id: h for h in head}
+        # The reranker reads each hit's "title text" (Hit.indexed_text) itself.
         reranker = self.reranker
         assert reranker is not None  # only called with a rerank stage
         if self.rerank_fusion_weight < 1.0:
-            reranked = fuse(head, reranker.rerank(query, inputs), self.rerank_fusion_weight, top_n)
-        else:
-            reranked = reranker.rerank(query, inputs, top_n=top_n)
-        return [by_id[r.doc_id].replace(score=r.score, rank=r.rank, stage=r.stage) for r in reranked]
+            return fuse(head, reranker.rerank(query, head), self.rerank_fusion_weight, top_n)
+        return reranker.rerank(query, head, top_n=top_n)

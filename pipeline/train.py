@@ -267,8 +267,7 @@ def rerank_lists(
         list(zip(queries, candidates, strict=True)), desc="reranking", unit="query", disable=not progress
     ):
         head = index.hydrate(hits[:k])
-        inputs = [h.replace(text=h.indexed_text) for h in head]
-        out.append(reranker.rerank(query, inputs) if inputs else [])
+        out.append(reranker.rerank(query, head) if head else [])
     return out
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,20 +16,86 @@ STAGE = "rerank"
 
 @runtime_checkable
 class Reranker(Protocol):
-    """Re-scores a query's candidate documents; higher scores are more relevant."""
+    """Re-scores a query's candidate documents; higher scores are more relevant.
+
+    The contract every caller types against (the pipeline, the server, the integrations):
+    a reranker scores pairs, and ranks Hits by what BM25 indexed, ``Hit.indexed_text``
+    ("title text"). Plain strings are ranked by :func:`rank_texts`, which gives their
+    positions. Models with a tokenizer and windows offer more: :class:`ModelReranker`.
+    """
 
     def rerank(self, query: str, docs: Sequence[Hit | str], top_n: int | None = None) -> list[Hit]:
         """New Hits sorted by score (best first), ranked 1..n with ``stage="rerank"``.
 
-        Hits keep their ``doc_id``/``title``/``text``/``metadata``; a plain string becomes a
-        Hit whose ``doc_id`` is its position (``"0"``, ``"1"``, ...) and whose text is the
-        string. ``top_n`` keeps only the best ``top_n``; equal scores keep the input order.
+        A Hit is scored on its ``indexed_text`` and keeps its ``doc_id``/``title``/``text``/
+        ``metadata``; a plain string becomes a Hit whose ``doc_id`` is its position. ``top_n``
+        keeps only the best ``top_n``; equal scores keep the input order.
         """
         ...
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """One float score per ``(query, document)`` pair, in input order."""
         ...
+
+
+@runtime_checkable
+class ModelReranker(Reranker, Protocol):
+    """A reranker backed by one cross-encoder model (what the HTTP server can use fully).
+
+    Beyond :class:`Reranker`: the model's name, its tokenizer (for token counts and
+    ``max_tokens_per_doc``), its input length and long-document windows, raw logits, and a
+    copy with fewer windows per document. :class:`~tansaku.rerank.CrossEncoderReranker`
+    is one; a remote reranker serving one model can be another.
+    """
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+    @property
+    def max_chunks_per_doc(self) -> int: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def compute_score(self, pairs: Any, normalize: bool = False) -> Any:
+        """Raw logits of the pairs, or their sigmoid with ``normalize`` (FlagEmbedding style)."""
+        ...
+
+    def with_options(self, *, max_chunks_per_doc: int | None = None) -> ModelReranker:
+        """A copy scoring at most ``max_chunks_per_doc`` windows per document, same weights."""
+        ...
+
+
+def reranker_name(reranker: Reranker) -> str:
+    """The model a reranker serves (its ``model_name``), else its class name."""
+    name = getattr(reranker, "model_name", None)  # optional outside ModelReranker
+    return str(name) if isinstance(name, str) and name else type(reranker).__name__
+
+
+@dataclass(frozen=True)
+class RankedText:
+    """One input of :func:`rank_texts`: its position in the request and its score."""
+
+    index: int
+    score: float
+
+
+def rank_texts(
+    reranker: Reranker, query: str, texts: Sequence[str], top_n: int | None = None
+) -> list[RankedText]:
+    """Rank plain strings: positions and scores, best first (ties keep the input order)."""
+    check_top_n(top_n)
+    scores = np.asarray(reranker.score([(query, text) for text in texts]), dtype=np.float64)
+    return [RankedText(i, float(scores[i])) for i in ranking(scores, top_n)]
+
+
+def ranking(scores: np.ndarray | Sequence[float], top_n: int | None = None) -> list[int]:
+    """Positions by descending score; a stable sort, so equal scores keep their input order."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return (order if top_n is None else order[:top_n]).tolist()
 
 
 def check_top_n(top_n: int | None) -> None:
@@ -40,16 +107,18 @@ def check_top_n(top_n: int | None) -> None:
 
 
 def document_texts(docs: Sequence[Hit | str]) -> list[str]:
-    """The text to score for each input; a Hit without text is an error, not an empty doc."""
+    """The text to score for each input (a Hit's ``indexed_text``); a Hit without text is an
+    error, not an empty doc."""
     texts: list[str] = []
     for position, doc in enumerate(docs):
         if isinstance(doc, Hit):
-            if doc.text is None:
+            text = doc.indexed_text
+            if text is None:
                 raise ConfigError(
                     f"hit {doc.doc_id!r} (position {position}) has no text to rerank; "
                     "join the hits with the corpus (fill Hit.text) before the rerank stage"
                 )
-            texts.append(doc.text)
+            texts.append(text)
         elif isinstance(doc, str):
             texts.append(doc)
         else:
@@ -63,12 +132,8 @@ def ranked_hits(docs: Sequence[Hit | str], scores: np.ndarray, top_n: int | None
     """Sort ``docs`` by ``scores`` (descending, stable) into ranked rerank-stage Hits."""
     if len(scores) != len(docs):
         raise ValueError(f"{len(scores)} scores for {len(docs)} documents")
-    # stable sort on the negated scores: ties keep the first stage's order
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    if top_n is not None:
-        order = order[:top_n]
     hits: list[Hit] = []
-    for rank, index in enumerate(order.tolist(), 1):
+    for rank, index in enumerate(ranking(scores, top_n), 1):
         doc, score = docs[index], float(scores[index])
         if isinstance(doc, Hit):
             hits.append(doc.replace(score=score, rank=rank, stage=STAGE))

@@ -176,7 +176,8 @@ def test_rerank_hits_sorted_ranked_and_fields_kept(bert: CrossEncoderReranker) -
         for i, text in enumerate(texts)
     ]
     out = bert.rerank(query, hits)
-    scores = bert.score([(query, text) for text in texts])
+    # a Hit is scored on what BM25 indexed, "title text"; its fields come back as they were
+    scores = bert.score([(query, f"title {i} {text}") for i, text in enumerate(texts)])
 
     assert [hit.rank for hit in out] == list(range(1, len(hits) + 1))
     assert all(hit.stage == "rerank" for hit in out)
