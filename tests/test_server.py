@@ -27,7 +27,7 @@ from fixtures_models import JA_PARAGRAPHS  # noqa: E402
 from loopback import LoopbackServers, Served  # noqa: E402
 from tansaku.index import SAMPLE_CORPUS, ConfigError, TansakuError, build_index, read_file  # noqa: E402
 from tansaku.pipeline.api import Searcher  # noqa: E402
-from tansaku.pipeline.server import (  # noqa: E402
+from tansaku.pipeline.serve.app import (  # noqa: E402
     ApiError,
     InferenceQueue,
     RerankService,

@@ -301,7 +301,7 @@ def parse_filter_arg(args: argparse.Namespace) -> Any:
 def run_search(args: argparse.Namespace) -> int:
     from tansaku.retrieve import FusionConfig
 
-    from .api import open_index
+    from ..api import open_index
 
     flt = parse_filter_arg(args)
     retrieve_k = args.retrieve_k or max(100, args.top_n)
@@ -580,9 +580,9 @@ runs: TREC format, plain or .gz.""",
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import compare, evaluate_candidates, evaluate_pipeline, format_table
-    from .metrics import per_query
-    from .trec import read_qrels, read_queries, read_run, write_run
+    from ..eval.evaluation import compare, evaluate_candidates, evaluate_pipeline, format_table
+    from ..eval.metrics import per_query
+    from ..eval.trec import read_qrels, read_queries, read_run, write_run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.filter is not None and (args.run or args.candidates):
@@ -623,7 +623,7 @@ def run_eval(args: argparse.Namespace) -> int:
         remedy="choose a new --out directory (it may only hold earlier *.run files)",
     )
     if args.candidates:
-        from .datasets import load_candidates
+        from ..eval.datasets import load_candidates
 
         reports = evaluate_candidates(
             load_candidates(args.candidates), make_reranker(args), metrics, progress=not args.quiet
@@ -633,7 +633,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise TansakuError("give INDEX --queries Q --qrels QRELS, or --run, or --candidates")
         from tansaku.retrieve import FusionConfig
 
-        from .api import open_index
+        from ..api import open_index
 
         flt = parse_filter_arg(args)
         queries, qrels = read_queries(args.queries), read_qrels(args.qrels)
@@ -703,13 +703,13 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    from .server import add_serve as add
+    from ..serve.app import add_serve as add
 
     add(sub)
 
 
 def add_train_reranker(sub: argparse._SubParsersAction) -> None:
-    from .train_cli import add_train_reranker as add
+    from .train import add_train_reranker as add
 
     add(sub)
 

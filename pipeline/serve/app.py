@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from tansaku.pipeline.api import Searcher
     from tansaku.rerank.base import Reranker
 
-    from .server_models import CohereRerankRequest, SearchRequest, TEIRerankRequest
+    from .models import CohereRerankRequest, SearchRequest, TEIRerankRequest
 
 logger = logging.getLogger("tansaku.server")
 
@@ -105,7 +105,7 @@ def error_body(message: str, kind: str, field: str | None, detail: Any = None) -
 
 def _field_path(loc: Sequence[Any]) -> str:
     """``("body", "cohere", "documents", 2, "text")`` → ``"documents[2].text"``."""
-    from .server_models import UNION_TAGS
+    from .models import UNION_TAGS
 
     parts = list(loc[1:]) if loc and loc[0] == "body" else list(loc)
     path = ""
@@ -721,7 +721,7 @@ def _add_routes(app: "FastAPI", st: ServerState) -> None:
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPBearer
 
-    from . import server_models as m
+    from . import models as m
 
     # documents the Bearer scheme in OpenAPI ("Authorize" in /docs); the check is GuardMiddleware's
     secured = [Depends(HTTPBearer(auto_error=False))] if st.api_key else []
@@ -1043,7 +1043,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="windows scored per long document; a request's max_chunks_per_doc can "
         "lower it, not raise it (default: 8)",
     )
-    from .cli import add_quantize_option
+    from ..cli.main import add_quantize_option
 
     add_quantize_option(g)
     g = p.add_argument_group("HTTP server")
@@ -1108,7 +1108,7 @@ def run_serve(args: argparse.Namespace) -> int:
     reranker = _load_reranker(args)
     searcher = None
     if not args.no_index:
-        from .api import open_index
+        from ..api import open_index
 
         searcher = open_index(args.index, reranker=reranker)
     if reranker is not None:

@@ -16,7 +16,7 @@ the best-ranked documents of hybrid (or BM25) search that are not its positives.
     {"query": "富士山の高さは？", "positive": "doc-17"}
     {"query": "...", "positive": ["doc-3", "doc-9"], "id": "q2"}
   or a JSQuAD/SQuAD .json file (--train-format jsquad) for an index built from
-  tansaku.pipeline.datasets.load_jsquad(FILE).corpus.
+  tansaku.pipeline.eval.datasets.load_jsquad(FILE).corpus.
 
 --base: a model directory (e.g. `tansaku models import e5-small --out e5-small`, or a
 directory copied from `hf download ...`) or, online, a hub id. BERT-like encoders get a
@@ -181,7 +181,7 @@ def add_train_reranker(sub: argparse._SubParsersAction) -> None:
 def run_train_reranker(args: argparse.Namespace) -> int:
     from tansaku.rerank.training import TrainConfig
 
-    from .train import MiningConfig, load_training_data, train_reranker
+    from ..train import MiningConfig, load_training_data, train_reranker
 
     def say(message: str) -> None:
         if not args.quiet:

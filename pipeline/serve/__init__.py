@@ -1,0 +1,5 @@
+"""tansaku.pipeline.serve: the HTTP server behind ``tansaku serve``."""
+
+from .app import ApiError, InferenceQueue, RerankService, create_app, limit_torch_threads
+
+__all__ = ["ApiError", "InferenceQueue", "RerankService", "create_app", "limit_torch_threads"]
