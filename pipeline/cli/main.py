@@ -703,7 +703,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    from ..serve.app import add_serve as add
+    from .serve import add_serve as add
 
     add(sub)
 
