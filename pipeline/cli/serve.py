@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 from tansaku.pipeline.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
@@ -15,6 +13,8 @@ from tansaku.pipeline.serve.limits import (
     DEFAULT_MAX_QUEUE,
     check_positive_ints,
 )
+
+from .options import add_quantize_option, make_reranker, say
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -137,8 +137,6 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="windows scored per long document; a request's max_chunks_per_doc can "
         "lower it, not raise it (default: 8)",
     )
-    from ..cli.main import add_quantize_option
-
     add_quantize_option(g)
     g = p.add_argument_group("HTTP server")
     g.add_argument(
@@ -199,7 +197,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Load the index and reranker, then serve until interrupted (errors: TansakuError)."""
     _check_serve_args(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    reranker = _load_reranker(args)
+    if args.reranker.lower() not in ("", "none"):
+        say(f"loading reranker {args.reranker}")
+    reranker = make_reranker(args)
     searcher = None
     if not args.no_index:
         from ..api import open_index
@@ -209,7 +209,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from tansaku.pipeline.serve.service import limit_torch_threads
 
         threads = limit_torch_threads(args.workers_threads, args.torch_threads)
-        _say(f"{args.workers_threads} inference thread(s), {threads} torch thread(s) each")
+        say(f"{args.workers_threads} inference thread(s), {threads} torch thread(s) each")
     from tansaku.pipeline.serve.app import create_app
 
     app = create_app(
@@ -223,7 +223,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
     )
     if args.host not in _LOOPBACK_HOSTS and not api_key:
-        _say(
+        say(
             f"warning: listening on {args.host} without an API key; anyone who can reach "
             "this port can use it (set --api-key or TANSAKU_API_KEY)"
         )
@@ -246,27 +246,8 @@ def _check_serve_args(args: argparse.Namespace) -> None:
             if args.index is None
             else "give either INDEX or --no-index, not both"
         )
-    if args.no_index and args.reranker.lower() == "none":
+    if args.no_index and args.reranker.lower() in ("", "none"):
         raise TansakuError("--no-index needs --reranker: there would be nothing to serve")
     check_positive_ints({name: getattr(args, name) for name in _POSITIVE_OPTIONS}, options=True)
     if args.api_key is not None and not args.api_key.strip():
         raise TansakuError("--api-key is empty")
-
-
-def _load_reranker(args: argparse.Namespace) -> Any | None:
-    if args.reranker.lower() == "none":
-        return None
-    from tansaku.rerank import CrossEncoderReranker
-
-    _say(f"loading reranker {args.reranker}")
-    return CrossEncoderReranker(
-        args.reranker,
-        max_length=args.max_length,
-        batch_size=args.rerank_batch_size,
-        quantize=args.quantize,
-        max_chunks_per_doc=args.max_chunks_per_doc,
-    )
-
-
-def _say(message: str) -> None:
-    print(f"tansaku: {message}", file=sys.stderr, flush=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+
+from .options import emit_json, logger
 
 DESCRIPTION = """\
 Fine-tune a cross-encoder reranker from --base on your own (query, relevant document)
@@ -183,10 +183,6 @@ def run_train_reranker(args: argparse.Namespace) -> int:
 
     from ..train import MiningConfig, load_training_data, train_reranker
 
-    def say(message: str) -> None:
-        if not args.quiet:
-            print(f"tansaku: {message}", file=sys.stderr, flush=True)
-
     pairs = [pair for path in args.train for pair in load_training_data(path, args.train_format)]
     config = TrainConfig(
         loss=args.loss,
@@ -220,11 +216,10 @@ def run_train_reranker(args: argparse.Namespace) -> int:
         stop_after=args.pause_after,
         data_sources=[str(p) for p in args.train],
         progress=not args.quiet,
-        log=say,
+        log=logger(args),
     )
     if args.json:
-        json.dump({**result.to_dict(), "fusion": fusion}, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        emit_json({**result.to_dict(), "fusion": fusion})
     elif result.completed:
         weight = f"; fusion weight {fusion['weight']:g}" if fusion else ""
         print(

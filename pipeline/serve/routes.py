@@ -17,6 +17,7 @@ from fastapi.security import HTTPBearer
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import parse_filter
 
+from ..search import default_rerank_k
 from . import models as m
 from .documents import document_texts, returned_document
 from .errors import ApiError
@@ -168,8 +169,7 @@ async def run_search(st: ServerState, body: m.SearchRequest) -> dict[str, Any]:
     check_ks(((name, getattr(body, name)) for name in ("retrieve_k", "rerank_k", "top_n")), st.max_documents)
     config = searcher.config
     retrieve_k = body.retrieve_k or config.retrieve_k
-    # a smaller retrieve_k alone shrinks the default rerank_k with it instead of failing
-    rerank_k = body.rerank_k or min(config.rerank_k, retrieve_k)
+    rerank_k = default_rerank_k(retrieve_k, body.rerank_k, cap=config.rerank_k)
     if rerank_k > retrieve_k:
         raise ApiError(
             422, f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})", field="rerank_k"
