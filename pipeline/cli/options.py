@@ -136,16 +136,19 @@ def add_quantize_option(group: Any) -> None:
     )
 
 
-def make_reranker(args: argparse.Namespace) -> Any | None:
+def make_reranker(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> Any | None:
     """The CrossEncoderReranker a command's reranking options ask for (None: no --reranker or 'none').
 
     Sigmoid scores unless ``--raw-scores``; ``--max-chunks-per-doc`` where the command has it
-    (``serve``), else the reranker's default.
+    (``serve``), else the reranker's default. ``log`` hears which model is being loaded.
     """
     spec = getattr(args, "reranker", None)
     if not spec or spec.lower() == "none":
         return None
     from tansaku.rerank import CrossEncoderReranker
+
+    if log is not None:
+        log(f"loading reranker {spec}")
 
     windows = getattr(args, "max_chunks_per_doc", None)
     return CrossEncoderReranker(

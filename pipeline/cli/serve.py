@@ -7,13 +7,12 @@ import argparse
 import os
 from pathlib import Path
 
-from tansaku.pipeline.serve.limits import (
+from ..serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DOCUMENTS,
     DEFAULT_MAX_QUEUE,
     check_positive_ints,
 )
-
 from .options import add_quantize_option, make_reranker, say
 
 DEFAULT_HOST = "127.0.0.1"
@@ -197,20 +196,18 @@ def run_serve(args: argparse.Namespace) -> int:
     """Load the index and reranker, then serve until interrupted (errors: TansakuError)."""
     _check_serve_args(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    if args.reranker.lower() not in ("", "none"):
-        say(f"loading reranker {args.reranker}")
-    reranker = make_reranker(args)
+    reranker = make_reranker(args, log=say)
     searcher = None
     if not args.no_index:
         from ..api import open_index
 
         searcher = open_index(args.index, reranker=reranker)
     if reranker is not None:
-        from tansaku.pipeline.serve.service import limit_torch_threads
+        from ..serve.service import limit_torch_threads
 
         threads = limit_torch_threads(args.workers_threads, args.torch_threads)
         say(f"{args.workers_threads} inference thread(s), {threads} torch thread(s) each")
-    from tansaku.pipeline.serve.app import create_app
+    from ..serve.app import create_app
 
     app = create_app(
         searcher,
