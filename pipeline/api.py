@@ -14,7 +14,7 @@ from tansaku.index.filters import FilterSpec
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
 from .rerank_fusion import check_fusion_weight, recorded_defaults
-from .search import SearchPipeline, SearchResult, check_ks
+from .search import DEFAULT_RERANK_K, SearchPipeline, SearchResult, check_ks
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class SearchConfig:
 
     mode: str | None = None
     retrieve_k: int = 100
-    rerank_k: int = 100
+    rerank_k: int = DEFAULT_RERANK_K
     top_n: int = 10
     reranker: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)

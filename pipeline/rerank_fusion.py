@@ -1,4 +1,4 @@
-"""Fusing first-stage and reranker scores, and choosing the fusion weight on held-out queries.
+"""Fusing first-stage and reranker scores at search time (the weight is tuned in eval.fusion_tuning).
 
 Why: a reranker trained on little data can be weaker alone than BM25/hybrid, yet still
 know things the first stage does not. The final score
@@ -8,14 +8,12 @@ candidates) keeps both; ``w = 1`` is pure reranker order, ``w = 0`` the first st
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
 from tansaku.retrieve import minmax
-
-DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
 
 
 def check_fusion_weight(weight: Any, name: str = "rerank_fusion_weight (--rerank-fusion)") -> float:
@@ -48,32 +46,6 @@ def fuse(
     if top_n is not None:
         scored = scored[:top_n]
     return [h.replace(score=s, rank=rank) for rank, (s, _, h) in enumerate(scored, 1)]
-
-
-def sweep_fusion_weights(
-    first_stage: Mapping[str, Sequence[Hit]],
-    reranked: Mapping[str, Sequence[Hit]],
-    qrels: Mapping[str, Mapping[str, int]],
-    grid: Sequence[float] = DEFAULT_GRID,
-    metric: str = "ndcg@10",
-) -> dict[float, float]:
-    """``metric`` of the fused ranking for each weight in ``grid`` (mean over ``qrels``' queries)."""
-    from .metrics import evaluate  # pytrec_eval: only needed when tuning, not for searching
-
-    qids = [q for q in qrels if q in reranked]
-    if not qids:
-        raise ConfigError("no reranked queries with judgements to choose a fusion weight on")
-    judged = {q: qrels[q] for q in qids}
-    out = {}
-    for w in grid:
-        run = {q: {h.doc_id: h.score for h in fuse(first_stage[q], reranked[q], w)} for q in qids}
-        out[float(w)] = evaluate(judged, run, [metric])[metric]
-    return out
-
-
-def best_weight(scores: Mapping[float, float]) -> float:
-    """The weight with the best score; among equal scores the one nearest the reranker (largest)."""
-    return max(scores, key=lambda w: (round(scores[w], 10), w))
 
 
 def recorded_defaults(reranker: Any) -> tuple[float, str | None]:

@@ -14,6 +14,17 @@ from tansaku.retrieve import Retriever
 
 from .rerank_fusion import check_fusion_weight, fuse
 
+DEFAULT_RERANK_K = 100
+
+
+def default_rerank_k(retrieve_k: int, rerank_k: int | None = None, cap: int = DEFAULT_RERANK_K) -> int:
+    """``rerank_k`` when given, else ``cap`` shrunk to ``retrieve_k``.
+
+    So a smaller retrieve_k alone shrinks the default rerank_k with it instead of failing the
+    ``rerank_k <= retrieve_k`` check.
+    """
+    return rerank_k or min(cap, retrieve_k)
+
 
 def check_ks(retrieve_k: int, rerank_k: int, top_n: int, *, reranking: bool = True) -> None:
     """Validate the k values of a two-stage search (clear errors, never silent clamping).

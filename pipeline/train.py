@@ -32,8 +32,8 @@ from tansaku.rerank.training import (
 )
 from tansaku.retrieve import MODES, make_retriever
 
-from .datasets import RetrievalDataset, load_jsquad
-from .rerank_fusion import DEFAULT_GRID, best_weight, sweep_fusion_weights
+from .eval.datasets import RetrievalDataset, load_jsquad
+from .eval.fusion_tuning import DEFAULT_GRID, best_weight, sweep_fusion_weights
 
 
 @dataclass(frozen=True)

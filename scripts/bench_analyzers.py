@@ -32,7 +32,7 @@ from _bench_common import dir_size_mb, format_table
 from _synthetic import jsquad_paragraphs, synthetic_records
 
 from tansaku.index import BuildConfig, build_index, read_dicts
-from tansaku.pipeline.datasets import load_jsquad
+from tansaku.pipeline.eval.datasets import load_jsquad
 from tansaku.retrieve import BM25Retriever
 
 REPO = Path(__file__).resolve().parent.parent

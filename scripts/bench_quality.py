@@ -26,8 +26,8 @@ import numpy as np
 from _bench_common import format_table
 
 from tansaku.index import BuildConfig, Hit, build_index, read_dicts
-from tansaku.pipeline.datasets import RetrievalDataset, load_jsquad
-from tansaku.pipeline.metrics import evaluate
+from tansaku.pipeline.eval.datasets import RetrievalDataset, load_jsquad
+from tansaku.pipeline.eval.metrics import evaluate
 from tansaku.retrieve import BM25Retriever, DenseRetriever, reciprocal_rank_fusion, score_fusion
 
 REPO = Path(__file__).resolve().parent.parent

@@ -46,9 +46,10 @@ from _bench_common import format_table
 import tansaku
 from tansaku.index import BuildConfig, Hit, Index, build_index, read_dicts
 from tansaku.index.analyzer import get_analyzer
-from tansaku.pipeline.datasets import RetrievalDataset, load_jsquad
-from tansaku.pipeline.metrics import evaluate
-from tansaku.pipeline.rerank_fusion import best_weight, fuse, sweep_fusion_weights
+from tansaku.pipeline.eval.datasets import RetrievalDataset, load_jsquad
+from tansaku.pipeline.eval.fusion_tuning import best_weight, sweep_fusion_weights
+from tansaku.pipeline.eval.metrics import evaluate
+from tansaku.pipeline.rerank_fusion import fuse
 from tansaku.pipeline.train import (
     MiningConfig,
     first_stage,

@@ -130,7 +130,7 @@ class InProcessServer:
     ) -> None:
         import uvicorn
 
-        from tansaku.pipeline.server import create_app, limit_torch_threads
+        from tansaku.pipeline.serve import create_app, limit_torch_threads
         from tansaku.rerank import CrossEncoderReranker
 
         self.torch_threads = limit_torch_threads(workers, torch_threads)

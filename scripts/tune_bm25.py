@@ -27,7 +27,7 @@ fused with multilingual-e5-small's top-100 (tansaku's score fusion at the dense 
 Metrics (one relevant document per question): nDCG@10, MRR@10, R@100, with
 tansaku's ranking (only documents sharing a term with the query are returned;
 ties break by position); the chosen option is re-checked end to end through a real
-index and tansaku.pipeline.metrics (pytrec_eval).
+index and tansaku.pipeline.eval.metrics (pytrec_eval).
 
 Examples:
   python scripts/tune_bm25.py --quick
@@ -56,7 +56,7 @@ from bench_quality import split_by_article
 
 from tansaku.index import BM25Index, BM25Params, Hit
 from tansaku.index.analyzer import JapaneseAnalyzer, get_analyzer
-from tansaku.pipeline.datasets import RetrievalDataset, load_jsquad
+from tansaku.pipeline.eval.datasets import RetrievalDataset, load_jsquad
 from tansaku.retrieve import reciprocal_rank_fusion, score_fusion
 
 REPO = Path(__file__).resolve().parent.parent
@@ -287,7 +287,7 @@ def verify_end_to_end(
 ) -> dict[str, float]:
     """The chosen option through a real index, BM25Retriever and pytrec_eval."""
     from tansaku.index import BuildConfig, build_index, read_dicts
-    from tansaku.pipeline.metrics import evaluate
+    from tansaku.pipeline.eval.metrics import evaluate
     from tansaku.retrieve import BM25Retriever
 
     analyzer = spec if isinstance(spec, str) else json.dumps(spec, ensure_ascii=False)

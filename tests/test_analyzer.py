@@ -28,7 +28,7 @@ from tansaku.index.analyzer import (
 )
 from tansaku.index.normalize import PROLONGED_LOOKALIKES, STEPS, Normalizer
 from tansaku.index.tokenize_workers import default_workers, resolve_workers
-from tansaku.pipeline.datasets import load_jsquad
+from tansaku.pipeline.eval.datasets import load_jsquad
 from tansaku.retrieve import BM25Retriever
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}

@@ -11,7 +11,7 @@ from rank_bm25 import BM25Okapi
 from helpers import sample_rows
 from tansaku.index import BM25Index, BM25Params, ConfigError, IndexFormatError, get_analyzer
 from tansaku.index import bm25_kernels as kernels
-from tansaku.pipeline.datasets import load_jsquad
+from tansaku.pipeline.eval.datasets import load_jsquad
 
 JA = get_analyzer("ja-surface")  # rank-bm25 parity is pinned on plain fugashi surface forms
 

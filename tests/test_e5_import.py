@@ -286,7 +286,7 @@ def jsquad_texts(jsquad_path) -> tuple[list[str], list[str]]:
     """200 JSQuAD texts spread over the file: 150 questions and 50 paragraphs ("title text", as
     indexed). Paragraphs average ~120 tokens against ~24 for questions and dominate the run time
     on a busy 2-core machine, hence the split."""
-    from tansaku.pipeline.datasets import load_jsquad
+    from tansaku.pipeline.eval.datasets import load_jsquad
 
     ds = load_jsquad(jsquad_path)
     questions = list(ds.queries.values())[::29][:150]

@@ -15,10 +15,17 @@ import pytest
 from helpers import write_jsonl
 from tansaku.index import SAMPLE_CORPUS, Hit, IngestError, build_index, read_file
 from tansaku.pipeline import SearchPipeline
-from tansaku.pipeline.datasets import load_candidates
-from tansaku.pipeline.evaluation import compare, evaluate_candidates, evaluate_pipeline
-from tansaku.pipeline.metrics import per_query
-from tansaku.pipeline.trec import read_qrels, read_queries, read_run, write_qrels, write_queries, write_run
+from tansaku.pipeline.eval.datasets import load_candidates
+from tansaku.pipeline.eval.evaluation import compare, evaluate_candidates, evaluate_pipeline
+from tansaku.pipeline.eval.metrics import per_query
+from tansaku.pipeline.eval.trec import (
+    read_qrels,
+    read_queries,
+    read_run,
+    write_qrels,
+    write_queries,
+    write_run,
+)
 from tansaku.rerank import CrossEncoderReranker
 from tansaku.retrieve import BM25Retriever
 

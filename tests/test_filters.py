@@ -37,7 +37,7 @@ from tansaku.index.dense import EXACT_MAX_ALLOWED
 from tansaku.index.update import update_index
 from tansaku.pipeline import SearchPipeline
 from tansaku.pipeline.cli import main as cli_main
-from tansaku.pipeline.server import create_app
+from tansaku.pipeline.serve import create_app
 from tansaku.retrieve import (
     BM25Retriever,
     DenseRetriever,

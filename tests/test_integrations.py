@@ -33,10 +33,10 @@ from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
 import tansaku  # noqa: E402
 from loopback import Served  # noqa: E402
 from tansaku.index import SAMPLE_CORPUS, ConfigError, Hit, build_index, read_file  # noqa: E402
-from tansaku.pipeline import langchain as lc  # noqa: E402
-from tansaku.pipeline import llamaindex as li  # noqa: E402
 from tansaku.pipeline.api import Searcher  # noqa: E402
-from tansaku.pipeline.client import RemoteError  # noqa: E402
+from tansaku.pipeline.integrations import langchain as lc  # noqa: E402
+from tansaku.pipeline.integrations import llamaindex as li  # noqa: E402
+from tansaku.pipeline.integrations.client import RemoteError  # noqa: E402
 
 MODEL = "tiny-reranker"
 KEY = "integration-key"
@@ -77,7 +77,7 @@ def guarded(servers, reranking, reranker) -> Served:
 
 
 def create_app_for(searcher: Searcher, reranker: Any, **kwargs: Any) -> Any:
-    from tansaku.pipeline.server import create_app
+    from tansaku.pipeline.serve import create_app
 
     return create_app(searcher, reranker, model_name=MODEL, **kwargs)
 
@@ -364,8 +364,8 @@ def test_bad_settings_are_config_errors(index_path, reranker, make, message):
 @pytest.mark.parametrize(
     ("module", "package", "extra"),
     [
-        ("tansaku.pipeline.langchain", "langchain_core", "tansaku[langchain]"),
-        ("tansaku.pipeline.llamaindex", "llama_index", "tansaku[llamaindex]"),
+        ("tansaku.pipeline.integrations.langchain", "langchain_core", "tansaku[langchain]"),
+        ("tansaku.pipeline.integrations.llamaindex", "llama_index", "tansaku[llamaindex]"),
     ],
 )
 def test_missing_framework_names_the_extra(monkeypatch, module, package, extra):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tansaku.index import build_index, read_dicts
-from tansaku.pipeline.datasets import load_jsquad
-from tansaku.pipeline.metrics import evaluate
+from tansaku.pipeline.eval.datasets import load_jsquad
+from tansaku.pipeline.eval.metrics import evaluate
 from tansaku.retrieve import BM25Retriever
 
 pytestmark = pytest.mark.slow  # the shared JSQuAD benchmark

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tansaku.index import ConfigError
-from tansaku.pipeline.metrics import evaluate, per_query
+from tansaku.pipeline.eval.metrics import evaluate, per_query
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"z": 1}}
 RUN = {

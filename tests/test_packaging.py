@@ -49,7 +49,7 @@ def test_wheel_contents(wheel):
         "tansaku/index/bm25.py",
         "tansaku/retrieve/hybrid.py",
         "tansaku/rerank/__init__.py",
-        "tansaku/pipeline/cli.py",
+        "tansaku/pipeline/cli/__init__.py",
         "tansaku/index/data/sample.jsonl",
     ):
         assert module in names

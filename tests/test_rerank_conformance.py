@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
 from loopback import Served  # noqa: E402
 from tansaku.index.hit import Hit  # noqa: E402
-from tansaku.pipeline.server import create_app  # noqa: E402
+from tansaku.pipeline.serve import create_app  # noqa: E402
 from tansaku.rerank import CrossEncoderReranker, ranked_hits  # noqa: E402
 from tansaku.rerank.base import document_texts  # noqa: E402
 

@@ -27,14 +27,8 @@ from fixtures_models import JA_PARAGRAPHS  # noqa: E402
 from loopback import LoopbackServers, Served  # noqa: E402
 from tansaku.index import SAMPLE_CORPUS, ConfigError, TansakuError, build_index, read_file  # noqa: E402
 from tansaku.pipeline.api import Searcher  # noqa: E402
-from tansaku.pipeline.server import (  # noqa: E402
-    ApiError,
-    InferenceQueue,
-    RerankService,
-    add_serve,
-    create_app,
-    run_serve,
-)
+from tansaku.pipeline.cli.serve import add_serve, run_serve  # noqa: E402
+from tansaku.pipeline.serve import ApiError, InferenceQueue, RerankService, create_app  # noqa: E402
 from tansaku.rerank import CrossEncoderReranker  # noqa: E402
 
 MODEL = "tiny-reranker"

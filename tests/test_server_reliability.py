@@ -15,7 +15,7 @@ import tansaku
 from helpers import sample_rows
 from tansaku.index import build_index, read_dicts
 from tansaku.index.update import update_index
-from tansaku.pipeline.server import create_app
+from tansaku.pipeline.serve import create_app
 from tansaku.rerank import CrossEncoderReranker
 
 

@@ -31,7 +31,8 @@ from tansaku.index import (
     build_index,
     read_dicts,
 )
-from tansaku.pipeline.rerank_fusion import best_weight, fuse
+from tansaku.pipeline.eval.fusion_tuning import best_weight
+from tansaku.pipeline.rerank_fusion import fuse
 from tansaku.pipeline.train import (
     MiningConfig,
     TrainingPair,

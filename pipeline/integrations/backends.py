@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
 
-from .api import Searcher, open_index
+from ..api import Searcher, open_index
 from .client import DEFAULT_TIMEOUT_S, TansakuClient
 
 SEARCH_SETTINGS = ("top_n", "retrieve_k", "rerank_k", "mode", "filter")

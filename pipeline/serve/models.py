@@ -3,7 +3,7 @@
 Requests are strict: unknown fields are rejected (so a typo such as ``top_k`` for ``top_n`` is
 a 422 naming it rather than being silently ignored), integers must be JSON integers and
 booleans JSON booleans. Checks that need the loaded models or the server's limits (model name,
-document count, a document's text) happen in :mod:`tansaku.pipeline.server`.
+document count, a document's text) happen in :mod:`tansaku.pipeline.serve`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Needs the ``llamaindex`` extra (``pip install 'tansaku[llamaindex]'``: llama-index-core, httpx).
 
->>> from tansaku.pipeline.llamaindex import TansakuRetriever, TansakuReranker  # doctest: +SKIP
+>>> from tansaku.pipeline.integrations.llamaindex import TansakuRetriever, TansakuReranker  # doctest: +SKIP
 >>> retriever = TansakuRetriever(index="my-index", top_n=5)                  # doctest: +SKIP
 >>> nodes = retriever.retrieve("富士山の高さ")                                  # doctest: +SKIP
 >>> TansakuReranker(url="http://127.0.0.1:8080").postprocess_nodes(          # doctest: +SKIP
@@ -26,7 +26,7 @@ try:
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 except ImportError as exc:  # the extra is optional; say which one to install
     raise ImportError(
-        "tansaku.pipeline.llamaindex needs llama-index-core: pip install 'tansaku[llamaindex]'"
+        "tansaku.pipeline.integrations.llamaindex needs llama-index-core: pip install 'tansaku[llamaindex]'"
     ) from exc
 from pydantic import Field, PrivateAttr
 

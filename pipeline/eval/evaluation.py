@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
 
+from ..search import SearchPipeline
 from .metrics import DEFAULT_METRICS, per_query
-from .search import SearchPipeline
 
 Qrels = Mapping[str, Mapping[str, int]]
 

@@ -2,7 +2,7 @@
 
 Needs the ``langchain`` extra (``pip install 'tansaku[langchain]'``: langchain-core, httpx).
 
->>> from tansaku.pipeline.langchain import TansakuRetriever, TansakuReranker  # doctest: +SKIP
+>>> from tansaku.pipeline.integrations.langchain import TansakuRetriever, TansakuReranker  # doctest: +SKIP
 >>> retriever = TansakuRetriever(index="my-index", top_n=5)                 # doctest: +SKIP
 >>> retriever = TansakuRetriever(url="http://127.0.0.1:8080")               # doctest: +SKIP
 >>> docs = retriever.invoke("富士山の高さ")                                    # doctest: +SKIP
@@ -25,7 +25,7 @@ try:
     from langchain_core.retrievers import BaseRetriever
 except ImportError as exc:  # the extra is optional; say which one to install
     raise ImportError(
-        "tansaku.pipeline.langchain needs langchain-core: pip install 'tansaku[langchain]'"
+        "tansaku.pipeline.integrations.langchain needs langchain-core: pip install 'tansaku[langchain]'"
     ) from exc
 from pydantic import ConfigDict, Field, PrivateAttr
 

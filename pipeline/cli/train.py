@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+
+from .options import emit_json, logger
 
 DESCRIPTION = """\
 Fine-tune a cross-encoder reranker from --base on your own (query, relevant document)
@@ -16,7 +16,7 @@ the best-ranked documents of hybrid (or BM25) search that are not its positives.
     {"query": "富士山の高さは？", "positive": "doc-17"}
     {"query": "...", "positive": ["doc-3", "doc-9"], "id": "q2"}
   or a JSQuAD/SQuAD .json file (--train-format jsquad) for an index built from
-  tansaku.pipeline.datasets.load_jsquad(FILE).corpus.
+  tansaku.pipeline.eval.datasets.load_jsquad(FILE).corpus.
 
 --base: a model directory (e.g. `tansaku models import e5-small --out e5-small`, or a
 directory copied from `hf download ...`) or, online, a hub id. BERT-like encoders get a
@@ -181,11 +181,7 @@ def add_train_reranker(sub: argparse._SubParsersAction) -> None:
 def run_train_reranker(args: argparse.Namespace) -> int:
     from tansaku.rerank.training import TrainConfig
 
-    from .train import MiningConfig, load_training_data, train_reranker
-
-    def say(message: str) -> None:
-        if not args.quiet:
-            print(f"tansaku: {message}", file=sys.stderr, flush=True)
+    from ..train import MiningConfig, load_training_data, train_reranker
 
     pairs = [pair for path in args.train for pair in load_training_data(path, args.train_format)]
     config = TrainConfig(
@@ -220,11 +216,10 @@ def run_train_reranker(args: argparse.Namespace) -> int:
         stop_after=args.pause_after,
         data_sources=[str(p) for p in args.train],
         progress=not args.quiet,
-        log=say,
+        log=logger(args),
     )
     if args.json:
-        json.dump({**result.to_dict(), "fusion": fusion}, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        emit_json({**result.to_dict(), "fusion": fusion})
     elif result.completed:
         weight = f"; fusion weight {fusion['weight']:g}" if fusion else ""
         print(

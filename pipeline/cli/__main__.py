@@ -1,0 +1,7 @@
+"""``python -m tansaku.pipeline.cli``: the ``tansaku`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""``tansaku serve``: its options, and loading the index and reranker to serve (the app is
+:mod:`tansaku.pipeline.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..serve.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DOCUMENTS,
+    DEFAULT_MAX_QUEUE,
+    check_positive_ints,
+)
+from .options import add_quantize_option, make_reranker, say
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+API_KEY_ENV = "TANSAKU_API_KEY"
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+_POSITIVE_OPTIONS = (
+    "port",
+    "max_documents",
+    "max_body_bytes",
+    "workers_threads",
+    "max_queue",
+    "max_length",
+    "rerank_batch_size",
+    "max_chunks_per_doc",
+    "torch_threads",
+)
+
+SERVE_DESCRIPTION = """\
+Serve INDEX and/or a reranker over HTTP for RAG stacks. Either INDEX or --no-index
+(a pure rerank server, which then needs --reranker) must be given, so an index is
+never left out by accident.
+
+Endpoints (OpenAPI docs at http://HOST:PORT/docs):
+  POST /v1/rerank, /v2/rerank, /rerank
+        Cohere v1/v2 body: query, documents (strings or objects with "text"; with
+        rank_fields, objects are ranked on "name: value" lines of those fields),
+        model (optional, "" counts as absent; else it must name the loaded
+        reranker: --model-name, the hub id/directory or its basename; other
+        names get a 404 naming "model"), top_n (default: all),
+        return_documents, max_chunks_per_doc (v1; capped at --max-chunks-per-doc),
+        max_tokens_per_doc (v2; each document cut to its first N tokens, then
+        windowed as usual), raw_scores (each result also gets its logit as
+        "raw_score"; relevance_score is always the sigmoid score in [0, 1]).
+        Answer: {"id", "results": [{"index", "relevance_score", "raw_score"?,
+        "document"?}],
+        "meta", "usage", "model"}. The Cohere SDKs, LiteLLM (cohere/, jina_ai/)
+        and other Cohere/Jina clients work unchanged with this server as base URL.
+  POST /rerank with a TEI body (query, texts, raw_scores, return_text, truncate)
+        answers Text Embeddings Inference's bare array [{"index", "score", "text"?}].
+  POST /v1/search   query, top_n, retrieve_k, rerank_k, mode, filter → ranked hits
+        (id, title, text, score, rank, stage, metadata), timings_ms, counts.
+        filter: a metadata filter object, e.g. {"lang": "ja", "year": {"$gte": 2020}}
+        ($eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not).
+  GET  /v1/models   what is loaded (OpenAI-style list); GET /health: liveness.
+
+Errors are {"error": {"message", "type", "field"}, "detail"} with a 4xx status
+for bad input (413 for too many documents or too large a body).
+
+Safety: binds 127.0.0.1 unless --host says otherwise. --api-key (or the
+TANSAKU_API_KEY environment variable, which keeps the key out of `ps`) requires
+"Authorization: Bearer KEY" on every endpoint except /health and the API docs.
+Inference runs on --workers-threads dedicated threads (default 1) with
+(CPUs - 1) / --workers-threads torch threads each (--torch-threads), so the
+model never oversubscribes the machine and one CPU stays free for HTTP: /health
+answers while the model is busy. Up to --max-queue further requests wait in
+order; beyond that, 503 with Retry-After."""
+
+SERVE_EPILOG = """\
+examples:
+  tansaku serve my-index --reranker /models/japanese-reranker-xsmall
+  TANSAKU_API_KEY=secret tansaku serve --no-index --reranker BAAI/bge-reranker-v2-m3 --port 9000
+
+  curl -s localhost:8080/v1/rerank -H 'Content-Type: application/json' \\
+      -d '{"query": "富士山の高さ", "documents": ["富士山は3776m", "東京の人口"], "top_n": 1}'
+  curl -s localhost:8080/rerank -H 'Content-Type: application/json' \\
+      -d '{"query": "富士山の高さ", "texts": ["富士山は3776m", "東京の人口"], "return_text": true}'
+  curl -s localhost:8080/v1/search -H 'Content-Type: application/json' \\
+      -d '{"query": "検索エンジンの仕組み", "top_n": 3, "mode": "bm25"}'
+  curl -s localhost:8080/v1/search -H 'Content-Type: application/json' \\
+      -d '{"query": "日本の料理", "filter": {"category": "food", "year": {"$gte": 2020}}}'
+  curl -s localhost:8080/v1/models -H "Authorization: Bearer $TANSAKU_API_KEY"
+
+  python: cohere.ClientV2(api_key="secret", base_url="http://127.0.0.1:8080").rerank(
+              model="japanese-reranker-xsmall", query=..., documents=[...])
+          litellm.rerank(model="cohere/japanese-reranker-xsmall", api_base="http://127.0.0.1:8080",
+                         api_key="secret", query=..., documents=[...])
+"""
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    """Register ``tansaku serve`` (see :data:`SERVE_DESCRIPTION`)."""
+    p = sub.add_parser(
+        "serve",
+        help="serve search and Cohere/Jina/TEI-compatible reranking over HTTP",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+    )
+    p.add_argument(
+        "index", nargs="?", type=Path, help="index directory served by POST /v1/search (or give --no-index)"
+    )
+    p.add_argument(
+        "--no-index", action="store_true", help="no index: serve only the rerank endpoints (needs --reranker)"
+    )
+    g = p.add_argument_group("reranking")
+    g.add_argument(
+        "--reranker",
+        default="none",
+        help="cross-encoder: a hub id or a local model directory; also reranks "
+        "/v1/search results. 'none' (default): no rerank stage and no rerank "
+        "endpoints",
+    )
+    g.add_argument(
+        "--model-name",
+        help="name clients use in the 'model' field and see in /v1/models (default: "
+        "the hub id, or the model directory's name)",
+    )
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="max tokens per (query, document) input; longer documents are scored "
+        "as the best of overlapping windows (default: 512)",
+    )
+    g.add_argument("--rerank-batch-size", type=int, default=32, help="inputs per model call (default: 32)")
+    g.add_argument(
+        "--max-chunks-per-doc",
+        type=int,
+        default=8,
+        help="windows scored per long document; a request's max_chunks_per_doc can "
+        "lower it, not raise it (default: 8)",
+    )
+    add_quantize_option(g)
+    g = p.add_argument_group("HTTP server")
+    g.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default: {DEFAULT_HOST}, this machine only; use "
+        "0.0.0.0 only behind a firewall and with an API key)",
+    )
+    g.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    g.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set; "
+        "prefer the variable, command lines are visible to other users)",
+    )
+    g.add_argument(
+        "--max-documents",
+        type=int,
+        default=DEFAULT_MAX_DOCUMENTS,
+        help="most documents per rerank request, and the largest k of a search; "
+        f"more is a 413 (default: {DEFAULT_MAX_DOCUMENTS})",
+    )
+    g.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body, checked before parsing; more is a 413 "
+        f"(default: {DEFAULT_MAX_BODY_BYTES} = 10 MiB)",
+    )
+    g.add_argument(
+        "--workers-threads",
+        type=int,
+        default=1,
+        help="model calls run at once, each on its own thread (default: 1, the "
+        "best on a small CPU machine; more helps with a GPU or many cores)",
+    )
+    g.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads (default: (CPUs - 1) / --workers-threads, at "
+        "least 1: one CPU stays free for HTTP and tokenization)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"requests that may wait for the model; more get 503 (default: {DEFAULT_MAX_QUEUE})",
+    )
+    g.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default: info)",
+    )
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the index and reranker, then serve until interrupted (errors: TansakuError)."""
+    _check_serve_args(args)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    reranker = make_reranker(args, log=say)
+    searcher = None
+    if not args.no_index:
+        from ..api import open_index
+
+        searcher = open_index(args.index, reranker=reranker)
+    if reranker is not None:
+        from ..serve.service import limit_torch_threads
+
+        threads = limit_torch_threads(args.workers_threads, args.torch_threads)
+        say(f"{args.workers_threads} inference thread(s), {threads} torch thread(s) each")
+    from ..serve.app import create_app
+
+    app = create_app(
+        searcher,
+        reranker,
+        api_key=api_key,
+        max_documents=args.max_documents,
+        max_body_bytes=args.max_body_bytes,
+        model_name=args.model_name,
+        worker_threads=args.workers_threads,
+        max_queue=args.max_queue,
+    )
+    if args.host not in _LOOPBACK_HOSTS and not api_key:
+        say(
+            f"warning: listening on {args.host} without an API key; anyone who can reach "
+            "this port can use it (set --api-key or TANSAKU_API_KEY)"
+        )
+    import uvicorn
+
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)
+    finally:
+        if searcher is not None:
+            searcher.close()
+    return 0
+
+
+def _check_serve_args(args: argparse.Namespace) -> None:
+    from tansaku.index.errors import TansakuError
+
+    if args.no_index == (args.index is not None):
+        raise TansakuError(
+            "give an INDEX directory, or --no-index for a rerank-only server"
+            if args.index is None
+            else "give either INDEX or --no-index, not both"
+        )
+    if args.no_index and args.reranker.lower() in ("", "none"):
+        raise TansakuError("--no-index needs --reranker: there would be nothing to serve")
+    check_positive_ints({name: getattr(args, name) for name in _POSITIVE_OPTIONS}, options=True)
+    if args.api_key is not None and not args.api_key.strip():
+        raise TansakuError("--api-key is empty")

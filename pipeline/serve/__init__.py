@@ -1,0 +1,44 @@
+"""tansaku.pipeline.serve: search and Cohere/Jina/TEI-compatible reranking over HTTP (FastAPI).
+
+Endpoints (OpenAPI docs at ``/docs``):
+
+- ``POST /v1/rerank``, ``POST /v2/rerank``, ``POST /rerank``: Cohere v1/v2 bodies (what the
+  Cohere SDKs, LiteLLM's cohere and jina_ai providers, LangChain, LlamaIndex... send);
+  ``POST /rerank`` also takes Text Embeddings Inference's body (``texts`` instead of
+  ``documents``) and then answers TEI's bare sorted array.
+- ``POST /v1/search``: the retrieve (+ rerank) pipeline over the loaded index.
+- ``GET /v1/models`` (OpenAI-style list of what is loaded) and ``GET /health``.
+
+Modules: :mod:`.app` (``create_app``), :mod:`.routes` (the endpoints), :mod:`.models`
+(request/response bodies), :mod:`.documents` (what a rerank request ranks), :mod:`.service`
+(the reranker and its inference threads), :mod:`.guards` (API key, sizes, a full queue),
+:mod:`.errors` (the one error shape), :mod:`.state` (what the routes share) and
+:mod:`.limits` (defaults). The ``tansaku serve`` command is :mod:`tansaku.pipeline.cli.serve`.
+
+The names below are imported on first use, so that the command line can read
+:mod:`.limits` for its ``--help`` without importing FastAPI, numpy or torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ApiError": "errors",
+    "InferenceQueue": "service",
+    "RerankOutcome": "service",
+    "RerankService": "service",
+    "ServerState": "state",
+    "create_app": "app",
+    "limit_torch_threads": "service",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)
