@@ -11,6 +11,7 @@ from typing import Any
 from tansaku.index import Index
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec
+from tansaku.rerank.base import Reranker
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
 from .rerank_fusion import check_fusion_weight, recorded_defaults
@@ -24,7 +25,8 @@ class SearchConfig:
     ``mode`` None means the first stage a trained reranker's fusion weight was chosen with
     (when it records one and the index can serve it), else hybrid when the index has a dense
     part, else bm25.
-    ``reranker`` is a model id or directory, or None for no rerank stage.
+    ``reranker`` is a model id or directory, or None for no rerank stage (``"none"`` and
+    ``""`` are read as None).
     ``rerank_fusion_weight`` w ranks reranked candidates by ``w · reranker + (1 - w) · first
     stage`` (per-query min-max normalised scores); 1.0 is pure reranker order. None means the
     weight a ``tansaku train-reranker`` model records (chosen on held-out training queries),
@@ -41,9 +43,12 @@ class SearchConfig:
     rerank_fusion_weight: float | None = None
 
     def __post_init__(self) -> None:
+        if self.reranker is not None and self.reranker.strip().lower() in ("", "none"):
+            # what a user may type for "no reranker"; from here on only None means that
+            object.__setattr__(self, "reranker", None)
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"unknown search mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        check_ks(self.retrieve_k, self.rerank_k, self.top_n, reranking=bool(self.reranker))
+        check_ks(self.retrieve_k, self.rerank_k, self.top_n, reranking=self.reranker is not None)
         if self.rerank_fusion_weight is not None:
             check_fusion_weight(self.rerank_fusion_weight)
 
@@ -59,13 +64,13 @@ class Searcher:
     """
 
     def __init__(
-        self, index: Index, config: SearchConfig = SearchConfig(), reranker: Any | None = None
+        self, index: Index, config: SearchConfig = SearchConfig(), reranker: Reranker | None = None
     ) -> None:
         self.index = index
         self._inode = index.path.stat().st_ino
         self._lock = threading.RLock()
         self.config = config
-        self._rerankers: dict[str, Any] = {}
+        self._rerankers: dict[str, Reranker] = {}
         if reranker is not None:
             self._rerankers[config.reranker or repr(reranker)] = reranker
             self.config = replace(config, reranker=config.reranker or repr(reranker))
@@ -73,8 +78,8 @@ class Searcher:
     def __repr__(self) -> str:
         return f"Searcher({self.index!r}, {self.config})"
 
-    def _reranker(self, spec: str | None) -> Any | None:
-        if not spec or spec.lower() == "none":
+    def _reranker(self, spec: str | None) -> Reranker | None:
+        if spec is None:
             return None
         with self._lock:  # load each model once, even when two threads ask at the same time
             if spec not in self._rerankers:
@@ -150,14 +155,16 @@ class Searcher:
         self.close()
 
 
-def open_index(path: str | os.PathLike[str], *, reranker: Any | None = None, **config: Any) -> Searcher:
+def open_index(
+    path: str | os.PathLike[str], *, reranker: Reranker | str | os.PathLike[str] | None = None, **config: Any
+) -> Searcher:
     """Open the index at ``path`` for searching.
 
     ``reranker`` may be a model id/directory (loaded on first search) or a
     ready reranker object; other keywords are :class:`SearchConfig` fields.
     """
     index = Index.open(Path(path))
-    if reranker is None or isinstance(reranker, str | os.PathLike):
+    if reranker is None or isinstance(reranker, (str, os.PathLike)):
         spec = None if reranker is None else str(reranker)
         return Searcher(index, SearchConfig(reranker=spec, **config))
     return Searcher(index, SearchConfig(**config), reranker=reranker)

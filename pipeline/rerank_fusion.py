@@ -13,6 +13,7 @@ from typing import Any
 
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
+from tansaku.rerank.base import ModelReranker, Reranker
 from tansaku.retrieve import minmax
 
 
@@ -48,11 +49,12 @@ def fuse(
     return [h.replace(score=s, rank=rank) for rank, (s, _, h) in enumerate(scored, 1)]
 
 
-def recorded_defaults(reranker: Any) -> tuple[float, str | None]:
+def recorded_defaults(reranker: Reranker) -> tuple[float, str | None]:
     """The fusion weight a trained reranker directory records (else 1.0) and the first stage it
     was chosen with (else None), from one read of its manifest."""
     from tansaku.rerank.training import recorded_fusion
 
-    name = getattr(reranker, "model_name", None)
-    weight, stage = recorded_fusion(name) if isinstance(name, str) else (None, None)
+    weight, stage = (
+        recorded_fusion(reranker.model_name) if isinstance(reranker, ModelReranker) else (None, None)
+    )
     return (1.0 if weight is None else check_fusion_weight(weight)), stage

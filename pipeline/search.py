@@ -10,6 +10,7 @@ from typing import Any
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
+from tansaku.rerank.base import Reranker
 from tansaku.retrieve import Retriever
 
 from .rerank_fusion import check_fusion_weight, fuse
@@ -71,7 +72,7 @@ class SearchPipeline:
     def __init__(
         self,
         retriever: Retriever,
-        reranker: Any | None = None,
+        reranker: Reranker | None = None,
         *,
         retrieve_k: int = 100,
         rerank_k: int = 100,

@@ -21,6 +21,7 @@ import numpy as np
 from tansaku.index import Index
 from tansaku.index.errors import ConfigError, IngestError
 from tansaku.index.hit import Hit
+from tansaku.rerank.base import Reranker
 from tansaku.rerank.training import (
     TrainConfig,
     TrainExample,
@@ -252,7 +253,7 @@ def _random_fill(index: Index, rng: np.random.Generator, exclude: set[str], n: i
 
 def rerank_lists(
     index: Index,
-    reranker: Any,
+    reranker: Reranker,
     queries: Sequence[str],
     candidates: Sequence[list[Hit]],
     k: int,

@@ -75,3 +75,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `tansaku search ... | head`: the reader went away; not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -11,7 +11,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tansaku.rerank.cross_encoder import CrossEncoderReranker
 
 
 def say(message: str) -> None:
@@ -136,7 +139,9 @@ def add_quantize_option(group: Any) -> None:
     )
 
 
-def make_reranker(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> Any | None:
+def make_reranker(
+    args: argparse.Namespace, log: Callable[[str], None] | None = None
+) -> CrossEncoderReranker | None:
     """The CrossEncoderReranker a command's reranking options ask for (None: no --reranker or 'none').
 
     Sigmoid scores unless ``--raw-scores``; ``--max-chunks-per-doc`` where the command has it

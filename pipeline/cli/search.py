@@ -133,21 +133,17 @@ def add_rerank(sub: argparse._SubParsersAction) -> None:
 def run_rerank(args: argparse.Namespace) -> int:
     reranker = make_reranker(args)
     assert reranker is not None
+    from tansaku.rerank.base import rank_texts
+
     start = time.perf_counter()
-    hits = reranker.rerank(args.query, list(args.docs), top_n=args.top_n)
+    ranked = rank_texts(reranker, args.query, args.docs, args.top_n)
     ms = (time.perf_counter() - start) * 1000
     if args.json:
-        emit_json(
-            {
-                "model": str(args.reranker),
-                "query": args.query,
-                "rerank_ms": ms,
-                "results": [
-                    {"index": int(h.doc_id), "relevance_score": h.score, "document": h.text} for h in hits
-                ],
-            }
-        )
+        results = [
+            {"index": r.index, "relevance_score": r.score, "document": args.docs[r.index]} for r in ranked
+        ]
+        emit_json({"model": str(args.reranker), "query": args.query, "rerank_ms": ms, "results": results})
         return 0
-    for hit in hits:
-        print(f"{hit.rank:>3}. {hit.score:8.4f}  [{hit.doc_id}] {hit.text}")
+    for rank, r in enumerate(ranked, 1):
+        print(f"{rank:>3}. {r.score:8.4f}  [{r.index}] {args.docs[r.index]}")
     return 0

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
+from tansaku.rerank.base import Reranker
 
 from ..search import SearchPipeline
 from .metrics import DEFAULT_METRICS, per_query
@@ -174,7 +175,7 @@ def format_table(reports: Sequence[StageReport], metrics: Sequence[str]) -> str:
 
 def evaluate_candidates(
     dataset: Any,
-    reranker: Any | None,
+    reranker: Reranker | None,
     metrics: Sequence[str] = ("ndcg@10", "mrr@10"),
     *,
     analyzer: str = "ja-surface",

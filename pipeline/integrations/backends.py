@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
+from tansaku.rerank.base import Reranker, rank_texts
 
 from ..api import Searcher, open_index
+from ..search import default_rerank_k
 from .client import DEFAULT_TIMEOUT_S, TansakuClient
 
 SEARCH_SETTINGS = ("top_n", "retrieve_k", "rerank_k", "mode", "filter")
@@ -72,9 +74,9 @@ class LocalSearch:
             "rerank_k": rerank_k,
             "mode": mode,
         }
-        if retrieve_k is not None and rerank_k is None:
+        if retrieve_k is not None:
             # as the server does: a smaller retrieve_k alone shrinks the default rerank_k
-            overrides["rerank_k"] = min(self.searcher.config.rerank_k, retrieve_k)
+            overrides["rerank_k"] = default_rerank_k(retrieve_k, rerank_k, cap=self.searcher.config.rerank_k)
         if filter is not None:  # only when given, so searchers without filters still work
             overrides["filter"] = filter
         with self._lock:
@@ -89,14 +91,14 @@ class LocalRerank:
     ("Already borrowed").
     """
 
-    def __init__(self, reranker: Any) -> None:
+    def __init__(self, reranker: Reranker) -> None:
         self.reranker = reranker
         self._lock = threading.Lock()
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[tuple[int, float]]:
         with self._lock:
-            hits = self.reranker.rerank(query, list(texts), top_n=top_n)
-        return [(int(h.doc_id), float(h.score)) for h in hits]
+            ranked = rank_texts(self.reranker, query, list(texts), top_n)
+        return [(r.index, r.score) for r in ranked]
 
 
 class RemoteSearch:

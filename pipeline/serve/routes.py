@@ -188,7 +188,7 @@ async def run_search(st: ServerState, body: m.SearchRequest) -> dict[str, Any]:
     if body.mode:
         overrides["mode"] = body.mode
     result, mode = await st.queue.run(st.run_search, body.query, overrides, flt)
-    reranked = bool(config.reranker) and config.reranker.lower() != "none"
+    reranked = config.reranker is not None
     model = (st.service.name if st.service else config.reranker) if reranked else None
     return {
         "query": body.query,

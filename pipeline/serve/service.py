@@ -17,17 +17,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from tansaku.index.errors import TansakuError
+from tansaku.rerank.base import ModelReranker, Reranker, ranking, reranker_name
 
 from .errors import ApiError
 from .guards import server_busy
-
-if TYPE_CHECKING:
-    from tansaku.rerank.base import Reranker
 
 T = TypeVar("T")
 
@@ -55,16 +53,16 @@ class RerankService:
 
     def __init__(self, reranker: Reranker, name: str | None = None) -> None:
         self.reranker = reranker
-        self.source = str(getattr(reranker, "model_name", "") or type(reranker).__name__)
+        # A model-backed reranker also gives token counts, windows and raw logits.
+        self.model = reranker if isinstance(reranker, ModelReranker) else None
+        self.source = reranker_name(reranker)
         self.name = name or _public_name(self.source)
         self.aliases = frozenset(a for a in (self.name, self.source, Path(self.source).name) if a)
-        self.tokenizer: Any = getattr(reranker, "tokenizer", None)
-        max_length = getattr(reranker, "max_length", None)
-        self.max_length = max_length if isinstance(max_length, int) else None
-        max_chunks = getattr(reranker, "max_chunks_per_doc", None)
-        self.max_chunks = max_chunks if isinstance(max_chunks, int) else None
+        self.tokenizer: Any = self.model.tokenizer if self.model else None
+        self.max_length = self.model.max_length if self.model else None
+        self.max_chunks = self.model.max_chunks_per_doc if self.model else None
         self._pair_specials = _pair_specials(self.tokenizer)
-        self._variants: dict[int, Any] = {}
+        self._variants: dict[int, Reranker] = {}
         self._lock = threading.Lock()
 
     def check_model(self, model: str | None) -> None:
@@ -93,12 +91,9 @@ class RerankService:
         logits, so both the logits and the scores come out in descending order even where
         float32 sigmoids saturate to equal scores.
         """
-        from tansaku.rerank.base import ranked_hits
-
         texts, tokens = self.truncate_and_count(query, texts, max_tokens)
         scores, logits = self._scores(self._with_max_chunks(max_chunks), query, texts, raw)
-        key = scores if logits is None else logits
-        order = [int(h.doc_id) for h in ranked_hits(texts, key, top_n)]
+        order = ranking(scores if logits is None else logits, top_n)
         return RerankOutcome(
             [(i, float(scores[i])) for i in order],
             tokens,
@@ -155,19 +150,20 @@ class RerankService:
                 high = mid - 1
         return text[:low]
 
-    def _with_max_chunks(self, max_chunks: int | None) -> Any:
+    def _with_max_chunks(self, max_chunks: int | None) -> Reranker:
         if not max_chunks or self.max_chunks is None or max_chunks >= self.max_chunks:
             return self.reranker
+        assert self.model is not None  # max_chunks is only known for a model-backed reranker
         with self._lock:
             variant = self._variants.get(max_chunks)
             if variant is None:
                 # shares the model and tokenizer; only the window limit differs
-                variant = self.reranker.with_options(max_chunks_per_doc=max_chunks)
+                variant = self.model.with_options(max_chunks_per_doc=max_chunks)
                 self._variants[max_chunks] = variant
         return variant
 
     def _scores(
-        self, reranker: Any, query: str, texts: list[str], raw: bool
+        self, reranker: Reranker, query: str, texts: list[str], raw: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores in [0, 1] and, when ``raw``, the logits they are the sigmoid of.
 
@@ -175,8 +171,8 @@ class RerankService:
         a score: it goes to its own field.
         """
         pairs = [(query, text) for text in texts]
-        compute = getattr(reranker, "compute_score", None)
-        if compute is not None:
+        if isinstance(reranker, ModelReranker):
+            compute = reranker.compute_score
             if not raw:
                 # explicit normalisation: sigmoid scores whatever activation the reranker has
                 return np.asarray(compute(pairs, normalize=True), dtype=np.float32), None
