@@ -173,7 +173,7 @@ def build_index(
             say(f"dense encoder: {spec} ({choice})")
             t0 = time.perf_counter()
             if spec == "corpus":
-                from .corpus_encoder import ENCODER_DIR, load_corpus_encoder, train_corpus_encoder
+                from .encoders.corpus_encoder import ENCODER_DIR, load_corpus_encoder, train_corpus_encoder
 
                 # Its tokenizer learns whole words as MeCab writes them: surface forms,
                 # never lemmas, filtered words or n-grams.

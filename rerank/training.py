@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tansaku.index.encoders.hub import load_failure, resolve
 from tansaku.index.errors import ConfigError, ModelLoadError
-from tansaku.index.hub import load_failure, resolve
 from tansaku.rerank.windows import PairTemplate
 
 logger = logging.getLogger(__name__)

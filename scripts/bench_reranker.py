@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if base is None:
             base = str(work / "e5-small")
             if not (Path(base) / "config.json").is_file():
-                from tansaku.index.e5_import import import_e5_small
+                from tansaku.index.encoders.e5_import import import_e5_small
 
                 import_e5_small(base, overwrite=True)
         config = TrainConfig(

@@ -9,7 +9,7 @@ import pytest
 
 from tansaku.index import SAMPLE_CORPUS, read_file
 from tansaku.index.analyzer import get_analyzer
-from tansaku.index.corpus_encoder import (
+from tansaku.index.encoders.corpus_encoder import (
     INFO_FILE,
     CorpusEncoder,
     CorpusEncoderConfig,

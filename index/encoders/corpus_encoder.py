@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from .analyzer import Analyzer, get_analyzer, normalize
-from .encoders import SentenceTransformerEncoder
-from .errors import ConfigError, ModelLoadError
+from ..analyzer import Analyzer, get_analyzer, normalize
+from ..errors import ConfigError, ModelLoadError
+from .base import SentenceTransformerEncoder
 
 ENCODER_DIR = "encoder"  # where the index builder keeps a bundled corpus encoder
 INFO_FILE = "tansaku_corpus_encoder.json"  # training config + stats, beside the model files

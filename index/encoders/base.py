@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .hub import load_failure, resolve
 
 
