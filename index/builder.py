@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer, tokenize_all
+from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
@@ -30,7 +30,7 @@ from .manifest import new_manifest, write_manifest
 from .paths import ENCODER_DIR, check_index_target
 from .records import Record
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
-from .tokenize_workers import resolve_workers
+from .tokenize_workers import resolve_workers, tokenize_all
 
 # BM25 k1/b chosen together with each analyzer preset on JSQuAD's tune half of the articles
 # (scripts/tune_bm25.py; README "Evaluation"). Other analyzers get rank-bm25's defaults.

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .analyzer import tokenize_all
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index
 from .builder import _encode_texts, write_parts
@@ -32,7 +31,7 @@ from .errors import IngestError
 from .paths import ENCODER_DIR, real_path
 from .records import Record
 from .store import CORPUS_FILE, Index
-from .tokenize_workers import resolve_workers
+from .tokenize_workers import resolve_workers, tokenize_all
 
 
 @dataclass(frozen=True)

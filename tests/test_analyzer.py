@@ -24,10 +24,9 @@ from tansaku.index.analyzer import (
     NgramOptions,
     analyzer_from_config,
     char_ngrams,
-    tokenize_all,
 )
 from tansaku.index.normalize import PROLONGED_LOOKALIKES, STEPS, Normalizer
-from tansaku.index.tokenize_workers import default_workers, resolve_workers
+from tansaku.index.tokenize_workers import default_workers, resolve_workers, tokenize_all
 from tansaku.pipeline.datasets import load_jsquad
 from tansaku.retrieve import BM25Retriever
 
