@@ -6,7 +6,6 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError
 from .filters import FilterMasks, FilterSpec, json_path, parse_filter
 from .hit import Hit
-from .manifest import read_manifest
+from .manifest import IndexManifest
 
 CORPUS_FILE = "corpus.sqlite"
 IDS_FILE = "ids.npy"
@@ -38,7 +37,7 @@ class Index:
     def __init__(
         self,
         path: Path,
-        manifest: dict[str, Any],
+        manifest: IndexManifest,
         corpus: Corpus,
         analyzer: Analyzer,
         bm25: BM25Index,
@@ -68,15 +67,15 @@ class Index:
 
     @classmethod
     def _load(cls, path: Path, *, mmap: bool, encoder: Encoder | None) -> Index:
-        manifest = read_manifest(path)
+        manifest = IndexManifest.load(path)
         try:
-            analyzer = analyzer_from_config(manifest["analyzer"])
-            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest["bm25"]["params"]), mmap=mmap)
+            analyzer = analyzer_from_config(dict(manifest.analyzer))
+            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
             dense = None
-            if manifest.get("dense"):
-                d = manifest["dense"]
+            if manifest.dense is not None:
+                d = manifest.dense
                 dense = DenseIndex.load(
-                    path / DENSE_DIR, FaissParams(**d["faiss"]), reason=d.get("reason", ""), mmap=mmap
+                    path / DENSE_DIR, FaissParams(**d.faiss), reason=d.reason or "", mmap=mmap
                 )
             doc_ids = load_array(path / IDS_FILE, mmap=mmap)
             corpus = Corpus(path / CORPUS_FILE, readonly=True)
@@ -96,10 +95,10 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         """The query encoder of the dense index (loaded on first use)."""
-        if self.dense is None:
+        if self.dense is None or self.manifest.dense is None:
             raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
         if self._encoder is None:
-            self._encoder = encoder_from_config(self.manifest["dense"]["encoder"], base=self.path)
+            self._encoder = encoder_from_config(dict(self.manifest.dense.encoder), base=self.path)
         return self._encoder
 
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:

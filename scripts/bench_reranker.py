@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         build_index(index_dir, read_dicts(ds.corpus), build_config, progress=True)
         say(f"built {index_dir} in {time.perf_counter() - t0:.0f} s")
     index = Index.open(index_dir)
-    stamp_index = index.manifest["created_at"]  # caches below are per index build
+    stamp_index = index.manifest.created_at  # caches below are per index build
 
     # 2. first stages for tune + eval queries
     scored_q = tune_q + eval_q
