@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tansaku.index.atomic import write_json
 from tansaku.index.encoders.hub import load_failure, resolve
 from tansaku.index.errors import ConfigError, ModelLoadError
 from tansaku.rerank.windows import PairTemplate
@@ -542,7 +543,7 @@ def _save_checkpoint(
             moments[f"{n}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
             moments[f"{n}.step"] = torch.as_tensor(s["step"], dtype=torch.float32).reshape(1)
     save_file(moments, str(tmp / _OPTIMIZER))
-    (tmp / _STATE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(tmp / _STATE, state)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     if not keep:
@@ -810,10 +811,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def write_manifest(model_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    path = Path(model_dir) / MANIFEST_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(Path(model_dir) / MANIFEST_FILE, manifest)
 
 
 def recorded_fusion(model_dir: str | os.PathLike[str]) -> tuple[float | None, str | None]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..atomic import write_json
 from ..errors import ConfigError, ModelLoadError
 from ..paths import ENCODER_DIR
 from .base import SentenceTransformerEncoder
@@ -198,7 +199,7 @@ def save_corpus_encoder(
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
     info = {"format": 1, "config": config.to_dict(), "stats": stats.to_dict()}
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out / INFO_FILE, info)
 
 
 class CorpusEncoder:

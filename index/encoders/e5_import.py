@@ -625,7 +625,7 @@ def _write_directory(
 
     def dump(name: str, obj: Any) -> None:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic.write_json(tmp / name, obj)
 
     # Weights. The file has no pooler (e5 pools by mean, never through it); zeros keep
     # transformers from warning about, and randomly initialising, "missing" weights.
