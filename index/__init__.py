@@ -12,11 +12,11 @@ from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, SentenceTransformerEncoder, load_encoder
 from .errors import ConfigError, IndexFormatError, IngestError, ModelLoadError, TansakuError
-from .filters import Filter, create_field_index, parse_filter
+from .filters import Filter, parse_filter
 from .hit import Hit
 from .records import FieldMap, Record, read_dicts, read_file
 from .sample import SAMPLE_CORPUS
-from .store import Index
+from .store import Index, create_field_index
 
 __all__ = [
     "Analyzer",

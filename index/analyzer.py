@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -386,17 +386,3 @@ def analyzer_from_config(config: dict[str, Any]) -> Analyzer:
             "rebuild the index with this version of tansaku"
         )
     return analyzer
-
-
-def tokenize_all(
-    analyzer: Analyzer,
-    texts: Iterable[str],
-    *,
-    total: int | None = None,
-    progress: bool = True,
-    workers: int = 1,
-) -> Iterator[list[str]]:
-    """Tokenise many texts in order, with a progress bar (in ``workers`` processes if > 1)."""
-    from .tokenize_workers import tokenize_parallel
-
-    yield from tokenize_parallel(analyzer, texts, total=total, progress=progress, workers=workers)

@@ -7,6 +7,7 @@ and :func:`recover` repairs the (tiny) window between them on the next open.
 
 Every entry point resolves symlinks first: ``idx`` and a link to it share one lock
 and one swap, and the swap replaces the real directory, so the link stays a link.
+:func:`write_json` replaces one JSON file the same way (write beside it, fsync, rename).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import IndexFormatError
 from .paths import real_path
@@ -99,6 +102,29 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> None:
+    """Write ``data`` to ``path`` as UTF-8 JSON (non-ASCII kept, a final newline), atomically.
+
+    The text goes to ``NAME.tmp`` in the same directory, is fsynced and renamed over
+    ``path``, so a reader or a crash sees the old file or the new one, never part of one.
+    One writer per file: the temporary name is fixed (an index lists it among its entries).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=indent)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:

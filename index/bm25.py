@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from . import bm25_kernels as kernels
 from .arrays import load_array
+from .atomic import write_json
 from .errors import ConfigError, IndexFormatError
 
 _NO_MASK = np.zeros(0, dtype=np.bool_)
@@ -396,8 +397,7 @@ class BM25Index:
         np.save(directory / "doc_len.npy", np.ascontiguousarray(self.doc_len))
         np.save(directory / "dense_rows.npy", np.ascontiguousarray(self.dense_rows))
         np.save(directory / "dense_weights.npy", np.ascontiguousarray(self.dense_weights))
-        with open(directory / "vocab.json", "w", encoding="utf-8") as fh:
-            json.dump(self.vocab, fh, ensure_ascii=False)
+        write_json(directory / "vocab.json", self.vocab, indent=None)
         return self.describe()
 
     def describe(self) -> dict[str, Any]:

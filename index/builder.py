@@ -17,18 +17,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer, tokenize_all
+from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, load_encoder
+from .encoders.corpus_encoder import load_corpus_encoder
+from .encoders.corpus_training import train_corpus_encoder
 from .errors import ConfigError, IngestError
-from .manifest import new_manifest, write_manifest
-from .paths import check_index_target
+from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, UpdateRecord
+from .paths import ENCODER_DIR, check_index_target
 from .records import Record
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
-from .tokenize_workers import resolve_workers
+from .tokenize_workers import resolve_workers, tokenize_all
 
 # BM25 k1/b chosen together with each analyzer preset on JSQuAD's tune half of the articles
 # (scripts/tune_bm25.py; README "Evaluation"). Other analyzers get rank-bm25's defaults.
@@ -173,8 +175,6 @@ def build_index(
             say(f"dense encoder: {spec} ({choice})")
             t0 = time.perf_counter()
             if spec == "corpus":
-                from .corpus_encoder import ENCODER_DIR, load_corpus_encoder, train_corpus_encoder
-
                 # Its tokenizer learns whole words as MeCab writes them: surface forms,
                 # never lemmas, filtered words or n-grams.
                 words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) else analyzer
@@ -215,12 +215,12 @@ def build_index(
             bm25,
             dense,
             encoder,
-            build={
-                "config": _config_dict(config, encoder),
-                "seconds": timings,
-                "encoder_choice": choice or None,
-                "tokenize_workers": workers,
-            },
+            build=BuildSection(
+                config=_config_dict(config, encoder),
+                seconds=timings,
+                encoder_choice=choice or None,
+                tokenize_workers=workers,
+            ),
         )
     # A corpus encoder trained in the staged directory is reopened from its final place.
     return Index.open(path, encoder=None if spec == "corpus" else encoder)
@@ -258,25 +258,25 @@ def write_parts(
     bm25: BM25Index,
     dense: DenseIndex | None,
     encoder: Encoder | None,
-    **sections: Any,
+    *,
+    build: BuildSection | None,
+    updates: tuple[UpdateRecord, ...] | None = None,
 ) -> None:
     """Write the id map, BM25 arrays, FAISS files and manifest of a staged index."""
     np.save(tmp / IDS_FILE, np.asarray(ids, dtype=str))
-    bm25_info = bm25.save(tmp / BM25_DIR)
+    bm25_info = BM25Section.from_dict(bm25.save(tmp / BM25_DIR))
     dense_info = None
     if dense is not None:
         assert encoder is not None
-        dense_info = {"encoder": encoder.to_config(), **dense.save(tmp / DENSE_DIR)}
-    write_manifest(
-        tmp,
-        new_manifest(
-            counts={"docs": len(ids)},
-            analyzer=analyzer.to_config(),
-            bm25=bm25_info,
-            dense=dense_info,
-            **sections,
-        ),
-    )
+        dense_info = DenseSection.from_dict({"encoder": encoder.to_config(), **dense.save(tmp / DENSE_DIR)})
+    IndexManifest(
+        counts={"docs": len(ids)},
+        analyzer=analyzer.to_config(),
+        bm25=bm25_info,
+        dense=dense_info,
+        build=build,
+        updates=updates,
+    ).save(tmp)
 
 
 def _duration(seconds: float) -> str:

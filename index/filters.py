@@ -26,24 +26,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 
-from .atomic import write_lock
 from .errors import ConfigError, IndexFormatError
-
-if TYPE_CHECKING:
-    from .corpus import Corpus
-    from .store import Index
 
 # Letters (any script) or "_" first, then letters, digits, "_" or "-": no quotes, dots,
 # brackets, "$" or spaces, so a name can neither escape its JSON-path label nor nest.
@@ -412,43 +405,3 @@ class FilterMasks:
         mask[np.searchsorted(rowids, hits)] = True
         mask.setflags(write=False)
         return mask
-
-
-def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: str) -> str:
-    """Create (if absent) an SQLite expression index on ``json_extract(metadata, '$."field"')``.
-
-    ``index`` is an index directory, an opened :class:`~tansaku.index.Index` or a
-    :class:`~tansaku.index.Corpus` opened for writing. Returns the SQLite index name
-    (``tansaku_meta_<field>``). It lives in ``corpus.sqlite``: updates (``tansaku add`` /
-    ``delete``) keep it, a rebuild drops it.
-
-    When it helps: SQL that spells the path literally, e.g. your own queries over
-    ``corpus.sqlite`` such as ``WHERE json_extract(metadata, '$."year"') = 2020``, becomes an
-    index seek instead of a scan. tansaku's own filter masks do not use it: they bind the
-    JSON path as a parameter (so no filter text ever becomes SQL), which SQLite's planner
-    cannot match against an expression index (EXPLAIN QUERY PLAN: SCAN docs). They scan
-    ``docs`` once per distinct filter and index version instead and cache the mask, which
-    makes the index unnecessary for repeated filters.
-    """
-    from .corpus import Corpus
-    from .store import CORPUS_FILE, Index
-
-    path = json_path(field)  # validates the name: DDL cannot take parameters
-    name = f"tansaku_meta_{field}"
-    ddl = f"CREATE INDEX IF NOT EXISTS \"{name}\" ON docs (json_extract(metadata, '{path}'))"
-    try:
-        if isinstance(index, Corpus):
-            index.db.conn.execute(ddl)
-            return name
-        directory = Path(index.path if isinstance(index, Index) else index)
-        if not (directory / CORPUS_FILE).is_file():
-            raise IndexFormatError(f"no index at {directory} (missing {CORPUS_FILE})")
-        with write_lock(directory):  # never while an update copies the corpus
-            conn = sqlite3.connect(directory / CORPUS_FILE)
-            try:
-                conn.execute(ddl)
-            finally:
-                conn.close()
-    except sqlite3.OperationalError as exc:
-        raise IndexFormatError(f"cannot create an index on field {field!r}: {exc}") from exc
-    return name

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 MANIFEST = "manifest.json"
 FORMAT = "tansaku-index"
+ENCODER_DIR = "encoder"  # a corpus-trained encoder, when the index has one
 
 # What an index directory holds (SQLite may leave its journal files beside the corpus).
 INDEX_ENTRIES = frozenset(
@@ -34,7 +35,7 @@ INDEX_ENTRIES = frozenset(
         "ids.npy",
         "bm25",
         "dense",
-        "encoder",
+        ENCODER_DIR,
     }
 )
 

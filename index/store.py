@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .analyzer import Analyzer, analyzer_from_config
 from .arrays import load_array
-from .atomic import reading, recover
+from .atomic import reading, recover, write_lock
 from .bm25 import BM25Index, BM25Params
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError
-from .filters import FilterMasks, FilterSpec, parse_filter
+from .filters import FilterMasks, FilterSpec, json_path, parse_filter
 from .hit import Hit
-from .manifest import read_manifest
+from .manifest import IndexManifest
 
 CORPUS_FILE = "corpus.sqlite"
 IDS_FILE = "ids.npy"
 BM25_DIR = "bm25"
 DENSE_DIR = "dense"
-ENCODER_DIR = "encoder"  # a corpus-trained encoder, when the index has one
 
 
 class Index:
@@ -38,7 +37,7 @@ class Index:
     def __init__(
         self,
         path: Path,
-        manifest: dict[str, Any],
+        manifest: IndexManifest,
         corpus: Corpus,
         analyzer: Analyzer,
         bm25: BM25Index,
@@ -68,15 +67,15 @@ class Index:
 
     @classmethod
     def _load(cls, path: Path, *, mmap: bool, encoder: Encoder | None) -> Index:
-        manifest = read_manifest(path)
+        manifest = IndexManifest.load(path)
         try:
-            analyzer = analyzer_from_config(manifest["analyzer"])
-            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest["bm25"]["params"]), mmap=mmap)
+            analyzer = analyzer_from_config(dict(manifest.analyzer))
+            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
             dense = None
-            if manifest.get("dense"):
-                d = manifest["dense"]
+            if manifest.dense is not None:
+                d = manifest.dense
                 dense = DenseIndex.load(
-                    path / DENSE_DIR, FaissParams(**d["faiss"]), reason=d.get("reason", ""), mmap=mmap
+                    path / DENSE_DIR, FaissParams(**d.faiss), reason=d.reason or "", mmap=mmap
                 )
             doc_ids = load_array(path / IDS_FILE, mmap=mmap)
             corpus = Corpus(path / CORPUS_FILE, readonly=True)
@@ -96,10 +95,10 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         """The query encoder of the dense index (loaded on first use)."""
-        if self.dense is None:
+        if self.dense is None or self.manifest.dense is None:
             raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
         if self._encoder is None:
-            self._encoder = encoder_from_config(self.manifest["dense"]["encoder"], base=self.path)
+            self._encoder = encoder_from_config(dict(self.manifest.dense.encoder), base=self.path)
         return self._encoder
 
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
@@ -131,3 +130,40 @@ class Index:
 
     def close(self) -> None:
         self.corpus.close()
+
+
+def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: str) -> str:
+    """Create (if absent) an SQLite expression index on ``json_extract(metadata, '$."field"')``.
+
+    ``index`` is an index directory, an opened :class:`~tansaku.index.Index` or a
+    :class:`~tansaku.index.Corpus` opened for writing. Returns the SQLite index name
+    (``tansaku_meta_<field>``). It lives in ``corpus.sqlite``: updates (``tansaku add`` /
+    ``delete``) keep it, a rebuild drops it.
+
+    When it helps: SQL that spells the path literally, e.g. your own queries over
+    ``corpus.sqlite`` such as ``WHERE json_extract(metadata, '$."year"') = 2020``, becomes an
+    index seek instead of a scan. tansaku's own filter masks do not use it: they bind the
+    JSON path as a parameter (so no filter text ever becomes SQL), which SQLite's planner
+    cannot match against an expression index (EXPLAIN QUERY PLAN: SCAN docs). They scan
+    ``docs`` once per distinct filter and index version instead and cache the mask, which
+    makes the index unnecessary for repeated filters.
+    """
+    path = json_path(field)  # validates the name: DDL cannot take parameters
+    name = f"tansaku_meta_{field}"
+    ddl = f"CREATE INDEX IF NOT EXISTS \"{name}\" ON docs (json_extract(metadata, '{path}'))"
+    try:
+        if isinstance(index, Corpus):
+            index.db.conn.execute(ddl)
+            return name
+        directory = Path(index.path if isinstance(index, Index) else index)
+        if not (directory / CORPUS_FILE).is_file():
+            raise IndexFormatError(f"no index at {directory} (missing {CORPUS_FILE})")
+        with write_lock(directory):  # never while an update copies the corpus
+            conn = sqlite3.connect(directory / CORPUS_FILE)
+            try:
+                conn.execute(ddl)
+            finally:
+                conn.close()
+    except sqlite3.OperationalError as exc:
+        raise IndexFormatError(f"cannot create an index on field {field!r}: {exc}") from exc
+    return name

@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .analyzer import Analyzer, analyzer_from_config
 from .errors import ConfigError
 
 # Below this many documents one process is faster than starting workers (~1-2 s each:
@@ -58,8 +59,6 @@ def _shipped(analyzer: Any) -> tuple[str, Any]:
     """What a worker needs to rebuild ``analyzer``: its manifest config when that rebuilds it
     (every built-in analyzer: plain data, a Tagger never travels), else the object itself
     (a custom analyzer; multiprocessing then copies it to the worker)."""
-    from .analyzer import analyzer_from_config
-
     config = analyzer.to_config()
     try:
         if type(analyzer_from_config(config)) is type(analyzer):
@@ -70,8 +69,6 @@ def _shipped(analyzer: Any) -> tuple[str, Any]:
 
 
 def _init(kind: str, payload: Any) -> None:
-    from .analyzer import analyzer_from_config
-
     global _analyzer
     _analyzer = analyzer_from_config(payload) if kind == "config" else payload
 
@@ -145,3 +142,15 @@ def tokenize_parallel(
 def _get(item: tuple[Any, int]) -> tuple[str | list[list[str]], int]:
     result, n = item
     return result.get(), n
+
+
+def tokenize_all(
+    analyzer: Analyzer,
+    texts: Iterable[str],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+    workers: int = 1,
+) -> Iterator[list[str]]:
+    """Tokenise many texts in order, with a progress bar (in ``workers`` processes if > 1)."""
+    yield from tokenize_parallel(analyzer, texts, total=total, progress=progress, workers=workers)

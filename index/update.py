@@ -22,17 +22,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .analyzer import tokenize_all
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index
 from .builder import _encode_texts, write_parts
 from .corpus import Corpus
 from .encoders import Encoder
 from .errors import IngestError
-from .paths import real_path
+from .manifest import UpdateRecord
+from .paths import ENCODER_DIR, real_path
 from .records import Record
-from .store import CORPUS_FILE, ENCODER_DIR, Index
-from .tokenize_workers import resolve_workers
+from .store import CORPUS_FILE, Index
+from .tokenize_workers import resolve_workers, tokenize_all
 
 
 @dataclass(frozen=True)
@@ -140,14 +140,14 @@ def update_index(
                     vectors[is_new] = _encode_texts(old.encoder, new_texts, len(new_texts), 64, progress, say)
                 dense = old.dense.with_vectors(vectors)
             corpus.close()
-            history = list(old.manifest.get("updates", []))[-99:]
+            history = list(old.manifest.updates or ())[-99:]
             history.append(
-                {
-                    "added": len(touched) - replaced,
-                    "replaced": replaced,
-                    "deleted": len(delete_ids) - len(missing),
-                    "seconds": round(time.perf_counter() - start, 3),
-                }
+                UpdateRecord(
+                    added=len(touched) - replaced,
+                    replaced=replaced,
+                    deleted=len(delete_ids) - len(missing),
+                    seconds=round(time.perf_counter() - start, 3),
+                )
             )
             write_parts(
                 tmp,
@@ -156,8 +156,8 @@ def update_index(
                 bm25,
                 dense,
                 old.encoder if dense is not None else None,
-                build=old.manifest.get("build", {}),
-                updates=history,
+                build=old.manifest.build,
+                updates=tuple(history),
             )
             report = UpdateReport(
                 len(touched) - replaced,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from tansaku.index.encoders.hub import hub_offline, load_failure, looks_like_local_path, resolve
 from tansaku.index.errors import ModelLoadError
-from tansaku.index.hub import hub_offline, load_failure, looks_like_local_path, resolve
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder

@@ -25,7 +25,7 @@ def make_retriever(
     if mode == "hybrid":
         fusion = fusion or FusionConfig()
         if fusion.method == "score" and fusion.weights is None:
-            dense = (index.manifest.get("dense") or {}).get("encoder") or {}
+            dense = index.manifest.dense.encoder if index.manifest.dense else {}
             fusion = replace(fusion, weights=default_weights(dense.get("type")))
         return HybridRetriever([BM25Retriever(index), DenseRetriever(index, nprobe=nprobe)], fusion)
     raise ConfigError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")

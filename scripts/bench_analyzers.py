@@ -73,7 +73,7 @@ def bench(
         "corpus": corpus,
         "docs": len(index),
         "build_s": round(build_s, 2),
-        "tokenize_bm25_s": round(index.manifest["build"]["seconds"]["tokenize+bm25"], 2),
+        "tokenize_bm25_s": round(index.manifest.build.seconds["tokenize+bm25"], 2),
         "size_mb": round(dir_size_mb(path), 1),
         "bm25_mb": round(dir_size_mb(path / "bm25"), 1),
         "postings": index.bm25.n_postings,

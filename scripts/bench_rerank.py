@@ -92,7 +92,7 @@ def xsmall_model(directory: Path, calibration: Sequence[tuple[str, str]]) -> Pat
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-    from tansaku.index.e5_import import import_e5_small
+    from tansaku.index.encoders.e5_import import import_e5_small
 
     with tempfile.TemporaryDirectory() as tmp:
         e5 = import_e5_small(Path(tmp) / "e5")

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         build_index(index_dir, read_dicts(ds.corpus), build_config, progress=True)
         say(f"built {index_dir} in {time.perf_counter() - t0:.0f} s")
     index = Index.open(index_dir)
-    stamp_index = index.manifest["created_at"]  # caches below are per index build
+    stamp_index = index.manifest.created_at  # caches below are per index build
 
     # 2. first stages for tune + eval queries
     scored_q = tune_q + eval_q
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if base is None:
             base = str(work / "e5-small")
             if not (Path(base) / "config.json").is_file():
-                from tansaku.index.e5_import import import_e5_small
+                from tansaku.index.encoders.e5_import import import_e5_small
 
                 import_e5_small(base, overwrite=True)
         config = TrainConfig(

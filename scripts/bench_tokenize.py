@@ -36,8 +36,8 @@ from pathlib import Path
 from _bench_common import format_table
 from _synthetic import jsquad_paragraphs, synthetic_records
 
-from tansaku.index.analyzer import get_analyzer, tokenize_all
-from tansaku.index.tokenize_workers import cpu_count
+from tansaku.index.analyzer import get_analyzer
+from tansaku.index.tokenize_workers import cpu_count, tokenize_all
 
 REPO = Path(__file__).resolve().parent.parent
 

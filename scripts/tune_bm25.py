@@ -263,7 +263,7 @@ def dense_lists(
         path = cache / f"{kind}-{key}.npy"
         if not path.exists():
             if encoder is None:
-                from tansaku.index.e5 import E5SmallEncoder
+                from tansaku.index.encoders.e5 import E5SmallEncoder
 
                 encoder = E5SmallEncoder()
             print(f"encoding {len(texts)} {kind} with e5-small (cached to {path})", file=sys.stderr)

@@ -24,10 +24,9 @@ from tansaku.index.analyzer import (
     NgramOptions,
     analyzer_from_config,
     char_ngrams,
-    tokenize_all,
 )
 from tansaku.index.normalize import PROLONGED_LOOKALIKES, STEPS, Normalizer
-from tansaku.index.tokenize_workers import default_workers, resolve_workers
+from tansaku.index.tokenize_workers import default_workers, resolve_workers, tokenize_all
 from tansaku.pipeline.eval.datasets import load_jsquad
 from tansaku.retrieve import BM25Retriever
 
@@ -348,7 +347,7 @@ def test_builder_with_workers_equals_single_process(tmp_path):
     two = build_index(tmp_path / "two", read_dicts(rows), BuildConfig(workers=2), progress=False)
     assert one.bm25.vocab == two.bm25.vocab
     np.testing.assert_array_equal(one.bm25.weights, two.bm25.weights)
-    assert two.manifest["build"]["config"]["workers"] == 2
+    assert two.manifest.build.config["workers"] == 2
 
 
 def test_default_workers():

@@ -114,7 +114,7 @@ def test_retrievers_rank_and_fuse(sample_index):
     top = min(5, len(bm25) - 1)
     assert [h.doc_id for h in fused.retrieve("検索エンジンの仕組み", top)] == [h.doc_id for h in bm25[:top]]
     # The default hybrid: min-max score fusion with the encoder type's dense weight.
-    encoder_type = sample_index.manifest["dense"]["encoder"]["type"]
+    encoder_type = sample_index.manifest.dense.encoder["type"]
     weights = default_weights(encoder_type)
     assert encoder_type == "sentence-transformers" and weights == pytest.approx((0.65, 0.35))
     default = make_retriever(sample_index, "hybrid").retrieve("検索エンジンの仕組み", 10)
@@ -139,7 +139,7 @@ def test_retrievers_rank_and_fuse(sample_index):
 
 def test_bm25_only_index_refuses_dense(tmp_path):
     index = build_index(tmp_path / "b", read_dicts(sample_rows()[:5]), progress=False)
-    assert index.dense is None and index.manifest["dense"] is None
+    assert index.dense is None and index.manifest.dense is None
     with pytest.raises(ConfigError, match="no dense index"):
         DenseRetriever(index)
 

@@ -9,16 +9,15 @@ import pytest
 
 from tansaku.index import SAMPLE_CORPUS, read_file
 from tansaku.index.analyzer import get_analyzer
-from tansaku.index.corpus_encoder import (
+from tansaku.index.encoders.corpus_encoder import (
     INFO_FILE,
     CorpusEncoder,
     CorpusEncoderConfig,
     build_tokenizer,
     load_corpus_encoder,
-    mine_pairs,
-    split_sentences,
-    train_corpus_encoder,
 )
+from tansaku.index.encoders.corpus_pairs import mine_pairs, split_sentences
+from tansaku.index.encoders.corpus_training import train_corpus_encoder
 from tansaku.index.errors import ConfigError, ModelLoadError
 
 # Small and quick: ~260 pairs from the 56 sample documents, a few dozen steps.

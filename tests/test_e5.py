@@ -36,6 +36,6 @@ def test_sample_build_and_search(tmp_path, e5):
     index = build_index(
         tmp_path / "e5", read_file(SAMPLE_CORPUS), BuildConfig(encoder="e5-small"), encoder=e5, progress=False
     )
-    assert index.manifest["dense"]["encoder"]["type"] == "e5-small"
+    assert index.manifest.dense.encoder["type"] == "e5-small"
     hits = DenseRetriever(Index.open(tmp_path / "e5")).retrieve("日本で一番高い山", 3)
     assert hits[0].doc_id in {"ja-001", "en-001"}  # 富士山 / Mount Fuji

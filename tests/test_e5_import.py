@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tansaku.index import e5_import
-from tansaku.index.e5_import import (
+from tansaku.index.encoders import e5_import
+from tansaku.index.encoders.e5_import import (
     DTYPE_F32,
     DTYPE_Q4_0,
     PROVENANCE_FILE,

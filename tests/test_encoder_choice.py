@@ -23,9 +23,9 @@ def test_corpus_encoder_is_saved_in_the_index_and_used_for_queries(corpus_index)
     from sentence_transformers import SentenceTransformer
 
     index = Index.open(corpus_index)
-    enc = index.manifest["dense"]["encoder"]
+    enc = index.manifest.dense.encoder
     assert enc["type"] == "corpus" and enc["bundled"] and enc["path"] == "encoder"
-    assert index.manifest["build"]["encoder_choice"].startswith("requested")
+    assert index.manifest.build.encoder_choice.startswith("requested")
     plain = SentenceTransformer(str(corpus_index / "encoder"))
     q = ["日本で一番高い山", "寿司の歴史"]
     np.testing.assert_allclose(

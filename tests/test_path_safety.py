@@ -11,7 +11,7 @@ import pytest
 from helpers import sample_rows, tree_snapshot, write_jsonl
 from tansaku.index import ConfigError, Index, IndexFormatError, build_index, read_dicts
 from tansaku.index.atomic import write_lock
-from tansaku.index.e5_import import import_e5_small
+from tansaku.index.encoders.e5_import import import_e5_small
 from tansaku.index.update import update_index
 from tansaku.pipeline.cli import main
 from tansaku.rerank.training import train_cross_encoder

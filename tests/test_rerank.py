@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fixtures_models import bert_classifier, save_model
-from tansaku.index import hub as loading
+from tansaku.index.encoders import hub as loading
 from tansaku.index.errors import ConfigError, ModelLoadError
 from tansaku.index.hit import Hit
 from tansaku.rerank import DEFAULT_RERANKER, CrossEncoderReranker, Reranker

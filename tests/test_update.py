@@ -72,7 +72,7 @@ def test_update_equals_fresh_build(tmp_path, tiny_bi_encoder_dir, faiss_kind):
     assert {"ja-010", "ja-011"}.isdisjoint(updated.doc_ids)
     assert updated.corpus.get("ja-010") is None
     assert updated.corpus.get("ja-004").text.startswith("東京スカイツリーの新しい説明")
-    assert updated.manifest["updates"][-1]["deleted"] == 2
+    assert updated.manifest.updates[-1].deleted == 2
     expected = final_corpus(rows[:40], new, {"ja-010", "ja-011"})
     if faiss_kind == "flat":
         fresh = build_index(tmp_path / "fresh", read_dicts(expected), config, progress=False)

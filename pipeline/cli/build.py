@@ -162,8 +162,8 @@ def run_build(args: argparse.Namespace) -> int:
         "docs": len(index),
         "seconds": round(seconds, 3),
         "bytes": size,
-        "bm25": index.manifest["bm25"],
-        "dense": index.manifest["dense"],
+        "bm25": index.manifest.bm25.to_dict(),
+        "dense": index.manifest.dense.to_dict() if index.manifest.dense else None,
     }
     if args.json:
         emit_json(summary)

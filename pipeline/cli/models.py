@@ -29,7 +29,7 @@ tansaku models import e5-small --out DIR
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from tansaku.index.e5_import import import_e5_small
+    from tansaku.index.encoders.e5_import import import_e5_small
 
     start = time.perf_counter()
     out = import_e5_small(args.out, overwrite=args.overwrite)

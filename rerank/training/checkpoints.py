@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tansaku.index.atomic import write_json
 from tansaku.index.errors import ConfigError
 from tansaku.rerank.training.config import RUN_FIELDS, TrainConfig
 from tansaku.rerank.training.manifest import MANIFEST_FILE
@@ -58,7 +59,7 @@ def save_checkpoint(
             moments[f"{n}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
             moments[f"{n}.step"] = torch.as_tensor(s["step"], dtype=torch.float32).reshape(1)
     save_file(moments, str(tmp / OPTIMIZER_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(tmp / STATE_FILE, state)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     if not keep:

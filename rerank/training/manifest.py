@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tansaku.index.atomic import write_json
 from tansaku.index.errors import ConfigError
 from tansaku.rerank.training.config import TrainConfig
 from tansaku.rerank.training.examples import TrainExample
@@ -40,10 +41,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_manifest(model_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
     """Write ``manifest`` into ``model_dir``, atomically."""
-    path = Path(model_dir) / MANIFEST_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(Path(model_dir) / MANIFEST_FILE, manifest)
 
 
 def recorded_fusion(model_dir: str | os.PathLike[str]) -> tuple[float | None, str | None]:

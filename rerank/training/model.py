@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from tansaku.index.encoders.hub import load_failure, resolve
 from tansaku.index.errors import ConfigError, ModelLoadError
-from tansaku.index.hub import load_failure, resolve
 from tansaku.rerank.training.config import TrainConfig
 from tansaku.rerank.training.encoding import PairEncoder
 from tansaku.rerank.training.examples import TrainExample

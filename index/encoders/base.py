@@ -1,19 +1,20 @@
 """Dense encoders: text → float32, L2-normalised vectors.
 
 Every backend implements :class:`Encoder`; the manifest stores ``to_config()`` so
-``load_encoder`` can rebuild the same query encoder when an index is opened.
+:func:`~tansaku.index.encoders.loading.encoder_from_config` can rebuild the same query
+encoder when an index is opened. This module holds the protocol and the
+sentence-transformers backend the others build on.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError
+from ..errors import ModelLoadError
 from .hub import load_failure, resolve
 
 
@@ -111,41 +112,3 @@ class SentenceTransformerEncoder:
             "document_prefix": self.document_prefix,
             "max_seq_length": self.model.max_seq_length,
         }
-
-
-def load_encoder(spec: str | os.PathLike[str], **options: Any) -> Encoder:
-    """An encoder from a CLI-style spec: ``e5-small`` (bundled), a hub id or a model directory."""
-    spec = str(spec)
-    if spec.lower() == "none":
-        raise ConfigError("encoder 'none' means no dense index; do not load an encoder")
-    if spec == "e5-small":
-        from .e5 import E5SmallEncoder
-
-        return E5SmallEncoder(batch_size=options.get("batch_size", 32))
-    return SentenceTransformerEncoder(spec, **options)
-
-
-def encoder_from_config(config: dict[str, Any], base: Path | None = None) -> Encoder:
-    """Rebuild the encoder an index was built with (for encoding queries)."""
-    kind = config.get("type")
-    if kind == "sentence-transformers":
-        model = str(config["model"])
-        if base is not None and config.get("bundled"):
-            model = str(base / model)
-        return SentenceTransformerEncoder(
-            model,
-            query_prefix=config.get("query_prefix", ""),
-            document_prefix=config.get("document_prefix", ""),
-            max_seq_length=config.get("max_seq_length"),
-        )
-    if kind == "e5-small":
-        from .e5 import E5SmallEncoder
-
-        return E5SmallEncoder()
-    if kind == "corpus":
-        from .corpus_encoder import load_corpus_encoder
-
-        if base is None:
-            raise ConfigError("a corpus encoder lives inside its index: open the index")
-        return load_corpus_encoder(base / str(config.get("path", "encoder")))
-    raise ConfigError(f"unknown encoder type {kind!r} in the index manifest")

