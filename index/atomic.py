@@ -70,7 +70,7 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(path: Path) -> list[Path]:
     """Remove temporary/old siblings left by builds whose process is gone."""
-    removed = []
+    removed: list[Path] = []
     if not path.parent.exists():
         return removed
     for prefix in (_tmp_prefix(path), _old_prefix(path)):

@@ -230,6 +230,7 @@ def _train(
                 loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
                 loss.backward()
                 # rows is sorted and unique, so this sparse gradient is already coalesced.
+                assert sub.grad is not None  # backward() just filled it
                 table.grad = torch.sparse_coo_tensor(
                     rows.unsqueeze(0), sub.grad, table.shape, is_coalesced=True, check_invariants=False
                 )

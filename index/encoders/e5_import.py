@@ -534,7 +534,7 @@ def _write_safetensors(
             written = 0
             for chunk in produce():
                 data = np.ascontiguousarray(chunk, dtype="<f4")
-                fh.write(memoryview(data).cast("B"))
+                fh.write(data.tobytes())
                 written += data.size
             if written != math.prod(shape):
                 raise IndexFormatError(f"tensor {name!r}: wrote {written} values, expected {shape}")
@@ -629,9 +629,11 @@ def _write_directory(
 
     # Weights. The file has no pooler (e5 pools by mean, never through it); zeros keep
     # transformers from warning about, and randomly initialising, "missing" weights.
+    def reader(entry: TensorEntry, shape: tuple[int, ...]) -> Callable[[], Iterator[np.ndarray]]:
+        return lambda: _chunks(buf, entry, shape)
+
     tensors: list[tuple[str, tuple[int, ...], Callable[[], Iterator[np.ndarray]]]] = [
-        (hf, shape, lambda e=entries[name], s=shape: _chunks(buf, e, s))
-        for name, hf, _dtype, shape in _tensor_plan(header)
+        (hf, shape, reader(entries[name], shape)) for name, hf, _dtype, shape in _tensor_plan(header)
     ]
     tensors.append(
         ("pooler.dense.weight", (hidden, hidden), lambda: iter([np.zeros((hidden, hidden), np.float32)]))

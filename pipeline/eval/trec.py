@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 from tansaku.index.errors import IngestError
 from tansaku.index.hit import Hit
@@ -21,10 +21,11 @@ Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
 
 
-def _open(path: str | os.PathLike[str], mode: str = "r") -> TextIO:
+def _open(path: str | os.PathLike[str], mode: str = "r") -> IO[str]:
     path = Path(path)
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")  # type: ignore[arg-type]
+        # GzipFile itself: gzip.open's annotated return is a union TextIOWrapper does not take
+        return io.TextIOWrapper(gzip.GzipFile(path, mode + "b"), encoding="utf-8")
     return open(path, mode, encoding="utf-8")  # noqa: SIM115
 
 
