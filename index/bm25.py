@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from . import bm25_kernels as kernels
 from .arrays import load_array
 from .atomic import write_json
+from .checks import check_int
 from .errors import ConfigError, IndexFormatError
 
 _NO_MASK = np.zeros(0, dtype=np.bool_)
@@ -316,8 +317,7 @@ class BM25Index:
         ``allowed`` (a boolean mask over documents) restricts the candidates;
         ``weight`` weighs query tokens (see :meth:`query_terms`).
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+        k = check_int("k", k)
         terms, counts = self.query_terms(tokens, weight)
         if len(terms) == 0:
             return np.zeros(0, np.int64), np.zeros(0)
@@ -352,8 +352,7 @@ class BM25Index:
         weight: TermWeight | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`top_k` for many analysed queries at once, in parallel threads."""
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+        k = check_int("k", k)
         if not queries:
             return []
         q_indptr, q_terms, q_counts = self._batch_terms(queries, weight)

@@ -25,7 +25,7 @@ from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, load_encoder
 from .encoders.corpus_encoder import load_corpus_encoder
 from .encoders.corpus_training import train_corpus_encoder
-from .errors import ConfigError, IngestError
+from .errors import IngestError
 from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, UpdateRecord
 from .paths import ENCODER_DIR, check_index_target
 from .records import Record
@@ -67,7 +67,7 @@ class BuildConfig:
     encode_batch_size: int = 64
 
 
-def _encode_texts(
+def encode_documents(
     encoder: Encoder, texts: Iterable[str], n: int, batch: int, progress: bool, say: Callable[[str], None]
 ) -> np.ndarray:
     """Encode ``n`` documents in batches with a progress bar and an up-front time estimate."""
@@ -192,7 +192,7 @@ def build_index(
         dense = None
         if encoder is not None:
             t0 = time.perf_counter()
-            vectors = _encode_texts(
+            vectors = encode_documents(
                 encoder,
                 (r.indexed_text for r in corpus.iter_records()),
                 n,
@@ -291,9 +291,3 @@ def _config_dict(config: BuildConfig, encoder: Encoder | None) -> dict[str, Any]
     out = asdict(config)
     out["encoder"] = encoder.name if encoder else None
     return out
-
-
-def validate_k(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value

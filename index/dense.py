@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from .arrays import load_array
+from .checks import check_int
 from .dense_kernels import dot_rows
 from .errors import ConfigError, IndexFormatError
 
@@ -167,8 +168,7 @@ class DenseIndex:
         searches with an id selector (IVF probing ``nprobe / selectivity`` lists, so about as
         many allowed candidates are scanned as an unfiltered search scans documents).
         """
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
+        k = check_int("k", k)
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if allowed is not None:
             return self._search_allowed(queries, k, allowed, nprobe, rescore, exact_max)

@@ -85,6 +85,19 @@ class Index:
             raise IndexFormatError(f"index {path} is inconsistent: id map and matrices disagree")
         return cls(path, manifest, corpus, analyzer, bm25, dense, doc_ids, encoder)
 
+    def reopen(self) -> Index:
+        """The index now at this path (after an update or rebuild swapped one in).
+
+        A query encoder this version has loaded is handed on when the new version records the
+        same one (a corpus encoder's record includes its training statistics, so a retrained
+        one is loaded afresh).
+        """
+        fresh = Index.open(self.path)
+        old, new = self.manifest.dense, fresh.manifest.dense
+        if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
+            fresh._encoder = self._encoder
+        return fresh
+
     def __len__(self) -> int:
         return len(self.doc_ids)
 

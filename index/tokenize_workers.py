@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .analyzer import Analyzer, analyzer_from_config
+from .checks import check_int
 from .errors import ConfigError
 
 # Below this many documents one process is faster than starting workers (~1-2 s each:
@@ -50,9 +51,7 @@ def resolve_workers(workers: int | None, n_docs: int | None) -> int:
     """``workers`` validated; None or 0 means :func:`default_workers`."""
     if workers is None or workers == 0:
         return default_workers(n_docs)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"workers must be an integer >= 0 (0 = automatic), got {workers!r}")
-    return workers
+    return check_int("workers", workers, 0, note=" (0 = automatic)")
 
 
 def _shipped(analyzer: Any) -> tuple[str, Any]:

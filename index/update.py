@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index
-from .builder import _encode_texts, write_parts
+from .builder import encode_documents, write_parts
 from .corpus import Corpus
 from .encoders import Encoder
 from .errors import IngestError
@@ -137,7 +137,9 @@ def update_index(
                 if (~is_new).any():
                     vectors[~is_new] = old.dense.all_vectors()[reuse_arr[~is_new]]
                 if is_new.any():
-                    vectors[is_new] = _encode_texts(old.encoder, new_texts, len(new_texts), 64, progress, say)
+                    vectors[is_new] = encode_documents(
+                        old.encoder, new_texts, len(new_texts), 64, progress, say
+                    )
                 dense = old.dense.with_vectors(vectors)
             corpus.close()
             history = list(old.manifest.updates or ())[-99:]

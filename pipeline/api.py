@@ -101,7 +101,7 @@ class Searcher:
             return False
         with self._lock:
             if current != self._inode:
-                fresh = Index.open(self.index.path, encoder=self.index._encoder)
+                fresh = self.index.reopen()
                 self.index, self._inode = fresh, current
                 # The old Index is left to the garbage collector: searches still running
                 # on it keep their open files.

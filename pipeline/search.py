@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec, parse_filter
 from tansaku.index.hit import Hit
@@ -33,8 +34,7 @@ def check_ks(retrieve_k: int, rerank_k: int, top_n: int, *, reranking: bool = Tr
     Without a rerank stage ``rerank_k`` is unused, so it need not fit under ``retrieve_k``.
     """
     for name, value in (("retrieve_k", retrieve_k), ("rerank_k", rerank_k), ("top_n", top_n)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int(name, value)
     if reranking and rerank_k > retrieve_k:
         raise ConfigError(f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})")
 

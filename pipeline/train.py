@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tansaku.index import Index
+from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError, IngestError
 from tansaku.index.hit import Hit
 from tansaku.rerank.base import Reranker
@@ -149,9 +150,7 @@ class MiningConfig:
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"mining mode must be one of {MODES}, got {self.mode!r}")
         for name in ("depth", "negatives", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name))
 
     def resolved_mode(self, index: Index) -> str:
         return self.mode or ("hybrid" if index.dense is not None else "bm25")

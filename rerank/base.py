@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tansaku.index.checks import check_optional_int
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
 
@@ -100,10 +101,7 @@ def ranking(scores: np.ndarray | Sequence[float], top_n: int | None = None) -> l
 
 def check_top_n(top_n: int | None) -> None:
     """Reject a ``top_n`` that would silently return nothing."""
-    if top_n is None:
-        return
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
-        raise ConfigError(f"top_n must be a positive integer or None, got {top_n!r}")
+    check_optional_int("top_n", top_n)
 
 
 def document_texts(docs: Sequence[Hit | str]) -> list[str]:

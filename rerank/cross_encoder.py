@@ -11,6 +11,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
+from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError, ModelLoadError
 from tansaku.index.hit import Hit
 from tansaku.rerank.base import check_top_n, document_texts, ranked_hits
@@ -68,10 +69,10 @@ class CrossEncoderReranker:
         quantize: Quantize = "none",
         unpad: bool = True,
     ) -> None:
-        _check_positive("max_length", max_length)
-        _check_positive("batch_size", batch_size)
-        _check_positive("max_chunks_per_doc", max_chunks_per_doc)
-        _check_positive("chunk_overlap", chunk_overlap, minimum=0)
+        check_int("max_length", max_length)
+        check_int("batch_size", batch_size)
+        check_int("max_chunks_per_doc", max_chunks_per_doc)
+        check_int("chunk_overlap", chunk_overlap, minimum=0)
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
         self._device = _resolve_device(device)
@@ -159,7 +160,7 @@ class CrossEncoderReranker:
 
         variant = copy.copy(self)
         if max_chunks_per_doc is not None:
-            _check_positive("max_chunks_per_doc", max_chunks_per_doc)
+            check_int("max_chunks_per_doc", max_chunks_per_doc)
             variant._max_chunks = max_chunks_per_doc
         return variant
 
@@ -366,12 +367,6 @@ def _check_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
             )
         checked.append((pair[0], pair[1]))
     return checked
-
-
-def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
 
 
 def _resolve_device(device: str | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from tansaku.index.errors import ConfigError
+from tansaku.index.checks import check_int
 from tansaku.index.filters import FilterSpec
 from tansaku.index.hit import Hit
 
@@ -29,6 +29,4 @@ class Retriever(Protocol):
 
 
 def check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-    return k
+    return check_int("k", k)

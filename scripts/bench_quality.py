@@ -182,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             hydrated = {q: base.hydrate(results[q][: args.rerank_k]) for q in qids}
             reranked, t = timed(
                 lambda hydrated=hydrated: {
-                    q: reranker.rerank(
-                        ds.queries[q], [h.replace(text=f"{h.title} {h.text}") for h in hydrated[q]]
-                    )
+                    q: reranker.rerank(ds.queries[q], hydrated[q])  # scores each hit's "title text"
                     for q in qids
                 }
             )

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import write_json
+from ..checks import check_int
 from ..errors import ConfigError, ModelLoadError
 from ..paths import ENCODER_DIR
 from .base import SentenceTransformerEncoder
@@ -86,8 +87,7 @@ class CorpusEncoderConfig:
         ):
             value = getattr(self, name)
             low = least.get(name, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"corpus encoder {name} must be an integer >= {low}, got {value!r}")
+            check_int(f"corpus encoder {name}", value, low)
         if not (self.learning_rate > 0 and self.scale > 0):
             raise ConfigError("corpus encoder learning_rate and scale must be > 0")
         if self.init not in ("lsa", "random"):

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..hit import indexed_text
+
 # A sentence ends at a line break or after 。！？!? (full- or half-width, with any closing
 # brackets/quotes), or after a "." followed by a space (English; "3.5" and "e.g" stay whole).
 _SENTENCE = re.compile(r"[^\n]+?(?:[。！？!?]+[」』）)\]\"'”’]*|\.(?=\s)|$)", re.MULTILINE)
@@ -81,7 +83,7 @@ def mine_pairs(
         if len(sentence) < min_sentence_chars:
             continue
         rest = _context(sentences, i, budget)
-        yield Pair(sentence[:budget], f"{title} {rest}" if title else rest, doc)
+        yield Pair(sentence[:budget], indexed_text(title, rest), doc)
     half = len(sentences) // 2
     yield Pair("".join(sentences[:half])[-budget:], "".join(sentences[half:])[:budget], doc)
 

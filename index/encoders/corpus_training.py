@@ -33,6 +33,7 @@ import numpy as np
 
 from ..analyzer import Analyzer, get_analyzer, normalize
 from ..errors import ConfigError
+from ..hit import indexed_text
 from .corpus_encoder import CorpusEncoderConfig, TrainingStats, build_tokenizer, save_corpus_encoder
 from .corpus_pairs import Pair, Reservoir, mine_pairs
 
@@ -285,7 +286,7 @@ def train_corpus_encoder(
     n_docs = 0
     for item in tqdm(records_or_texts, desc="mine pairs", unit="doc", disable=not progress):
         title, text = _title_text(item)
-        sample.add((f"{title} {text}" if title else text)[:SAMPLE_DOC_CHARS])
+        sample.add(indexed_text(title, text)[:SAMPLE_DOC_CHARS])
         for pair in mine_pairs(
             title,
             text,

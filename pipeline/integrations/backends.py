@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from tansaku.index.errors import ConfigError
-from tansaku.index.hit import Hit
+from tansaku.index.hit import Hit, indexed_text
 from tansaku.rerank.base import Reranker, rank_texts
 
 from ..api import Searcher, open_index
@@ -210,12 +210,6 @@ def open_reranker(
     return LocalRerank(model)
 
 
-def check_k(name: str, value: Any) -> None:
-    """Reject a k setting that is not None or an integer >= 1, naming it."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{name} must be an integer >= 1 (or None for the default), got {value!r}")
-
-
 def rerank_text(text: str, title: Any) -> str:
     """What the reranker reads: ``"title text"`` as tansaku's pipeline scores it, or the text."""
-    return f"{title} {text}" if isinstance(title, str) and title else text
+    return indexed_text(title if isinstance(title, str) else None, text)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from tansaku.index.checks import check_optional_int
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
 
@@ -31,16 +32,12 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from .backends import (
     SEARCH_SETTINGS,
-    LocalRerank,
     LocalSearch,
-    RemoteRerank,
     RemoteSearch,
-    check_k,
-    open_reranker,
     open_search,
-    rerank_text,
 )
 from .client import DEFAULT_TIMEOUT_S
+from .reranker_fields import RerankerFields
 
 __all__ = ["TansakuReranker", "TansakuRetriever", "hit_to_document"]
 
@@ -91,7 +88,7 @@ class TansakuRetriever(BaseRetriever):
     def __init__(self, **data: Any) -> None:
         # checked here rather than in pydantic validators, so the errors stay ConfigErrors
         for name in ("top_n", "retrieve_k", "rerank_k"):
-            check_k(name, data.get(name))
+            check_optional_int(name, data.get(name))
         super().__init__(**data)
         index = os.fspath(self.index) if isinstance(self.index, os.PathLike) else self.index
         self._backend = open_search(
@@ -109,11 +106,11 @@ class TansakuRetriever(BaseRetriever):
         settings = {name: getattr(self, name) for name in SEARCH_SETTINGS}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("top_n", "retrieve_k", "rerank_k"):
-            check_k(name, settings[name])
+            check_optional_int(name, settings[name])
         return [hit_to_document(hit) for hit in self._backend.search(query, **settings)]
 
 
-class TansakuReranker(BaseDocumentCompressor):
+class TansakuReranker(RerankerFields, BaseDocumentCompressor):
     """Reorders any retriever's Documents with a tansaku cross-encoder (a document compressor).
 
     In-process: ``model`` is a reranker model directory or hub id, or a reranker object such
@@ -127,24 +124,6 @@ class TansakuReranker(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: Any = Field(
-        None,
-        description="reranker model directory, hub id or object; with url: "
-        "the server's reranker name (optional)",
-    )
-    url: str | None = Field(None, description="address of a tansaku serve server")
-    api_key: str | None = Field(None, repr=False, description="the server's --api-key")
-    timeout: float = DEFAULT_TIMEOUT_S
-    top_n: int | None = None
-    title_key: str | None = "title"
-
-    _backend: LocalRerank | RemoteRerank = PrivateAttr()
-
-    def __init__(self, **data: Any) -> None:
-        check_k("top_n", data.get("top_n"))  # a ConfigError, not a pydantic one
-        super().__init__(**data)
-        self._backend = open_reranker(self.model, url=self.url, api_key=self.api_key, timeout=self.timeout)
-
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
@@ -152,15 +131,12 @@ class TansakuReranker(BaseDocumentCompressor):
         docs = list(documents)
         if not docs:
             return []
-        texts = [
-            rerank_text(d.page_content, d.metadata.get(self.title_key) if self.title_key else None)
-            for d in docs
-        ]
+        titles = [d.metadata.get(self.title_key) if self.title_key else None for d in docs]
         return [
             Document(
                 page_content=docs[i].page_content,
                 id=docs[i].id,
                 metadata={**docs[i].metadata, "relevance_score": score},
             )
-            for i, score in self._backend.rerank(query, texts, self.top_n)
+            for i, score in self._ranked(query, [d.page_content for d in docs], titles)
         ]

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from tansaku.index.checks import check_optional_int
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
 
@@ -28,10 +29,10 @@ except ImportError as exc:  # the extra is optional; say which one to install
     raise ImportError(
         "tansaku.pipeline.integrations.llamaindex needs llama-index-core: pip install 'tansaku[llamaindex]'"
     ) from exc
-from pydantic import Field, PrivateAttr
 
-from .backends import check_k, open_reranker, open_search, rerank_text
+from .backends import open_search
 from .client import DEFAULT_TIMEOUT_S
+from .reranker_fields import RerankerFields
 
 __all__ = ["TansakuReranker", "TansakuRetriever", "hit_to_node"]
 
@@ -82,7 +83,7 @@ class TansakuRetriever(BaseRetriever):
 
     def _check(self) -> None:
         for name in ("top_n", "retrieve_k", "rerank_k"):
-            check_k(name, getattr(self, name))
+            check_optional_int(name, getattr(self, name))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         self._check()
@@ -101,7 +102,7 @@ class TansakuRetriever(BaseRetriever):
         return await asyncio.to_thread(self._retrieve, query_bundle)
 
 
-class TansakuReranker(BaseNodePostprocessor):
+class TansakuReranker(RerankerFields, BaseNodePostprocessor):
     """Reorders any retriever's nodes with a tansaku cross-encoder (a node postprocessor).
 
     In-process: ``model`` is a reranker model directory or hub id, or a reranker object such
@@ -112,24 +113,6 @@ class TansakuReranker(BaseNodePostprocessor):
     ("title text"), as tansaku's own pipeline scores records; ``title_key=None`` scores the
     node's text alone.
     """
-
-    model: Any = Field(
-        None,
-        description="reranker model directory, hub id or object; with url: "
-        "the server's reranker name (optional)",
-    )
-    url: str | None = Field(None, description="address of a tansaku serve server")
-    api_key: str | None = Field(None, repr=False, description="the server's --api-key")
-    timeout: float = DEFAULT_TIMEOUT_S
-    top_n: int | None = None
-    title_key: str | None = "title"
-
-    _backend: Any = PrivateAttr()
-
-    def __init__(self, **data: Any) -> None:
-        check_k("top_n", data.get("top_n"))  # a ConfigError, not a pydantic one
-        super().__init__(**data)
-        self._backend = open_reranker(self.model, url=self.url, api_key=self.api_key, timeout=self.timeout)
 
     @classmethod
     def class_name(cls) -> str:
@@ -145,11 +128,9 @@ class TansakuReranker(BaseNodePostprocessor):
             )
         if not nodes:
             return []
-        texts = []
-        for n in nodes:
-            title = n.node.metadata.get(self.title_key) if self.title_key else None
-            texts.append(rerank_text(n.node.get_content(metadata_mode=MetadataMode.NONE), title))
+        texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        titles = [n.node.metadata.get(self.title_key) if self.title_key else None for n in nodes]
         return [
             NodeWithScore(node=nodes[i].node, score=score)
-            for i, score in self._backend.rerank(query_bundle.query_str, texts, self.top_n)
+            for i, score in self._ranked(query_bundle.query_str, texts, titles)
         ]

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError
 
 LOSSES = ("listwise", "bce")
@@ -27,12 +28,6 @@ RUN_FIELDS = (
     "micro_batch",
     "dropout",
 )
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    """Reject ``value`` unless it is an int (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError
 from tansaku.rerank.training.checkpoints import (
     CHECKPOINT_DIR,
@@ -38,7 +39,7 @@ from tansaku.rerank.training.checkpoints import (
     read_state,
     save_checkpoint,
 )
-from tansaku.rerank.training.config import TrainConfig, check_int
+from tansaku.rerank.training.config import TrainConfig
 from tansaku.rerank.training.examples import (
     EXAMPLES_FILE,
     TrainExample,
