@@ -27,6 +27,7 @@ from .arrays import load_array
 from .atomic import write_json
 from .checks import check_int
 from .errors import ConfigError, IndexFormatError
+from .stats import CorpusStats
 
 _NO_MASK = np.zeros(0, dtype=np.bool_)
 
@@ -134,12 +135,18 @@ class BM25Index:
 
     @classmethod
     def from_doc_term(
-        cls, by_doc: sp.csr_matrix, vocab: list[str], doc_len: np.ndarray, params: BM25Params = BM25Params()
+        cls,
+        by_doc: sp.csr_matrix,
+        vocab: list[str],
+        doc_len: np.ndarray,
+        params: BM25Params = BM25Params(),
+        stats: CorpusStats | None = None,
     ) -> BM25Index:
         """Index a documents × terms matrix of term frequencies (the shared build path).
 
         Terms no document contains are dropped, so the vocabulary (and with it the
-        mean idf of the epsilon floor) is exactly that of a fresh build.
+        mean idf of the epsilon floor) is exactly that of a fresh build. ``stats``: weigh
+        with a whole corpus's statistics instead of these documents' own (a shard of it).
         """
         df = (
             np.bincount(by_doc.indices, minlength=len(vocab))
@@ -162,25 +169,33 @@ class BM25Index:
             doc_len=np.asarray(doc_len, dtype=np.int32),
             params=params,
         )
-        index.weights = index._compute_weights()
+        if stats is None:
+            index.weights = index._compute_weights(index.corpus_stats())
+        else:
+            index.weights = index._compute_weights(stats, stats.idf_of(index.vocab, params.epsilon))
         index.dense_rows, index.dense_weights = index._dense_columns()
         return index
+
+    def corpus_stats(self) -> CorpusStats:
+        """This index's own statistics (a shard's share of a sharded index's)."""
+        return CorpusStats.of_shard(self.vocab, np.diff(self.indptr), self.doc_len)
 
     def doc_term(self) -> sp.csr_matrix:
         """The documents × terms matrix of term frequencies (for incremental updates)."""
         by_term = sp.csc_matrix((self.tf, self.postings, self.indptr), shape=(self.n_docs, len(self.vocab)))
         return by_term.tocsr()
 
-    def _compute_weights(self) -> np.ndarray:
-        """Per-posting BM25 weights from term frequencies and corpus statistics."""
+    def _compute_weights(self, stats: CorpusStats, idf: np.ndarray | None = None) -> np.ndarray:
+        """Per-posting BM25 weights from term frequencies and corpus statistics.
+
+        ``idf`` (per term of this index) defaults to ``stats.idf``: right when ``stats`` are
+        this index's own, whose vocabulary is the same list in the same order.
+        """
         p = self.params
-        n_docs = self.n_docs
         df = np.diff(self.indptr)
-        idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
         # rank-bm25 floors only negative idf, at epsilon × the mean idf over the vocabulary.
-        mean_idf = float(idf.sum() / len(idf)) if len(idf) else 0.0
-        idf[idf < 0] = p.epsilon * mean_idf
-        avgdl = float(self.doc_len.sum()) / n_docs if n_docs else 0.0
+        idf = stats.idf(p.epsilon) if idf is None else idf
+        avgdl = stats.avgdl
         weights = np.empty(len(self.postings), dtype=p.dtype)
         # In blocks of whole terms: the float64 temporaries of one expression over every
         # posting would need ~6 arrays of 8 bytes per posting (several GB at 1M documents).
