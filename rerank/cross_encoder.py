@@ -41,7 +41,7 @@ class CrossEncoderReranker:
     is cut into overlapping token windows (``chunk_overlap`` shared tokens, at most
     ``max_chunks_per_doc`` windows, the rest ignored), each scored with the query, and the
     document gets its best window's score. Queries longer than half of ``max_length`` are
-    truncated to that half on this path. Only ``Hit.text`` is scored, never the title.
+    truncated to that half on this path. A Hit is scored on its ``indexed_text`` ("title text").
 
     On the CPU, BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA, e5) run their layers on
     the real tokens only, attention per pair at its own length (:mod:`tansaku.rerank.packing`):

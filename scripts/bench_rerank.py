@@ -29,10 +29,10 @@ paragraph and the following ones; max_length 512, the same batch size everywhere
   - sentence_transformers.CrossEncoder.predict (the peer; float32),
   - tansaku's CrossEncoderReranker in float32 with the stock padded forward (unpad=False),
   - tansaku's CrossEncoderReranker in float32 as it runs by default (length-sorted batches,
-    shared tokenisation, encoder layers on the real tokens only: see tansaku/rerank/packing.py),
+    shared tokenisation, encoder layers on the real tokens only: see rerank/packing.py),
   - tansaku's CrossEncoderReranker with quantize="int8" (the `--quantize int8` CLI option:
     the encoder's linear layers in int8 with per-channel weights and per-token activation
-    scales, the [CLS]/[SEP]-type tokens in float32; see tansaku/rerank/quantize.py),
+    scales, the [CLS]/[SEP]-type tokens in float32; see rerank/quantize.py),
   - on a CUDA machine also both in fp16 (tansaku's default there).
 Each row: best of --repeat runs after one warm-up, pairs/s, speed-up over the peer, and the
 max |score difference| from the peer's float32 scores on the sigmoid scale (with the share of
