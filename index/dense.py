@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,150 @@ def plan(n: int, dim: int, params: FaissParams) -> tuple[FaissParams, str]:
     return replace(params, kind="ivfpq", nlist=nlist, m=m), why
 
 
+def sample_rows(n_total: int, n_train: int, seed: int) -> np.ndarray:
+    """The sorted rows of ``n_total`` that train the quantizers: all, or a seeded sample.
+
+    The same draw :meth:`DenseIndex.build` makes, so a sharded build can pick these rows
+    from its shards and train bit for bit as an unsharded build of the same vectors would.
+    """
+    if n_train >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, n_train, replace=False))
+
+
+def train_points(n_total: int, resolved: FaissParams) -> int:
+    """How many of ``n_total`` vectors train the quantizers of a resolved plan (0 for Flat)."""
+    if resolved.kind == "flat":
+        return 0
+    assert resolved.nlist is not None
+    # k-means time grows with its sample; past a few dozen points per centroid the
+    # centroids barely move (FAISS itself caps at 256 and warns below 39). 64 per centroid
+    # keeps a 1M-vector build's k-means to a 256k sample; the PQ needs 39 x 256 points.
+    return min(
+        n_total,
+        max(TRAIN_POINTS_PER_CENTROID * resolved.nlist, MIN_POINTS_PER_CENTROID * (1 << resolved.nbits)),
+    )
+
+
+def _trained_index(sample: np.ndarray, dim: int, resolved: FaissParams) -> Any:
+    """An empty FAISS index for the resolved plan, its quantizers trained on ``sample``."""
+    if resolved.kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    assert resolved.nlist is not None and resolved.m is not None
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(
+        quantizer, dim, resolved.nlist, resolved.m, resolved.nbits, faiss.METRIC_INNER_PRODUCT
+    )
+    index.cp.seed = resolved.seed
+    index.pq.cp.seed = resolved.seed
+    index.train(sample)
+    return index
+
+
+def train_empty(sample: np.ndarray, n_total: int, dim: int, params: FaissParams) -> DenseIndex:
+    """An empty index planned for ``n_total`` vectors, trained on ``sample``.
+
+    With ``sample`` the rows ``sample_rows(n_total, train_points(n_total, resolved), seed)``
+    of the vectors, training equals :meth:`DenseIndex.build`'s bit for bit;
+    :meth:`DenseIndex.with_vectors` then fills it (e.g. once per shard).
+    """
+    resolved, reason = plan(n_total, dim, params)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if resolved.kind != "flat" and (sample.ndim != 2 or sample.shape[1] != dim or not len(sample)):
+        raise ConfigError(f"need a non-empty ({dim}-d) training sample, got shape {sample.shape}")
+    return DenseIndex(_trained_index(sample, dim, resolved), resolved, reason=reason)
+
+
+# -- search phases, shared by DenseIndex and the sharded index (dense_shards.py) -----------------
+
+Result = tuple[np.ndarray, np.ndarray]  # (scores, positions), one row per query
+# (queries, n, nprobe) -> FAISS's approximate top-n (positions -1 where missing)
+Shortlister = Callable[[np.ndarray, int, int], Result]
+# positions -> their float vectors, row for row
+Fetcher = Callable[[np.ndarray], np.ndarray]
+
+
+def empty_result(n_queries: int) -> Result:
+    """No results for each of ``n_queries`` (k = 0)."""
+    return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+
+
+def id_selector(allowed: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A FAISS selector for the positions set in the boolean mask ``allowed``, and the bitmap
+    it reads through a raw pointer: keep the bitmap alive until the searches are done."""
+    bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit (id & 7) of byte id >> 3
+    return faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap)), bitmap
+
+
+def rescore(queries: np.ndarray, shortlist: np.ndarray, k: int, fetch: Fetcher) -> Result:
+    """Phase 2: the top ``k`` of each query's shortlisted positions by exact inner product.
+
+    Ties go to the lower position; slots beyond the shortlist hold -inf and position -1.
+    """
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    positions = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, cand in enumerate(shortlist):
+        cand = cand[cand >= 0]
+        # Sorted reads keep the memory-mapped vector file access sequential-ish.
+        cand = np.sort(cand)
+        exact = fetch(cand) @ queries[row]
+        top = np.lexsort((cand, -exact))[:k]
+        scores[row, : len(top)] = exact[top]
+        positions[row, : len(top)] = cand[top]
+    return scores, positions
+
+
+def two_phase(
+    queries: np.ndarray,
+    k: int,
+    nprobe: int,
+    factor: int,
+    ntotal: int,
+    shortlist: Shortlister,
+    fetch: Fetcher | None,
+) -> Result:
+    """IVFPQ search: a shortlist of ``factor × k`` by PQ score, re-scored exactly (phase 2);
+    the PQ top-``k`` itself when ``factor`` is 0 or there are no float vectors."""
+    if not factor or fetch is None:
+        return shortlist(queries, k, nprobe)
+    _, candidates = shortlist(queries, min(ntotal, k * factor), nprobe)
+    return rescore(queries, candidates, k, fetch)
+
+
+def probe_allowed(
+    queries: np.ndarray,
+    k: int,
+    nprobe: int,
+    nlist: int,
+    ntotal: int,
+    n_allowed: int,
+    search: Callable[[np.ndarray, int], Result],
+) -> Result:
+    """An IVF search restricted by an id selector (``search(queries, nprobe)``), probing
+    ``nprobe / selectivity`` lists, then all of them for queries that found fewer than ``k``."""
+    wide = min(nlist, math.ceil(nprobe * ntotal / n_allowed))
+    scores, positions = search(queries, wide)
+    short = positions[:, k - 1] < 0
+    if short.any() and wide < nlist:
+        # The probed lists held fewer than k allowed documents: probe them all.
+        scores[short], positions[short] = search(queries[short], nlist)
+    return scores, positions
+
+
+def top_exact(all_scores: np.ndarray, ids: np.ndarray, k: int) -> Result:
+    """The top ``k`` of exact scores ``all_scores[q, i]`` of the documents at sorted ``ids``,
+    ties to the lower position."""
+    scores = np.empty((len(all_scores), k), dtype=np.float32)
+    positions = np.empty((len(all_scores), k), dtype=np.int64)
+    for row, row_scores in enumerate(all_scores):
+        top = np.argpartition(-row_scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+        order = top[np.lexsort((ids[top], -row_scores[top]))]
+        scores[row] = row_scores[order]
+        positions[row] = ids[order]
+    return scores, positions
+
+
 class DenseIndex:
     """A FAISS index over document vectors, plus (IVFPQ) the raw vectors for re-scoring."""
 
@@ -115,6 +260,11 @@ class DenseIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def nlist(self) -> int:
+        """IVF lists (0 for Flat)."""
+        return 0 if self.params.kind == "flat" else int(faiss.extract_index_ivf(self.index).nlist)
+
     @classmethod
     def build(cls, vectors: np.ndarray, params: FaissParams = FaissParams()) -> DenseIndex:
         """Train (IVFPQ) and add ``vectors`` (row i = document position i)."""
@@ -123,28 +273,12 @@ class DenseIndex:
             raise ConfigError(f"need a non-empty 2-d array of vectors, got shape {vectors.shape}")
         n, dim = vectors.shape
         resolved, reason = plan(n, dim, params)
-        if resolved.kind == "flat":
-            index: Any = faiss.IndexFlatIP(dim)
-            index.add(vectors)
-            return cls(index, resolved, reason=reason)
-        assert resolved.nlist is not None and resolved.m is not None
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(
-            quantizer, dim, resolved.nlist, resolved.m, resolved.nbits, faiss.METRIC_INNER_PRODUCT
-        )
-        index.cp.seed = resolved.seed
-        index.pq.cp.seed = resolved.seed
-        # k-means time grows with its sample; past a few dozen points per centroid the
-        # centroids barely move (FAISS itself caps at 256 and warns below 39). 64 per centroid
-        # keeps a 1M-vector build's k-means to a 256k sample; the PQ needs 39 x 256 points.
-        n_train = min(
-            n,
-            max(TRAIN_POINTS_PER_CENTROID * resolved.nlist, MIN_POINTS_PER_CENTROID * (1 << resolved.nbits)),
-        )
-        rng = np.random.default_rng(resolved.seed)
-        sample = vectors if n_train == n else vectors[np.sort(rng.choice(n, n_train, replace=False))]
-        index.train(sample)
+        n_train = train_points(n, resolved)
+        sample = vectors if n_train == n else vectors[sample_rows(n, n_train, resolved.seed)]
+        index = _trained_index(sample, dim, resolved)
         index.add(vectors)
+        if resolved.kind == "flat":
+            return cls(index, resolved, reason=reason)
         # The float vectors are kept (on disk, memory-mapped) for exact re-scoring and so
         # updates can re-add them without re-encoding.
         return cls(index, resolved, reason=reason, vectors=vectors)
@@ -174,33 +308,46 @@ class DenseIndex:
             return self._search_allowed(queries, k, allowed, nprobe, rescore, exact_max)
         k = min(k, self.ntotal)
         if self.params.kind == "flat":
-            return self.index.search(queries, k)  # type: ignore[no-any-return]
+            return self.shortlist(queries, k, self.params.nprobe)
         return self._ivf_search(queries, k, nprobe or self.params.nprobe, rescore)
+
+    def shortlist(
+        self, queries: np.ndarray, n: int, nprobe: int, sel: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's own top-``n`` (scores, positions): approximate (PQ) scores for IVFPQ.
+
+        ``nprobe`` is the number of IVF lists to visit (Flat ignores it); ``sel`` an optional
+        FAISS id selector (see :func:`id_selector`). Missing slots have position -1.
+        """
+        if self.params.kind == "flat":
+            if sel is None:
+                return self.index.search(queries, n)  # type: ignore[no-any-return]
+            params: Any = faiss.SearchParameters()
+        else:
+            # Per-call parameters: concurrent searches never share a mutable nprobe.
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe
+        if sel is not None:
+            params.sel = sel
+        return self.index.search(queries, n, params=params)  # type: ignore[no-any-return]
 
     def _ivf_search(
         self, queries: np.ndarray, k: int, nprobe: int, rescore: int | None, sel: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        # Per-call parameters: concurrent searches never share a mutable nprobe.
-        params = faiss.SearchParametersIVF()
-        params.nprobe = nprobe
-        if sel is not None:
-            params.sel = sel
         factor = self.params.rescore if rescore is None else rescore
-        if not factor or self.vectors is None:
-            return self.index.search(queries, k, params=params)  # type: ignore[no-any-return]
-        shortlist_k = min(self.ntotal, k * factor)
-        _, shortlist = self.index.search(queries, shortlist_k, params=params)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        positions = np.full((len(queries), k), -1, dtype=np.int64)
-        for row, cand in enumerate(shortlist):
-            cand = cand[cand >= 0]
-            # Sorted reads keep the memory-mapped vector file access sequential-ish.
-            cand = np.sort(cand)
-            exact = self.vectors[cand] @ queries[row]
-            top = np.lexsort((cand, -exact))[:k]
-            scores[row, : len(top)] = exact[top]
-            positions[row, : len(top)] = cand[top]
-        return scores, positions
+        return two_phase(
+            queries,
+            k,
+            nprobe,
+            factor,
+            self.ntotal,
+            lambda q, n, p: self.shortlist(q, n, p, sel),
+            None if self.vectors is None else self._rows,
+        )
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        assert self.vectors is not None
+        return self.vectors[positions]  # type: ignore[no-any-return]
 
     def _search_allowed(
         self,
@@ -217,37 +364,28 @@ class DenseIndex:
         ids = np.flatnonzero(allowed)
         k = min(k, len(ids))
         if k == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+            return empty_result(len(queries))
         limit = EXACT_MAX_ALLOWED if exact_max is None else exact_max
         if len(ids) <= limit and (self.params.kind == "flat" or self.vectors is not None):
             return self._search_exact(queries, k, ids)
-        bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit (id & 7) of byte id >> 3
-        sel = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
+        sel, bitmap = id_selector(allowed)
         if self.params.kind == "flat":
-            params = faiss.SearchParameters()
-            params.sel = sel
-            return self.index.search(queries, k, params=params)  # type: ignore[no-any-return]
-        nlist = int(faiss.extract_index_ivf(self.index).nlist)
-        wide = min(nlist, math.ceil((nprobe or self.params.nprobe) * self.ntotal / len(ids)))
-        scores, positions = self._ivf_search(queries, k, wide, rescore, sel)
-        short = positions[:, k - 1] < 0
-        if short.any() and wide < nlist:
-            # The probed lists held fewer than k allowed documents: probe them all.
-            scores[short], positions[short] = self._ivf_search(queries[short], k, nlist, rescore, sel)
+            return self.shortlist(queries, k, self.params.nprobe, sel)
+        found = probe_allowed(
+            queries,
+            k,
+            nprobe or self.params.nprobe,
+            self.nlist,
+            self.ntotal,
+            len(ids),
+            lambda q, p: self._ivf_search(q, k, p, rescore, sel),
+        )
         del bitmap  # FAISS read it through a raw pointer: it had to outlive the searches
-        return scores, positions
+        return found
 
     def _search_exact(self, queries: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of the queries with the vectors at ``ids`` (sorted positions)."""
-        all_scores = dot_rows(self.all_vectors(), ids.astype(np.int64), queries)
-        scores = np.empty((len(queries), k), dtype=np.float32)
-        positions = np.empty((len(queries), k), dtype=np.int64)
-        for row, row_scores in enumerate(all_scores):
-            top = np.argpartition(-row_scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
-            order = top[np.lexsort((ids[top], -row_scores[top]))]
-            scores[row] = row_scores[order]
-            positions[row] = ids[order]
-        return scores, positions
+        return top_exact(dot_rows(self.all_vectors(), ids.astype(np.int64), queries), ids, k)
 
     def all_vectors(self) -> np.ndarray:
         """Every indexed vector, exactly (Flat stores them; IVFPQ keeps vectors.npy).
