@@ -16,6 +16,7 @@ from .filters import Filter, parse_filter
 from .hit import Hit
 from .records import FieldMap, Record, read_dicts, read_file
 from .sample import SAMPLE_CORPUS
+from .sharded import SearchIndex, ShardedIndex, open_index
 from .store import Index, create_field_index
 
 __all__ = [
@@ -38,13 +39,16 @@ __all__ = [
     "ModelLoadError",
     "Record",
     "SAMPLE_CORPUS",
+    "SearchIndex",
     "SentenceTransformerEncoder",
+    "ShardedIndex",
     "TansakuError",
     "WordAnalyzer",
     "build_index",
     "create_field_index",
     "get_analyzer",
     "load_encoder",
+    "open_index",
     "parse_filter",
     "read_dicts",
     "read_file",

@@ -185,7 +185,7 @@ def _heap_all(scores, k, allowed, use_allowed, hs, hp):  # type: ignore[no-untyp
     return size
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: a sharded index scores its shards in threads
 def top_k_one(
     indptr,
     postings,

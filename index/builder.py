@@ -20,15 +20,18 @@ from tqdm.auto import tqdm
 from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index, BM25Params
+from .checks import check_optional_int
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, load_encoder
 from .encoders.corpus_encoder import load_corpus_encoder
 from .encoders.corpus_training import train_corpus_encoder
-from .errors import IngestError
+from .errors import ConfigError, IngestError
 from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, UpdateRecord
 from .paths import ENCODER_DIR, check_index_target
 from .records import Record
+from .shard_builder import build_dense_shards, build_shards, write_sharded_manifest
+from .sharded import ShardedIndex
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
 from .tokenize_workers import resolve_workers, tokenize_all
 
@@ -54,7 +57,9 @@ class BuildConfig:
     parameters (:func:`default_bm25`). ``workers``: tokenising processes; 0 = automatic
     (``min(cpus, 4)`` above 5,000 documents, else 1). ``query_prefix``/``document_prefix``:
     prepended to a sentence-transformers model's inputs; None takes the prompts the model
-    declares (the resolved strings are recorded in the manifest).
+    declares (the resolved strings are recorded in the manifest). ``shards`` (near-equal
+    contiguous shards) or ``shard_docs`` (documents per shard) build a sharded index, whose
+    searches answer exactly as the unsharded index's; None for both builds one index.
     """
 
     analyzer: str = "ja"
@@ -65,6 +70,19 @@ class BuildConfig:
     document_prefix: str | None = None
     faiss: FaissParams = field(default_factory=FaissParams)
     encode_batch_size: int = 64
+    shards: int | None = None
+    shard_docs: int | None = None
+
+    def __post_init__(self) -> None:
+        check_optional_int("shards", self.shards)
+        check_optional_int("shard_docs", self.shard_docs)
+        if self.shards is not None and self.shard_docs is not None:
+            raise ConfigError("give shards or shard_docs, not both")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this build writes a sharded index (even of one shard)."""
+        return self.shards is not None or self.shard_docs is not None
 
 
 def encode_documents(
@@ -111,8 +129,9 @@ def build_index(
     progress: bool = True,
     total: int | None = None,
     log: Callable[[str], None] | None = None,
-) -> Index:
-    """Build (or rebuild) the index at ``path`` from ``records`` and open it.
+) -> Index | ShardedIndex:
+    """Build (or rebuild) the index at ``path`` from ``records`` and open it (sharded when
+    ``config.shards`` or ``config.shard_docs`` asks for it).
 
     ``path`` may be new, an empty directory or an existing index (replaced); anything
     else there (a file, a folder of the user's) is refused with a
@@ -141,6 +160,8 @@ def build_index(
         )
     if spec.lower() == "none":
         say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
+    if config.sharded:
+        return _build_sharded(path, records, config, analyzer, spec, encoder, progress, total, say)
     timings: dict[str, float] = {}
     choice = ""
     with staged(path, check=check_index_target) as tmp:
@@ -171,24 +192,9 @@ def build_index(
         checkpoint("tokenize")
 
         if spec.lower() in ("auto", "corpus"):
-            spec, choice = _choose_encoder(spec.lower(), n)
-            say(f"dense encoder: {spec} ({choice})")
-            t0 = time.perf_counter()
-            if spec == "corpus":
-                # Its tokenizer learns whole words as MeCab writes them: surface forms,
-                # never lemmas, filtered words or n-grams.
-                words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) else analyzer
-                train_corpus_encoder(
-                    ((r.title, r.text) for r in corpus.iter_records()),
-                    tmp / ENCODER_DIR,
-                    analyzer=words,
-                    progress=progress,
-                    log=say,
-                )
-                encoder = load_corpus_encoder(tmp / ENCODER_DIR)
-                timings["train-encoder"] = time.perf_counter() - t0
-            else:
-                encoder = load_encoder(spec, batch_size=config.encode_batch_size)
+            spec, choice, encoder = _resolve_encoder(
+                spec, n, tmp, corpus.iter_records, analyzer, config, progress, say, timings
+            )
         dense = None
         if encoder is not None:
             t0 = time.perf_counter()
@@ -224,6 +230,115 @@ def build_index(
         )
     # A corpus encoder trained in the staged directory is reopened from its final place.
     return Index.open(path, encoder=None if spec == "corpus" else encoder)
+
+
+def _resolve_encoder(
+    spec: str,
+    n: int,
+    tmp: Path,
+    records: Callable[[], Iterable[Record]],
+    analyzer: Analyzer,
+    config: BuildConfig,
+    progress: bool,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[str, str, Encoder]:
+    """``auto``/``corpus`` made concrete: (spec, why, encoder); a corpus encoder is trained here."""
+    spec, choice = _choose_encoder(spec.lower(), n)
+    say(f"dense encoder: {spec} ({choice})")
+    if spec != "corpus":
+        return spec, choice, load_encoder(spec, batch_size=config.encode_batch_size)
+    t0 = time.perf_counter()
+    # Its tokenizer learns whole words as MeCab writes them: surface forms, never lemmas,
+    # filtered words or n-grams.
+    words = get_analyzer("ja-surface") if isinstance(analyzer, JapaneseAnalyzer) else analyzer
+    train_corpus_encoder(
+        ((r.title, r.text) for r in records()), tmp / ENCODER_DIR, analyzer=words, progress=progress, log=say
+    )
+    timings["train-encoder"] = time.perf_counter() - t0
+    return spec, choice, load_corpus_encoder(tmp / ENCODER_DIR)
+
+
+def _build_sharded(
+    path: Path,
+    records: Iterable[Record],
+    config: BuildConfig,
+    analyzer: Analyzer,
+    spec: str,
+    encoder: Encoder | None,
+    progress: bool,
+    total: int | None,
+    say: Callable[[str], None],
+) -> ShardedIndex:
+    """:func:`build_index` of a sharded index (see :mod:`tansaku.index.shard_builder`)."""
+    timings: dict[str, float] = {}
+    choice = ""
+    params = config.bm25 or default_bm25(analyzer)
+    with staged(path, check=check_index_target) as tmp:
+        entries, stats, workers = build_shards(
+            tmp,
+            records,
+            analyzer=analyzer,
+            params=params,
+            shards=config.shards,
+            shard_docs=config.shard_docs,
+            workers=config.workers,
+            progress=progress,
+            total=total,
+            say=say,
+            timings=timings,
+        )
+        if spec.lower() in ("auto", "corpus"):
+            corpora = [tmp / e.dir / CORPUS_FILE for e in entries]
+            spec, choice, encoder = _resolve_encoder(
+                spec,
+                stats.n_docs,
+                tmp,
+                lambda: _all_records(corpora),
+                analyzer,
+                config,
+                progress,
+                say,
+                timings,
+            )
+        dense = None
+        if encoder is not None:
+            dense = build_dense_shards(
+                tmp,
+                entries,
+                encoder,
+                config.faiss,
+                encode=lambda enc, texts, n: encode_documents(
+                    enc, texts, n, config.encode_batch_size, progress, say
+                ),
+                say=say,
+                timings=timings,
+            )[2]
+        write_sharded_manifest(
+            tmp,
+            entries,
+            stats,
+            analyzer,
+            params,
+            dense,
+            encoder,
+            build=BuildSection(
+                config=_config_dict(config, encoder),
+                seconds=timings,
+                encoder_choice=choice or None,
+                tokenize_workers=workers,
+            ),
+        )
+    return ShardedIndex.open(path, encoder=None if spec == "corpus" else encoder)
+
+
+def _all_records(corpora: list[Path]) -> Iterator[Record]:
+    for path in corpora:
+        corpus = Corpus(path, readonly=True)
+        try:
+            yield from corpus.iter_records()
+        finally:
+            corpus.close()
 
 
 # Measured on JSQuAD (1,145 paragraphs, 2 cores): e5-small encodes ~4-20 paragraphs/s and

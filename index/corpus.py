@@ -98,6 +98,32 @@ class Corpus:
         conn.execute("COMMIT")
         return missing
 
+    def copy_rows(self, target: str | os.PathLike[str], *, after: int, count: int) -> int:
+        """Copy the ``count`` documents after rowid ``after`` into a new corpus at ``target``.
+
+        In SQLite, without holding them in memory (a build splits its corpus into shards this
+        way). Returns the last rowid copied, where the next slice starts.
+        """
+        Corpus(target).close()  # the schema
+        conn = self.db.conn
+        conn.execute("ATTACH DATABASE ? AS part", (os.fspath(target),))
+        try:
+            conn.execute("BEGIN")
+            conn.execute(
+                f"INSERT INTO part.{TABLE} (id, title, text, metadata) SELECT id, title, text, metadata "
+                f"FROM main.{TABLE} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (after, count),
+            )
+            last = conn.execute(
+                f"SELECT max(rowid) FROM (SELECT rowid FROM main.{TABLE} "
+                "WHERE rowid > ? ORDER BY rowid LIMIT ?)",
+                (after, count),
+            ).fetchone()[0]
+            conn.execute("COMMIT")
+        finally:
+            conn.execute("DETACH DATABASE part")
+        return int(last or after)
+
     def iter_records(self) -> Iterator[Record]:
         """All records in rowid order."""
         cursor = self.db.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")

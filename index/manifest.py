@@ -24,7 +24,8 @@ from .atomic import write_json
 from .errors import IndexFormatError
 from .paths import FORMAT, MANIFEST, missing_index_message
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sharded indexes (``shards``, ``stats``, ``generation``)
+MIN_FORMAT_VERSION = 1  # version 1 indexes (one shard, no such keys) open unchanged
 
 _PACKAGES = (
     "tansaku",
@@ -187,11 +188,27 @@ class UpdateRecord(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ShardEntry(_Section):
+    """One shard of a sharded index: its directory (relative to the index) and the contiguous
+    range of global document positions it holds (``start`` .. ``start + count - 1``)."""
+
+    _REQUIRED = ("dir", "start", "count")
+
+    dir: str
+    start: int
+    count: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class IndexManifest(_Section):
     """What an index directory holds and how it was built (``manifest.json``).
 
     ``analyzer`` is the analyzer's ``to_config()``; ``dense`` is None for a BM25-only index;
     ``updates`` (None until the first update) holds the last 100 incremental updates.
+    A sharded index lists its ``shards``, the corpus-wide BM25 ``stats`` every shard is
+    weighed with (sizes; the arrays live in ``stats/``) and its ``generation`` (one more
+    per update); for a one-shard index they are None.
     A new manifest gets this version's format, the time and the package versions.
     """
 
@@ -208,6 +225,9 @@ class IndexManifest(_Section):
     dense: DenseSection | None = None
     build: BuildSection | None = None
     updates: tuple[UpdateRecord, ...] | None = None
+    shards: tuple[ShardEntry, ...] | None = None
+    stats: Mapping[str, Any] | None = None
+    generation: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -230,6 +250,14 @@ class IndexManifest(_Section):
                 known["updates"] = tuple(
                     UpdateRecord.from_dict(u, f"updates[{i}]") for i, u in enumerate(known["updates"])
                 )
+            if known.get("shards") is not None:
+                if not isinstance(known["shards"], list) or not known["shards"]:
+                    raise _Incomplete("shards is not a non-empty JSON list")
+                known["shards"] = tuple(
+                    ShardEntry.from_dict(e, f"shards[{i}]") for i, e in enumerate(known["shards"])
+                )
+                if not isinstance(known.get("stats"), Mapping):
+                    raise _Incomplete("a sharded index has no stats object")
         except _Incomplete as exc:
             raise IndexFormatError(f"{where} is incomplete or inconsistent: {exc}") from None
         # Keys absent from an older manifest stay absent (None), not today's defaults.
@@ -254,11 +282,11 @@ class IndexManifest(_Section):
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise IndexFormatError(f"{path} is not a tansaku index manifest")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if not isinstance(version, int) or not MIN_FORMAT_VERSION <= version <= FORMAT_VERSION:
             newer = isinstance(version, int) and version > FORMAT_VERSION
             raise IndexFormatError(
-                f"index {directory} has format version {version}; this tansaku reads version "
-                f"{FORMAT_VERSION}. "
+                f"index {directory} has format version {version}; this tansaku reads versions "
+                f"{MIN_FORMAT_VERSION} to {FORMAT_VERSION}. "
                 + ("Upgrade tansaku to open it." if newer else "Rebuild it with `tansaku build`.")
             )
         return cls.from_dict(data, f"index {directory}")

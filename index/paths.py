@@ -36,6 +36,8 @@ INDEX_ENTRIES = frozenset(
         "bm25",
         "dense",
         ENCODER_DIR,
+        "stats",  # a sharded index: the corpus-wide BM25 statistics
+        "shards",  # ... and its shards
     }
 )
 

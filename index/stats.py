@@ -46,7 +46,7 @@ class CorpusStats:
         return cls(
             n_docs=int(len(doc_len)),
             total_len=int(np.asarray(doc_len, dtype=np.int64).sum()),
-            vocab=tuple(vocab[i] for i in keep),
+            vocab=tuple(vocab[i] for i in keep.tolist()),
             df=df[keep],
         )
 

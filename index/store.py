@@ -68,6 +68,12 @@ class Index:
     @classmethod
     def _load(cls, path: Path, *, mmap: bool, encoder: Encoder | None) -> Index:
         manifest = IndexManifest.load(path)
+        if manifest.shards is not None:
+            raise IndexFormatError(
+                f"index {path} is sharded ({len(manifest.shards)} shards): open it with tansaku.open() "
+                "or tansaku.index.open_index(); adding to or deleting from a sharded index is not "
+                "supported yet (rebuild it with `tansaku build`)"
+            )
         try:
             analyzer = analyzer_from_config(dict(manifest.analyzer))
             bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tansaku.index import Index
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec
+from tansaku.index.sharded import SearchIndex
+from tansaku.index.sharded import open_index as open_index_dir
 from tansaku.rerank.base import Reranker
 from tansaku.retrieve import MODES, FusionConfig, make_retriever
 
@@ -64,7 +65,7 @@ class Searcher:
     """
 
     def __init__(
-        self, index: Index, config: SearchConfig = SearchConfig(), reranker: Reranker | None = None
+        self, index: SearchIndex, config: SearchConfig = SearchConfig(), reranker: Reranker | None = None
     ) -> None:
         self.index = index
         self._inode = index.path.stat().st_ino
@@ -103,7 +104,7 @@ class Searcher:
             if current != self._inode:
                 fresh = self.index.reopen()
                 self.index, self._inode = fresh, current
-                # The old Index is left to the garbage collector: searches still running
+                # The old index is left to the garbage collector: searches still running
                 # on it keep their open files.
         return True
 
@@ -163,7 +164,7 @@ def open_index(
     ``reranker`` may be a model id/directory (loaded on first search) or a
     ready reranker object; other keywords are :class:`SearchConfig` fields.
     """
-    index = Index.open(Path(path))
+    index = open_index_dir(Path(path))
     if reranker is None or isinstance(reranker, (str, os.PathLike)):
         spec = None if reranker is None else str(reranker)
         return Searcher(index, SearchConfig(reranker=spec, **config))

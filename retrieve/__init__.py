@@ -2,8 +2,8 @@
 
 from dataclasses import replace
 
-from tansaku.index import Index
 from tansaku.index.errors import ConfigError
+from tansaku.index.sharded import SearchIndex
 
 from .base import Retriever
 from .bm25 import BM25Retriever
@@ -15,7 +15,7 @@ MODES = ("bm25", "dense", "hybrid")
 
 
 def make_retriever(
-    index: Index, mode: str = "bm25", *, fusion: FusionConfig | None = None, nprobe: int | None = None
+    index: SearchIndex, mode: str = "bm25", *, fusion: FusionConfig | None = None, nprobe: int | None = None
 ) -> Retriever:
     """The retriever for a search ``mode``: ``bm25``, ``dense`` or ``hybrid``."""
     if mode == "bm25":

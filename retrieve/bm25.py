@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tansaku.index import Index
 from tansaku.index.filters import FilterSpec
 from tansaku.index.hit import Hit
+from tansaku.index.sharded import SearchIndex
 
 from .base import check_k
 
@@ -18,7 +18,7 @@ class BM25Retriever:
 
     stage = "bm25"
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: SearchIndex) -> None:
         self.index = index
         # Analyzers with an n-gram stream weigh its query terms against words.
         self._weight = getattr(index.analyzer, "term_weight", None)

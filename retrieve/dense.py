@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tansaku.index import Index
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec
 from tansaku.index.hit import Hit
+from tansaku.index.sharded import SearchIndex
 
 from .base import check_k
 
@@ -17,7 +17,7 @@ class DenseRetriever:
 
     stage = "dense"
 
-    def __init__(self, index: Index, *, nprobe: int | None = None) -> None:
+    def __init__(self, index: SearchIndex, *, nprobe: int | None = None) -> None:
         if index.dense is None:
             raise ConfigError(
                 f"index {index.path} has no dense index: rebuild it with --encoder MODEL, "

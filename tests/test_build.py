@@ -25,7 +25,7 @@ from tansaku.index import (
 )
 from tansaku.index.atomic import write_lock
 from tansaku.index.builder import PRESET_BM25
-from tansaku.index.manifest import FORMAT_VERSION
+from tansaku.index.manifest import FORMAT_VERSION, MIN_FORMAT_VERSION
 from tansaku.retrieve import (
     BM25Retriever,
     ConfigError,
@@ -246,7 +246,7 @@ def test_older_index_format_asks_for_a_rebuild(tmp_path):
     path = tmp_path / "idx"
     build_index(path, read_dicts(sample_rows()[:3]), progress=False).close()
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["format_version"] = FORMAT_VERSION - 1
+    manifest["format_version"] = MIN_FORMAT_VERSION - 1  # older than any this tansaku reads
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="format version 0.*Rebuild it with `tansaku build`"):
         Index.open(path)

@@ -82,6 +82,19 @@ examples:
         choices=["float64", "float32"],
         help="weight storage: float64 is exact vs rank-bm25, float32 half the size",
     )
+    g = p.add_argument_group("shards")
+    shards = g.add_mutually_exclusive_group()
+    shards.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="split the index into N shards of contiguous documents, each scored with the whole "
+        "corpus's BM25 statistics and one shared FAISS training, so searches answer exactly as "
+        "one index would; the build holds one shard's arrays in memory at a time",
+    )
+    shards.add_argument(
+        "--shard-docs", type=int, metavar="M", help="shards of M documents each (the last one smaller)"
+    )
     g = p.add_argument_group("dense index")
     g.add_argument(
         "--encoder",
@@ -147,6 +160,8 @@ def run_build(args: argparse.Namespace) -> int:
             kind=args.faiss, nlist=args.nlist, m=args.pq_m, nbits=args.nbits, nprobe=args.nprobe
         ),
         encode_batch_size=args.batch_size,
+        shards=args.shards,
+        shard_docs=args.shard_docs,
     )
     from tansaku.index.paths import check_index_target
 

@@ -1,0 +1,235 @@
+"""Building a sharded index: memory follows the shard, not the corpus.
+
+The records stream into one staging corpus on disk (so every record is validated and a
+duplicate id is caught across shards), which is cut into contiguous shards. Each shard
+is then tokenised and counted on its own and its term frequencies written to disk; the
+shards' statistics reduce to the corpus-wide ones (:class:`~tansaku.index.stats.CorpusStats`);
+and every shard's BM25 weights are computed with those, one shard at a time. Dense vectors
+are encoded per shard; FAISS is trained once, on the same sample rows an unsharded build
+would draw, and each shard gets its codes. The whole directory is staged and swapped in at
+once, like any build.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .analyzer import Analyzer
+from .arrays import load_array
+from .atomic import checkpoint
+from .bm25 import BM25Index, BM25Params
+from .corpus import Corpus
+from .dense import DenseIndex, FaissParams, plan, sample_rows, train_points
+from .dense_shards import ShardedDense
+from .encoders import Encoder
+from .errors import ConfigError, IngestError
+from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, ShardEntry
+from .records import Record
+from .sharded import STATS_DIR, shard_dir
+from .stats import CorpusStats
+from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE
+from .tokenize_workers import resolve_workers, tokenize_all
+
+_STAGING = ".ingest.sqlite"
+_TF_DIR = ".tf"  # a shard's own BM25 arrays (term frequencies), until the global weights exist
+_VECTORS = ".vectors.npy"  # a shard's float vectors, until FAISS is trained
+
+
+def shard_sizes(n: int, shards: int | None, shard_docs: int | None) -> list[int]:
+    """Contiguous shard sizes for ``n`` documents: ``shards`` near-equal ones, or ``shard_docs`` each."""
+    if shards is not None and shard_docs is not None:
+        raise ConfigError("give the number of shards or the documents per shard, not both")
+    if shard_docs is not None:  # full shards, the last one holds the rest
+        full, rest = divmod(n, shard_docs)
+        return [shard_docs] * full + ([rest] if rest else [])
+    assert shards is not None
+    shards = min(shards, n)  # never an empty shard
+    base, extra = divmod(n, shards)
+    return [base + (1 if i < extra else 0) for i in range(shards)]
+
+
+def build_shards(
+    tmp: Path,
+    records: Iterable[Record],
+    *,
+    analyzer: Analyzer,
+    params: BM25Params,
+    shards: int | None,
+    shard_docs: int | None,
+    workers: int,
+    progress: bool,
+    total: int | None,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[list[ShardEntry], CorpusStats, int]:
+    """Write every shard's corpus, ids and BM25 files (global weights) into ``tmp``.
+
+    Returns the shard entries, the corpus statistics and the tokenising workers used.
+    """
+    t0 = time.perf_counter()
+    staging = Corpus(tmp / _STAGING)
+    n = staging.ingest(records, progress=progress, total=total)
+    if n == 0:
+        raise IngestError("no documents to index")
+    sizes = shard_sizes(n, shards, shard_docs)
+    say(f"shards: {len(sizes)} of {min(sizes):,}-{max(sizes):,} documents ({n:,} in all)")
+    timings["ingest"] = time.perf_counter() - t0
+    checkpoint("ingest")
+
+    t0 = time.perf_counter()
+    entries: list[ShardEntry] = []
+    own: list[CorpusStats] = []
+    workers = resolve_workers(workers, max(sizes))
+    last, start = 0, 0
+    for number, count in enumerate(sizes):
+        root = tmp / shard_dir(number)
+        root.mkdir(parents=True)
+        last = staging.copy_rows(root / CORPUS_FILE, after=last, count=count)
+        corpus = Corpus(root / CORPUS_FILE)
+        ids: list[str] = []
+        texts = _texts_keeping_ids(corpus, ids)
+        say(f"shard {number + 1}/{len(sizes)}: analysing {count:,} documents")
+        counted = BM25Index.build(
+            tokenize_all(analyzer, texts, total=count, progress=progress, workers=workers), params
+        )
+        corpus.close()
+        np.save(root / IDS_FILE, np.asarray(ids, dtype=str))
+        counted.save(root / _TF_DIR)
+        own.append(counted.corpus_stats())
+        entries.append(ShardEntry(dir=shard_dir(number), start=start, count=count))
+        start += count
+        del counted  # one shard's arrays at a time
+        checkpoint("shard")
+    staging.close()
+    (tmp / _STAGING).unlink()
+    stats = CorpusStats.merge(own)
+    timings["tokenize"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for entry in tqdm(entries, desc="BM25 weights", unit="shard", disable=not progress):
+        root = tmp / entry.dir
+        counted = BM25Index.load(root / _TF_DIR, params, mmap=True)
+        weighed = BM25Index.from_doc_term(counted.doc_term(), counted.vocab, counted.doc_len, params, stats)
+        weighed.save(root / BM25_DIR)
+        del counted, weighed
+        shutil.rmtree(root / _TF_DIR)
+    timings["bm25"] = time.perf_counter() - t0
+    return entries, stats, workers
+
+
+def _texts_keeping_ids(corpus: Corpus, ids: list[str]) -> Iterator[str]:
+    """The shard's "title text" in order; its ids are collected on the same pass."""
+    for record in corpus.iter_records():
+        ids.append(record.id)
+        yield record.indexed_text
+
+
+def build_dense_shards(
+    tmp: Path,
+    entries: list[ShardEntry],
+    encoder: Encoder,
+    faiss: FaissParams,
+    *,
+    encode: Callable[[Encoder, Iterable[str], int], np.ndarray],
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[FaissParams, str, dict[str, object]]:
+    """Encode every shard, train FAISS once, write each shard's FAISS files.
+
+    ``encode(encoder, texts, n)`` encodes one shard's texts (with the build's progress
+    reporting). Returns the resolved FAISS parameters, the reason for them and the
+    manifest's dense description.
+    """
+    t0 = time.perf_counter()
+    for entry in entries:
+        corpus = Corpus(tmp / entry.dir / CORPUS_FILE, readonly=True)
+        vectors = encode(encoder, (r.indexed_text for r in corpus.iter_records()), entry.count)
+        corpus.close()
+        np.save(tmp / entry.dir / _VECTORS, vectors)
+        del vectors
+    timings["encode"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    checkpoint("faiss")
+    n = sum(e.count for e in entries)
+    resolved, reason = plan(n, encoder.dim, faiss)
+    shard_vectors = [load_array(tmp / e.dir / _VECTORS, mmap=True) for e in entries]
+    trained: DenseIndex | None = None
+    if resolved.kind != "flat":
+        # The rows an unsharded build would train on, gathered from the shards.
+        rows = sample_rows(n, train_points(n, resolved), resolved.seed)
+        starts = np.asarray([e.start for e in entries], dtype=np.int64)
+        owner = np.searchsorted(starts, rows, side="right") - 1
+        sample = np.concatenate(
+            [np.asarray(shard_vectors[s])[rows[owner == s] - starts[s]] for s in range(len(entries))]
+        )
+        say(f"FAISS: training {resolved.kind} on {len(sample):,} of {n:,} vectors")
+        trained = ShardedDense.train(sample, n, encoder.dim, faiss)
+    described: dict[str, object] = {}
+    for entry, vectors in zip(entries, shard_vectors, strict=True):
+        part = (
+            trained.with_vectors(np.asarray(vectors))
+            if trained is not None
+            else DenseIndex.build(np.asarray(vectors), FaissParams(kind="flat", nprobe=resolved.nprobe))
+        )
+        described = part.save(tmp / entry.dir / DENSE_DIR)
+        del part
+    del shard_vectors
+    for entry in entries:
+        (tmp / entry.dir / _VECTORS).unlink()
+    say(f"FAISS: {resolved.kind} ({reason}), {len(entries)} shards")
+    timings["faiss"] = time.perf_counter() - t0
+    described.update(faiss=_plain_params(resolved), reason=reason, vectors=n)
+    return resolved, reason, described
+
+
+def _plain_params(params: FaissParams) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return asdict(params)
+
+
+def write_sharded_manifest(
+    tmp: Path,
+    entries: list[ShardEntry],
+    stats: CorpusStats,
+    analyzer: Analyzer,
+    params: BM25Params,
+    dense: dict[str, object] | None,
+    encoder: Encoder | None,
+    *,
+    build: BuildSection,
+    generation: int = 1,
+) -> None:
+    """The top-level manifest of a sharded index staged in ``tmp``."""
+    from dataclasses import asdict
+
+    postings = 0
+    for entry in entries:
+        postings += int(load_array(tmp / entry.dir / BM25_DIR / "postings.npy", mmap=True).shape[0])
+    bm25 = BM25Section(
+        params=asdict(params),
+        docs=stats.n_docs,
+        terms=len(stats.vocab),
+        postings=postings,
+        avgdl=stats.avgdl,
+    )
+    dense_section = None
+    if dense is not None:
+        assert encoder is not None
+        dense_section = DenseSection.from_dict({"encoder": encoder.to_config(), **dense})
+    IndexManifest(
+        counts={"docs": stats.n_docs, "shards": len(entries)},
+        analyzer=analyzer.to_config(),
+        bm25=bm25,
+        dense=dense_section,
+        build=build,
+        shards=tuple(entries),
+        stats=stats.save(tmp / STATS_DIR),
+        generation=generation,
+    ).save(tmp)

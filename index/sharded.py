@@ -1,0 +1,231 @@
+"""An opened sharded index: the same search surface as :class:`~tansaku.index.Index`.
+
+A sharded index directory holds ``manifest.json`` (its shards, the corpus-wide BM25
+statistics' sizes, the analyzer, encoder and FAISS parameters, a generation number),
+``stats/`` (document frequencies and vocabulary of the whole corpus) and one directory per
+shard (``shards/000`` ...), each with its slice of the corpus, its id map, its BM25 postings
+weighed with the global statistics and its FAISS codes and float vectors. Shard ``i`` holds
+the contiguous global positions ``start .. start + count - 1``; every retriever works on it
+unchanged and gets exactly the unsharded index's answers.
+
+:func:`open_index` opens either kind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .analyzer import Analyzer, analyzer_from_config
+from .arrays import load_array
+from .atomic import reading, recover
+from .bm25 import BM25Index, BM25Params
+from .bm25_shards import ShardedBM25
+from .corpus import Corpus
+from .dense import DenseIndex, FaissParams
+from .dense_shards import ShardedDense
+from .encoders import Encoder, encoder_from_config
+from .errors import ConfigError, IndexFormatError
+from .filters import FilterMasks, FilterSpec, parse_filter
+from .hit import Hit
+from .manifest import IndexManifest
+from .records import Record
+from .stats import CorpusStats
+from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
+
+STATS_DIR = "stats"
+SHARDS_DIR = "shards"
+
+
+def shard_dir(number: int) -> str:
+    """The directory of shard ``number``, relative to the index."""
+    return f"{SHARDS_DIR}/{number:03d}"
+
+
+class ShardedCorpus:
+    """The shards' corpora read as one (lookups by id ask each shard)."""
+
+    def __init__(self, corpora: Sequence[Corpus]) -> None:
+        self.corpora = list(corpora)
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.corpora)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Record]:
+        found: dict[str, Record] = {}
+        wanted = list(ids)
+        for corpus in self.corpora:
+            if not wanted:
+                break
+            found.update(corpus.get_many(wanted))
+            wanted = [i for i in wanted if i not in found]
+        return found
+
+    def iter_records(self) -> Iterator[Record]:
+        for corpus in self.corpora:
+            yield from corpus.iter_records()
+
+    def close(self) -> None:
+        for corpus in self.corpora:
+            corpus.close()
+
+
+@dataclass
+class Shard:
+    """One opened shard: its corpus, id map and filter masks (BM25 and FAISS live above)."""
+
+    corpus: Corpus
+    doc_ids: np.ndarray
+    masks: FilterMasks
+
+
+class ShardedIndex:
+    """Everything a retriever needs from a sharded index directory (read-only)."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: IndexManifest,
+        shards: Sequence[Shard],
+        analyzer: Analyzer,
+        bm25: ShardedBM25,
+        dense: ShardedDense | None,
+        stats: CorpusStats,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.shards = list(shards)
+        self.analyzer = analyzer
+        self.bm25 = bm25
+        self.dense = dense
+        self.stats = stats
+        self.corpus = ShardedCorpus([s.corpus for s in self.shards])
+        self.doc_ids = np.concatenate([s.doc_ids for s in self.shards])
+        self._encoder = encoder
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, mmap: bool = True, encoder: Encoder | None = None
+    ) -> ShardedIndex:
+        path = Path(path)
+        recover(path)
+        with reading(path):  # every shard of one generation, never two
+            manifest = IndexManifest.load(path)
+            if manifest.shards is None:
+                raise IndexFormatError(f"index {path} is not sharded: open it with Index.open")
+            return cls._load(path, manifest, mmap=mmap, encoder=encoder)
+
+    @classmethod
+    def _load(
+        cls, path: Path, manifest: IndexManifest, *, mmap: bool, encoder: Encoder | None
+    ) -> ShardedIndex:
+        assert manifest.shards is not None and manifest.stats is not None
+        params = BM25Params(**manifest.bm25.params)
+        shards: list[Shard] = []
+        bm25: list[BM25Index] = []
+        dense: list[DenseIndex] = []
+        try:
+            analyzer = analyzer_from_config(dict(manifest.analyzer))
+            stats = CorpusStats.load(path / STATS_DIR, dict(manifest.stats))
+            expected_start = 0
+            for entry in manifest.shards:
+                root = path / entry.dir
+                if entry.start != expected_start or root.resolve().parent.parent != path.resolve():
+                    raise IndexFormatError(f"index {path}: shard {entry.dir!r} is out of place")
+                expected_start += entry.count
+                doc_ids = load_array(root / IDS_FILE, mmap=mmap)
+                corpus = Corpus(root / CORPUS_FILE, readonly=True)
+                shards.append(Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids)))
+                bm25.append(BM25Index.load(root / BM25_DIR, params, mmap=mmap))
+                if manifest.dense is not None:
+                    faiss = FaissParams(**manifest.dense.faiss)
+                    dense.append(DenseIndex.load(root / DENSE_DIR, faiss, mmap=mmap))
+                if not len(doc_ids) == bm25[-1].n_docs == entry.count or (
+                    dense and dense[-1].ntotal != entry.count
+                ):
+                    raise IndexFormatError(f"index {path}: shard {entry.dir!r} disagrees with the manifest")
+        except (KeyError, TypeError, FileNotFoundError) as exc:
+            for shard in shards:
+                shard.corpus.close()
+            raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
+        if expected_start != stats.n_docs:
+            raise IndexFormatError(
+                f"index {path}: the shards hold {expected_start} documents, the statistics {stats.n_docs}"
+            )
+        sharded_dense = None
+        if manifest.dense is not None:
+            sharded_dense = ShardedDense(
+                dense, FaissParams(**manifest.dense.faiss), reason=manifest.dense.reason or ""
+            )
+        return cls(path, manifest, shards, analyzer, ShardedBM25(bm25, params), sharded_dense, stats, encoder)
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def __repr__(self) -> str:
+        dense = self.dense.params.kind if self.dense else "none"
+        return f"ShardedIndex({str(self.path)!r}, docs={len(self)}, shards={len(self.shards)}, dense={dense})"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder of the dense index (loaded on first use)."""
+        if self.dense is None or self.manifest.dense is None:
+            raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
+        if self._encoder is None:
+            self._encoder = encoder_from_config(dict(self.manifest.dense.encoder), base=self.path)
+        return self._encoder
+
+    def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
+        """The documents a metadata filter allows, over global positions (None: no restriction)."""
+        flt = parse_filter(spec)
+        if flt is None or flt.matches_all:
+            return None
+        mask = np.concatenate([shard.masks.mask(flt) for shard in self.shards])
+        mask.flags.writeable = False
+        return mask
+
+    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        return [str(self.doc_ids[int(p)]) for p in positions]
+
+    def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
+        """Hits with title, text and metadata filled in from the shards' corpora."""
+        records = self.corpus.get_many([h.doc_id for h in hits])
+        return [
+            hit
+            if (rec := records.get(hit.doc_id)) is None
+            else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
+            for hit in hits
+        ]
+
+    def reopen(self) -> ShardedIndex | Index:
+        """The index now at this path; a loaded query encoder is kept if it is the same."""
+        fresh = open_index(self.path)
+        old, new = self.manifest.dense, fresh.manifest.dense
+        if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
+            fresh._encoder = self._encoder
+        return fresh
+
+    def close(self) -> None:
+        self.corpus.close()
+
+
+SearchIndex = Index | ShardedIndex
+"""What a retriever searches: one index directory, or a sharded one."""
+
+
+def open_index(
+    path: str | os.PathLike[str], *, mmap: bool = True, encoder: Encoder | None = None
+) -> Index | ShardedIndex:
+    """Open the index at ``path``, sharded or not."""
+    path = Path(path)
+    recover(path)
+    with reading(path):  # one version: the manifest read here is the one loaded
+        manifest = IndexManifest.load(path)
+        if manifest.shards is not None:
+            return ShardedIndex._load(path, manifest, mmap=mmap, encoder=encoder)
+        return Index._load(path, mmap=mmap, encoder=encoder)
