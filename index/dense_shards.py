@@ -11,6 +11,16 @@ vectors: the same positions, order and scores, bit for bit.
 IVFPQ is searched in two phases: every shard's PQ shortlist, merged into one global
 shortlist of ``rescore × k``, then that shortlist re-scored exactly with the same code as
 the unsharded index. Re-scoring inside each shard would keep a different candidate set.
+
+Two limits, both from FAISS internals, where equality can fail:
+
+* Exactly equal scores (duplicate vectors) cut by the top-k or shortlist boundary: which
+  of them FAISS keeps depends on its heap's history, the merge keeps the higher positions.
+  Whole groups of ties inside the top-k come in FAISS's order (position descending).
+* Flat indexes of 10,000+ vectors searched with fewer queries than FAISS has threads:
+  FAISS (1.15) then scores a large index with a database-parallel BLAS kernel, shards
+  below that size with its per-vector kernel, and the two can round the last bit
+  differently. ``plan`` picks Flat only below 9,984 vectors, so this needs ``kind="flat"``.
 """
 
 from __future__ import annotations

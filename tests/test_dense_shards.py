@@ -116,6 +116,15 @@ def test_ivfpq_unfiltered_equals_unsharded(data, ivfpq, n_queries, options):
         assert_same(sharded.search(q, k, **options), whole.search(q, k, **options))
 
 
+def test_ivfpq_pads_like_faiss_when_the_probed_lists_hold_fewer_than_k(data, ivfpq):
+    whole, sharded = ivfpq
+    q = queries(data, 5, seed=4)
+    for options in ({"nprobe": 1}, {"nprobe": 1, "rescore": 0}):
+        got = sharded.search(q, 500, **options)
+        assert_same(got, whole.search(q, 500, **options))
+        assert (got[1] == -1).any()
+
+
 def test_ivfpq_global_shortlist_is_not_per_shard_rescoring(data, ivfpq):
     whole, sharded = ivfpq
     q = queries(data, 40, seed=3)
