@@ -30,7 +30,13 @@ from .errors import ConfigError, IngestError
 from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, UpdateRecord
 from .paths import ENCODER_DIR, check_index_target
 from .records import Record
-from .shard_builder import build_dense_shards, build_shards, write_sharded_manifest
+from .shard_builder import (
+    STAGING_CORPUS,
+    build_dense_shards,
+    build_shards,
+    shards_for_budget,
+    write_sharded_manifest,
+)
 from .sharded import ShardedIndex
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
 from .tokenize_workers import resolve_workers, tokenize_all
@@ -59,7 +65,9 @@ class BuildConfig:
     prepended to a sentence-transformers model's inputs; None takes the prompts the model
     declares (the resolved strings are recorded in the manifest). ``shards`` (near-equal
     contiguous shards) or ``shard_docs`` (documents per shard) build a sharded index, whose
-    searches answer exactly as the unsharded index's; None for both builds one index.
+    searches answer exactly as the unsharded index's. With neither, the build shards by
+    itself when one index's build would not fit ``memory_budget`` bytes (None: half the
+    machine's memory; see :func:`~tansaku.index.shard_builder.shards_for_budget`).
     """
 
     analyzer: str = "ja"
@@ -72,10 +80,12 @@ class BuildConfig:
     encode_batch_size: int = 64
     shards: int | None = None
     shard_docs: int | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         check_optional_int("shards", self.shards)
         check_optional_int("shard_docs", self.shard_docs)
+        check_optional_int("memory_budget", self.memory_budget)
         if self.shards is not None and self.shard_docs is not None:
             raise ConfigError("give shards or shard_docs, not both")
 
@@ -160,10 +170,7 @@ def build_index(
         )
     if spec.lower() == "none":
         say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
-    if config.sharded:
-        return _build_sharded(path, records, config, analyzer, spec, encoder, progress, total, say)
     timings: dict[str, float] = {}
-    choice = ""
     with staged(path, check=check_index_target) as tmp:
         t0 = time.perf_counter()
         corpus = Corpus(tmp / CORPUS_FILE)
@@ -172,64 +179,94 @@ def build_index(
             raise IngestError("no documents to index")
         timings["ingest"] = time.perf_counter() - t0
         checkpoint("ingest")
-
-        t0 = time.perf_counter()
-        ids: list[str] = []
-
-        def texts_keeping_ids() -> Iterator[str]:
-            for r in corpus.iter_records():
-                ids.append(r.id)  # one pass over the corpus: ids are collected as it streams
-                yield r.indexed_text
-
-        texts = texts_keeping_ids()
-        workers = resolve_workers(config.workers, n)
-        bm25 = BM25Index.build(
-            tokenize_all(analyzer, texts, total=n, progress=progress, workers=workers),
-            config.bm25 or default_bm25(analyzer),
-        )
-        bm25.warm_up()
-        timings["tokenize+bm25"] = time.perf_counter() - t0
-        checkpoint("tokenize")
-
-        if spec.lower() in ("auto", "corpus"):
-            spec, choice, encoder = _resolve_encoder(
-                spec, n, tmp, corpus.iter_records, analyzer, config, progress, say, timings
+        if not config.sharded:
+            shards, why = shards_for_budget(corpus, n, config.memory_budget)
+            if shards > 1:
+                say(f"shards: {shards} ({why})")
+                config = replace(config, shards=shards)
+        if config.sharded:
+            corpus.close()
+            os.replace(tmp / CORPUS_FILE, tmp / STAGING_CORPUS)
+            spec, encoder = _write_sharded(tmp, n, config, analyzer, spec, encoder, progress, say, timings)
+        else:
+            spec, encoder = _write_one(
+                tmp, corpus, n, config, analyzer, spec, encoder, progress, say, timings
             )
-        dense = None
-        if encoder is not None:
-            t0 = time.perf_counter()
-            vectors = encode_documents(
-                encoder,
-                (r.indexed_text for r in corpus.iter_records()),
-                n,
-                config.encode_batch_size,
-                progress,
-                say,
-            )
-            timings["encode"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            checkpoint("faiss")
-            say(f"FAISS: training/adding {n:,} vectors")
-            dense = DenseIndex.build(vectors, config.faiss)
-            say(f"FAISS: {dense.params.kind} ({dense.reason})")
-            timings["faiss"] = time.perf_counter() - t0
-        corpus.close()
-        write_parts(
-            tmp,
-            ids,
-            analyzer,
-            bm25,
-            dense,
-            encoder,
-            build=BuildSection(
-                config=_config_dict(config, encoder),
-                seconds=timings,
-                encoder_choice=choice or None,
-                tokenize_workers=workers,
-            ),
-        )
     # A corpus encoder trained in the staged directory is reopened from its final place.
-    return Index.open(path, encoder=None if spec == "corpus" else encoder)
+    reopen = ShardedIndex.open if config.sharded else Index.open
+    return reopen(path, encoder=None if spec == "corpus" else encoder)
+
+
+def _write_one(
+    tmp: Path,
+    corpus: Corpus,
+    n: int,
+    config: BuildConfig,
+    analyzer: Analyzer,
+    spec: str,
+    encoder: Encoder | None,
+    progress: bool,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[str, Encoder | None]:
+    """The files of one (unsharded) index over the ingested ``corpus``; (spec, encoder) used."""
+    choice = ""
+    t0 = time.perf_counter()
+    ids: list[str] = []
+
+    def texts_keeping_ids() -> Iterator[str]:
+        for r in corpus.iter_records():
+            ids.append(r.id)  # one pass over the corpus: ids are collected as it streams
+            yield r.indexed_text
+
+    texts = texts_keeping_ids()
+    workers = resolve_workers(config.workers, n)
+    bm25 = BM25Index.build(
+        tokenize_all(analyzer, texts, total=n, progress=progress, workers=workers),
+        config.bm25 or default_bm25(analyzer),
+    )
+    bm25.warm_up()
+    timings["tokenize+bm25"] = time.perf_counter() - t0
+    checkpoint("tokenize")
+
+    if spec.lower() in ("auto", "corpus"):
+        spec, choice, encoder = _resolve_encoder(
+            spec, n, tmp, corpus.iter_records, analyzer, config, progress, say, timings
+        )
+    dense = None
+    if encoder is not None:
+        t0 = time.perf_counter()
+        vectors = encode_documents(
+            encoder,
+            (r.indexed_text for r in corpus.iter_records()),
+            n,
+            config.encode_batch_size,
+            progress,
+            say,
+        )
+        timings["encode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        checkpoint("faiss")
+        say(f"FAISS: training/adding {n:,} vectors")
+        dense = DenseIndex.build(vectors, config.faiss)
+        say(f"FAISS: {dense.params.kind} ({dense.reason})")
+        timings["faiss"] = time.perf_counter() - t0
+    corpus.close()
+    write_parts(
+        tmp,
+        ids,
+        analyzer,
+        bm25,
+        dense,
+        encoder,
+        build=BuildSection(
+            config=_config_dict(config, encoder),
+            seconds=timings,
+            encoder_choice=choice or None,
+            tokenize_workers=workers,
+        ),
+    )
+    return spec, encoder
 
 
 def _resolve_encoder(
@@ -259,77 +296,66 @@ def _resolve_encoder(
     return spec, choice, load_corpus_encoder(tmp / ENCODER_DIR)
 
 
-def _build_sharded(
-    path: Path,
-    records: Iterable[Record],
+def _write_sharded(
+    tmp: Path,
+    n: int,
     config: BuildConfig,
     analyzer: Analyzer,
     spec: str,
     encoder: Encoder | None,
     progress: bool,
-    total: int | None,
     say: Callable[[str], None],
-) -> ShardedIndex:
-    """:func:`build_index` of a sharded index (see :mod:`tansaku.index.shard_builder`)."""
-    timings: dict[str, float] = {}
+    timings: dict[str, float],
+) -> tuple[str, Encoder | None]:
+    """The files of a sharded index over the ingested staging corpus (see
+    :mod:`tansaku.index.shard_builder`); (spec, encoder) used."""
     choice = ""
     params = config.bm25 or default_bm25(analyzer)
-    with staged(path, check=check_index_target) as tmp:
-        entries, stats, workers = build_shards(
-            tmp,
-            records,
-            analyzer=analyzer,
-            params=params,
-            shards=config.shards,
-            shard_docs=config.shard_docs,
-            workers=config.workers,
-            progress=progress,
-            total=total,
-            say=say,
-            timings=timings,
+    entries, stats, workers = build_shards(
+        tmp,
+        n,
+        analyzer=analyzer,
+        params=params,
+        shards=config.shards,
+        shard_docs=config.shard_docs,
+        workers=config.workers,
+        progress=progress,
+        say=say,
+        timings=timings,
+    )
+    if spec.lower() in ("auto", "corpus"):
+        corpora = [tmp / e.dir / CORPUS_FILE for e in entries]
+        spec, choice, encoder = _resolve_encoder(
+            spec, stats.n_docs, tmp, lambda: _all_records(corpora), analyzer, config, progress, say, timings
         )
-        if spec.lower() in ("auto", "corpus"):
-            corpora = [tmp / e.dir / CORPUS_FILE for e in entries]
-            spec, choice, encoder = _resolve_encoder(
-                spec,
-                stats.n_docs,
-                tmp,
-                lambda: _all_records(corpora),
-                analyzer,
-                config,
-                progress,
-                say,
-                timings,
-            )
-        dense = None
-        if encoder is not None:
-            dense = build_dense_shards(
-                tmp,
-                entries,
-                encoder,
-                config.faiss,
-                encode=lambda enc, texts, n: encode_documents(
-                    enc, texts, n, config.encode_batch_size, progress, say
-                ),
-                say=say,
-                timings=timings,
-            )[2]
-        write_sharded_manifest(
+    dense = None
+    if encoder is not None:
+        dense = build_dense_shards(
             tmp,
             entries,
-            stats,
-            analyzer,
-            params,
-            dense,
             encoder,
-            build=BuildSection(
-                config=_config_dict(config, encoder),
-                seconds=timings,
-                encoder_choice=choice or None,
-                tokenize_workers=workers,
+            config.faiss,
+            encode=lambda enc, texts, count: encode_documents(
+                enc, texts, count, config.encode_batch_size, progress, say
             ),
-        )
-    return ShardedIndex.open(path, encoder=None if spec == "corpus" else encoder)
+            say=say,
+            timings=timings,
+        )[2]
+    write_sharded_manifest(
+        tmp,
+        entries,
+        stats,
+        analyzer,
+        params,
+        None if dense is None or encoder is None else {"encoder": encoder.to_config(), **dense},
+        build=BuildSection(
+            config=_config_dict(config, encoder),
+            seconds=timings,
+            encoder_choice=choice or None,
+            tokenize_workers=workers,
+        ),
+    )
+    return spec, encoder
 
 
 def _all_records(corpora: list[Path]) -> Iterator[Record]:

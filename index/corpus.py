@@ -124,6 +124,11 @@ class Corpus:
             conn.execute("DETACH DATABASE part")
         return int(last or after)
 
+    def total_chars(self) -> int:
+        """Characters of every title and text (what a build's memory grows with)."""
+        row = self.db.conn.execute(f"SELECT sum(length(text)) + sum(length(title)) FROM {TABLE}").fetchone()
+        return int(row[0] or 0)
+
     def iter_records(self) -> Iterator[Record]:
         """All records in rowid order."""
         cursor = self.db.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
@@ -148,3 +153,11 @@ class Corpus:
 
     def stats(self) -> dict[str, Any]:
         return {"docs": len(self)}
+
+
+def copy_corpus(src: Path, dst: Path) -> None:
+    """Copy a corpus file with SQLite's backup API (consistent even while it is read)."""
+    with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as source, sqlite3.connect(dst) as target:
+        source.backup(target)
+    source.close()
+    target.close()

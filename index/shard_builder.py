@@ -12,9 +12,11 @@ once, like any build.
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +30,20 @@ from .corpus import Corpus
 from .dense import DenseIndex, FaissParams, plan, sample_rows, train_points
 from .dense_shards import ShardedDense
 from .encoders import Encoder
-from .errors import ConfigError, IngestError
-from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, ShardEntry
-from .records import Record
+from .errors import ConfigError
+from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, ShardEntry, UpdateRecord
 from .sharded import STATS_DIR, shard_dir
 from .stats import CorpusStats
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE
 from .tokenize_workers import resolve_workers, tokenize_all
 
-_STAGING = ".ingest.sqlite"
+STAGING_CORPUS = ".ingest.sqlite"  # every record, before it is cut into shards
+# A one-index build's peak memory: measured with scripts/bench_shards.py (ja-surface, 200,000
+# synthetic documents of 267 characters: 1,341 MiB, ~21 bytes per character above the
+# interpreter's ~250 MiB) and the README's 1M-document `ja` build (11.5 GB: ~43 bytes per
+# character with its lemma and bigram streams). The larger figure, rounded up, is the estimate.
+BUILD_BYTES_PER_CHAR = 48
+BASE_BYTES = 300 << 20
 _TF_DIR = ".tf"  # a shard's own BM25 arrays (term frequencies), until the global weights exist
 _VECTORS = ".vectors.npy"  # a shard's float vectors, until FAISS is trained
 
@@ -54,9 +61,39 @@ def shard_sizes(n: int, shards: int | None, shard_docs: int | None) -> list[int]
     return [base + (1 if i < extra else 0) for i in range(shards)]
 
 
+def shards_for_budget(corpus: Corpus, n: int, budget: int | None) -> tuple[int, str]:
+    """How many shards a build of ``corpus`` needs to stay within ``budget`` bytes, and why.
+
+    One index's build peaks at about ``BUILD_BYTES_PER_CHAR`` per character of text plus the
+    interpreter's own (measured, see the constants); ``budget`` None is half the machine's
+    memory. 1 means one index fits.
+    """
+    budget = budget or default_memory_budget()
+    chars = corpus.total_chars()
+    estimate = BASE_BYTES + BUILD_BYTES_PER_CHAR * chars
+    if estimate <= budget:
+        return 1, "fits the memory budget"
+    # each shard's text within half of what the budget leaves beside the interpreter: room
+    # for the parts every shard shares (the statistics, the FAISS training)
+    allowance = max(1, (budget - BASE_BYTES) // 2)
+    shards = min(n, math.ceil(BUILD_BYTES_PER_CHAR * chars / allowance))
+    return shards, (
+        f"one index's build would peak near {estimate / 2**30:.1f} GiB for {chars:,} characters, "
+        f"over the {budget / 2**30:.1f} GiB memory budget (--memory-budget)"
+    )
+
+
+def default_memory_budget() -> int:
+    """Half the machine's physical memory (8 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
 def build_shards(
     tmp: Path,
-    records: Iterable[Record],
+    n: int,
     *,
     analyzer: Analyzer,
     params: BM25Params,
@@ -64,23 +101,17 @@ def build_shards(
     shard_docs: int | None,
     workers: int,
     progress: bool,
-    total: int | None,
     say: Callable[[str], None],
     timings: dict[str, float],
 ) -> tuple[list[ShardEntry], CorpusStats, int]:
-    """Write every shard's corpus, ids and BM25 files (global weights) into ``tmp``.
+    """Cut the ``n`` documents ingested at ``tmp/STAGING_CORPUS`` into shards and write every
+    shard's corpus, ids and BM25 files (global weights) into ``tmp``.
 
     Returns the shard entries, the corpus statistics and the tokenising workers used.
     """
-    t0 = time.perf_counter()
-    staging = Corpus(tmp / _STAGING)
-    n = staging.ingest(records, progress=progress, total=total)
-    if n == 0:
-        raise IngestError("no documents to index")
+    staging = Corpus(tmp / STAGING_CORPUS)
     sizes = shard_sizes(n, shards, shard_docs)
     say(f"shards: {len(sizes)} of {min(sizes):,}-{max(sizes):,} documents ({n:,} in all)")
-    timings["ingest"] = time.perf_counter() - t0
-    checkpoint("ingest")
 
     t0 = time.perf_counter()
     entries: list[ShardEntry] = []
@@ -107,7 +138,7 @@ def build_shards(
         del counted  # one shard's arrays at a time
         checkpoint("shard")
     staging.close()
-    (tmp / _STAGING).unlink()
+    (tmp / STAGING_CORPUS).unlink()
     stats = CorpusStats.merge(own)
     timings["tokenize"] = time.perf_counter() - t0
 
@@ -200,13 +231,19 @@ def write_sharded_manifest(
     stats: CorpusStats,
     analyzer: Analyzer,
     params: BM25Params,
-    dense: dict[str, object] | None,
-    encoder: Encoder | None,
+    dense: Mapping[str, object] | None,
     *,
-    build: BuildSection,
+    build: BuildSection | None,
     generation: int = 1,
+    capacity: int | None = None,
+    updates: tuple[UpdateRecord, ...] | None = None,
 ) -> None:
-    """The top-level manifest of a sharded index staged in ``tmp``."""
+    """The top-level manifest of a sharded index staged in ``tmp``.
+
+    ``dense``: the manifest's dense section (encoder config included), None for BM25 only;
+    ``capacity``: documents a shard takes before an update starts a new one (default: the
+    largest shard's count).
+    """
     from dataclasses import asdict
 
     postings = 0
@@ -219,12 +256,10 @@ def write_sharded_manifest(
         postings=postings,
         avgdl=stats.avgdl,
     )
-    dense_section = None
-    if dense is not None:
-        assert encoder is not None
-        dense_section = DenseSection.from_dict({"encoder": encoder.to_config(), **dense})
+    dense_section = None if dense is None else DenseSection.from_dict(dict(dense))
+    capacity = capacity or max(e.count for e in entries)
     IndexManifest(
-        counts={"docs": stats.n_docs, "shards": len(entries)},
+        counts={"docs": stats.n_docs, "shards": len(entries), "shard_capacity": capacity},
         analyzer=analyzer.to_config(),
         bm25=bm25,
         dense=dense_section,
@@ -232,4 +267,5 @@ def write_sharded_manifest(
         shards=tuple(entries),
         stats=stats.save(tmp / STATS_DIR),
         generation=generation,
+        updates=updates,
     ).save(tmp)

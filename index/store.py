@@ -71,8 +71,7 @@ class Index:
         if manifest.shards is not None:
             raise IndexFormatError(
                 f"index {path} is sharded ({len(manifest.shards)} shards): open it with tansaku.open() "
-                "or tansaku.index.open_index(); adding to or deleting from a sharded index is not "
-                "supported yet (rebuild it with `tansaku build`)"
+                "or tansaku.index.open_index()"
             )
         try:
             analyzer = analyzer_from_config(dict(manifest.analyzer))

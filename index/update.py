@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -20,17 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index
 from .builder import encode_documents, write_parts
-from .corpus import Corpus
+from .corpus import Corpus, copy_corpus
+from .counts import merged_counts
 from .encoders import Encoder
 from .errors import IngestError
-from .manifest import UpdateRecord
+from .manifest import IndexManifest, UpdateRecord
 from .paths import ENCODER_DIR, real_path
 from .records import Record
+from .shard_update import update_shards
+from .sharded import ShardedIndex
 from .store import CORPUS_FILE, Index
 from .tokenize_workers import resolve_workers, tokenize_all
 
@@ -47,13 +48,6 @@ class UpdateReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _copy_sqlite(src: Path, dst: Path) -> None:
-    with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as source, sqlite3.connect(dst) as target:
-        source.backup(target)
-    source.close()
-    target.close()
 
 
 def update_index(
@@ -75,9 +69,11 @@ def update_index(
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     with staged(path) as tmp:
+        if IndexManifest.load(path).shards is not None:
+            return _update_sharded(path, tmp, add, delete, missing_ok, encoder, progress, say, start)
         old = Index.open(path, encoder=encoder)
         try:
-            _copy_sqlite(old.path / CORPUS_FILE, tmp / CORPUS_FILE)
+            copy_corpus(old.path / CORPUS_FILE, tmp / CORPUS_FILE)
             if (old.path / ENCODER_DIR).is_dir():  # a corpus encoder travels with its index
                 shutil.copytree(old.path / ENCODER_DIR, tmp / ENCODER_DIR)
             corpus = Corpus(tmp / CORPUS_FILE)
@@ -117,20 +113,15 @@ def update_index(
 
             reuse_arr = np.asarray(reuse, dtype=np.int64)
             is_new = reuse_arr < 0
-            bm25 = _updated_bm25(
-                old.bm25,
-                reuse_arr,
-                is_new,
-                list(
-                    tokenize_all(
-                        old.analyzer,
-                        new_texts,
-                        total=len(new_texts),
-                        progress=progress,
-                        workers=resolve_workers(0, len(new_texts)),
-                    )
-                ),
+            tokens = tokenize_all(
+                old.analyzer,
+                new_texts,
+                total=len(new_texts),
+                progress=progress,
+                workers=resolve_workers(0, len(new_texts)),
             )
+            by_doc, vocab, doc_len = merged_counts(old.bm25, reuse_arr, is_new, list(tokens))
+            bm25 = BM25Index.from_doc_term(by_doc, vocab, doc_len, old.bm25.params)
             dense = None
             if old.dense is not None:
                 vectors = np.empty((len(ids), old.dense.dim), dtype=np.float32)
@@ -173,37 +164,31 @@ def update_index(
     return report
 
 
-def _updated_bm25(
-    old: BM25Index, reuse: np.ndarray, is_new: np.ndarray, new_tokens: list[list[str]]
-) -> BM25Index:
-    """BM25 over kept documents' term frequencies plus the new documents' tokens."""
-    vocab = list(old.vocab)
-    term_id = dict(old.term_ids)
-    indptr = [0]
-    terms: list[int] = []
-    counts: list[int] = []
-    for tokens in new_tokens:
-        tally: dict[int, int] = {}
-        for token in tokens:
-            t = term_id.get(token)
-            if t is None:
-                t = term_id[token] = len(vocab)
-                vocab.append(token)
-            tally[t] = tally.get(t, 0) + 1
-        terms.extend(tally)
-        counts.extend(tally.values())
-        indptr.append(len(terms))
-    new_rows = sp.csr_matrix(
-        (np.asarray(counts, np.int32), np.asarray(terms, np.int32), np.asarray(indptr, np.int64)),
-        shape=(len(new_tokens), len(vocab)),
-    )
-    kept = old.doc_term()[reuse[~is_new]]
-    kept = sp.csr_matrix((kept.data, kept.indices, kept.indptr), shape=(kept.shape[0], len(vocab)))
-    # Stack kept rows then new rows, and put them back in corpus (rowid) order.
-    stacked = sp.vstack([kept, new_rows], format="csr")
-    order = np.empty(len(reuse), dtype=np.int64)
-    order[~is_new] = np.arange(int((~is_new).sum()))
-    order[is_new] = int((~is_new).sum()) + np.arange(int(is_new.sum()))
-    by_doc = stacked[order]
-    doc_len = np.asarray(by_doc.sum(axis=1)).ravel().astype(np.int32)
-    return BM25Index.from_doc_term(by_doc, vocab, doc_len, old.params)
+def _update_sharded(
+    path: Path,
+    tmp: Path,
+    add: Iterable[Record],
+    delete: Iterable[str],
+    missing_ok: bool,
+    encoder: Encoder | None,
+    progress: bool,
+    say: Callable[[str], None],
+    start: float,
+) -> UpdateReport:
+    """:func:`update_index` of a sharded index (see :mod:`tansaku.index.shard_update`)."""
+    old = ShardedIndex.open(path, encoder=encoder)
+    try:
+        added, replaced, deleted, docs = update_shards(
+            old,
+            tmp,
+            add,
+            delete,
+            missing_ok=missing_ok,
+            progress=progress,
+            say=say,
+            encode=lambda texts: encode_documents(old.encoder, texts, len(texts), 64, progress, say),
+        )
+    finally:
+        old.close()
+    checkpoint("update")
+    return UpdateReport(added, replaced, deleted, docs, time.perf_counter() - start)

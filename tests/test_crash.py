@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from helpers import sample_rows, write_jsonl
-from tansaku.index import Index, build_index, read_dicts
+from tansaku.index import BuildConfig, build_index, open_index, read_dicts
 from tansaku.retrieve import BM25Retriever
 
 BUILD_POINTS = ["ingest", "tokenize", "encode", "faiss", "swap", "swapped"]
@@ -32,7 +32,7 @@ def cli(*args, crash_at=None):
 
 def state(path):
     """Which complete version the index is: its sorted ids (or an exception if unreadable)."""
-    index = Index.open(path)
+    index = open_index(path)  # sharded or not
     hits = BM25Retriever(index).retrieve("東京", 10)
     index.hydrate(hits)
     ids = sorted(str(i) for i in index.doc_ids)
@@ -87,3 +87,26 @@ def test_update_killed_leaves_old_or_new(tmp_path, point):
     assert now == (sorted(r["id"] for r in rows) if point == "swapped" else old)
     out = cli("add", path, tmp_path / "new.jsonl", "-q", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["docs"] == 56
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("action", "point"),
+    [("build", "ingest"), ("build", "shard"), ("build", "swap"), ("add", "update"), ("add", "swapped")],
+)
+def test_sharded_build_or_update_killed_leaves_old_or_new(tmp_path, action, point):
+    rows = sample_rows()
+    path = tmp_path / "idx"
+    build_index(path, read_dicts(rows[:30]), BuildConfig(shard_docs=10), progress=False).close()
+    old = state(path)
+    docs = write_jsonl(tmp_path / "more.jsonl", rows[30:] if action == "add" else rows)
+    extra = ["--encoder", "none", "--shards", "3"] if action == "build" else []
+    proc = cli(action, path, docs, *extra, "-q", crash_at=point)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    new = sorted(r["id"] for r in rows)
+    assert state(path) == (new if point == "swapped" else old)
+    assert (
+        cli("build", path, tmp_path / "more.jsonl", "--encoder", "none", "--shards", "2", "-q").returncode
+        == 0
+    )
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []

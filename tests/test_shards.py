@@ -13,7 +13,6 @@ from tansaku.index import (
     BuildConfig,
     ConfigError,
     Index,
-    IndexFormatError,
     IngestError,
     ShardedIndex,
     build_index,
@@ -129,12 +128,64 @@ def test_sharded_build_is_atomic_and_checks_input(tmp_path):
     )
 
 
-def test_updates_of_a_sharded_index_say_so(tmp_path):
-    path = tmp_path / "idx"
-    build_index(path, read_dicts(ROWS[:6]), BuildConfig(shards=2), progress=False).close()
-    with pytest.raises(IndexFormatError, match="sharded.*not supported yet"):
-        update_index(path, read_dicts(ROWS[6:7]), progress=False)
-    assert len(open_index(path)) == 6
+def close_hits(a, b) -> None:
+    # After updates the two indexes encoded their new documents in different batches (float32
+    # vectors may differ in the last bit) and appended new terms in a different order (the
+    # idf floor's mean is summed in another order): equal to rounding, like a fresh build.
+    assert [h.doc_id for h in a] == [h.doc_id for h in b]
+    np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=0, atol=1e-6)
+
+
+def test_updates_reach_the_right_shards_and_match_one_index(tmp_path, tiny_bi_encoder_dir):
+    encoder = str(tiny_bi_encoder_dir)
+    one = tmp_path / "one"
+    many = tmp_path / "many"
+    build_index(one, read_dicts(ROWS[:30]), BuildConfig(encoder=encoder), progress=False).close()
+    build_index(
+        many, read_dicts(ROWS[:30]), BuildConfig(encoder=encoder, shard_docs=12), progress=False
+    ).close()
+    before = open_index(many)
+    untouched = tree_snapshot(many / before.manifest.shards[1].dir)
+    changed = dict(ROWS[2], text="富士山は日本で一番高い山で、標高は3776メートルである。")
+    steps = [  # a replacement in shard 0 and 10 new; two deletions; 16 new (new shards)
+        lambda path: update_index(path, read_dicts([changed] + ROWS[30:40]), progress=False),
+        lambda path: update_index(path, delete=[ROWS[5]["id"], ROWS[31]["id"]], progress=False),
+        lambda path: update_index(path, read_dicts(ROWS[40:56]), progress=False),
+    ]
+    for step in steps:
+        for path in (one, many):
+            step(path)
+    a, b = open_index(one), open_index(many)
+    assert isinstance(b, ShardedIndex) and list(a.doc_ids) == list(b.doc_ids)
+    assert b.manifest.generation == 4 and b.stats.n_docs == len(a)
+    assert [s.count for s in b.manifest.shards] == [11, 12, 11, 12, 8]  # capacity 12
+    for mode in ("bm25", "dense", "hybrid"):
+        ra, rb = make_retriever(a, mode), make_retriever(b, mode)
+        for query in QUERIES[:25] + ["富士山の標高"]:
+            close_hits(ra.retrieve(query, 30), rb.retrieve(query, 30))
+    # the shard nothing touched kept its corpus and vectors; only its BM25 weights changed
+    assert tree_snapshot(many / b.manifest.shards[1].dir)["corpus.sqlite"] == untouched["corpus.sqlite"]
+    with pytest.raises(IngestError, match="unknown ids: 'nope'"):
+        update_index(many, delete=["nope"], progress=False)
+    assert open_index(many).manifest.generation == 4
+
+
+def test_a_build_over_its_memory_budget_shards_itself(tmp_path, capsys):
+    docs = write_jsonl(tmp_path / "docs.jsonl", ROWS)
+    assert main(["build", str(tmp_path / "one"), str(docs), "--encoder", "none", "-q"]) == 0
+    # a budget just under this corpus's estimate (the interpreter's 300 MiB and 48 bytes a
+    # character): the build shards by itself and says why
+    budget = ["--memory-budget", "300.2M"]
+    assert main(["build", str(tmp_path / "auto"), str(docs), "--encoder", "none", *budget]) == 0
+    err = capsys.readouterr().err
+    assert "shards:" in err and "memory budget" in err
+    one, auto = open_index(tmp_path / "one"), open_index(tmp_path / "auto")
+    assert isinstance(one, Index) and isinstance(auto, ShardedIndex) and len(auto.shards) > 1
+    for query in QUERIES[:20]:
+        same_hits(BM25Retriever(one).retrieve(query, 30), BM25Retriever(auto).retrieve(query, 30))
+    with pytest.raises(SystemExit):  # argparse: "not a size"
+        main(["build", str(tmp_path / "x"), str(docs), "--memory-budget", "lots"])
+    assert "not a size" in capsys.readouterr().err
 
 
 def test_shard_sizes_and_config():

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .options import add_input_options, emit_json, logger, read_inputs
+from .options import add_input_options, byte_size, emit_json, logger, read_inputs
 
 
 def add_build(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +95,13 @@ examples:
     shards.add_argument(
         "--shard-docs", type=int, metavar="M", help="shards of M documents each (the last one smaller)"
     )
+    g.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="without --shards/--shard-docs, shard when one index's build would need more memory "
+        "than SIZE (e.g. 8G, 512M; default: half of this machine's memory); the choice is printed",
+    )
     g = p.add_argument_group("dense index")
     g.add_argument(
         "--encoder",
@@ -162,6 +169,7 @@ def run_build(args: argparse.Namespace) -> int:
         encode_batch_size=args.batch_size,
         shards=args.shards,
         shard_docs=args.shard_docs,
+        memory_budget=args.memory_budget,
     )
     from tansaku.index.paths import check_index_target
 

@@ -164,3 +164,19 @@ def make_reranker(
         activation="none" if getattr(args, "raw_scores", False) else "sigmoid",
         **({} if windows is None else {"max_chunks_per_doc": windows}),
     )
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: ``8G``, ``512M``, ``1.5G`` or plain bytes (binary units, B optional)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8G, 512M)") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return int(number * _UNITS[unit])
