@@ -62,6 +62,14 @@ def test_wheel_contents(wheel):
         "tansaku/index/data/sample.jsonl",
     ):
         assert module in names
+    # every module of the source folders ships (a subpackage missing from pyproject would not)
+    folders = {"index": "index", "retrieve": "retrieve", "rerank": "rerank", "pipeline": "pipeline"}
+    for folder, package in folders.items():
+        for source in (REPO / folder).rglob("*.py"):
+            rel = source.relative_to(REPO / folder)
+            if rel.parts[0] != "_root":
+                assert f"tansaku/{package}/{rel.as_posix()}" in names, rel
+    assert "tansaku/py.typed" in names
     assert not any("tests/" in n or n.endswith(".pkl") for n in names)
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tansaku = tansaku.pipeline.cli:main" in entry
