@@ -144,3 +144,16 @@ def test_updates_and_reopens_do_not_pile_up_mecab_dictionaries(tmp_path):
             update_index(path, (), [r["id"] for r in rows[-4:]], progress=False)
         assert searcher.search("東京の人口").hits
     assert _dictionary_mappings() - before <= 0
+
+
+def test_health_and_models_report_the_current_version_after_an_update(tmp_path, servers):
+    rows = sample_rows()
+    path = tmp_path / "idx"
+    build_index(path, read_dicts(rows[:20]), encoder="none", progress=False).close()
+    served = servers.start(create_app(tansaku.open(path, mode="bm25"), None))
+    assert httpx.get(served.url + "/health").json()["documents"] == 20
+    update_index(path, read_dicts(rows[20:25]), progress=False)
+    # no search in between: the info routes themselves see the new version
+    assert httpx.get(served.url + "/health").json()["documents"] == 25
+    update_index(path, delete=[rows[0]["id"]], progress=False)
+    assert httpx.get(served.url + "/v1/models").json()["index"]["documents"] == 24

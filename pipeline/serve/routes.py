@@ -4,6 +4,7 @@ This module does not use ``from __future__ import annotations``: FastAPI must se
 classes in the route functions' annotations.
 """
 
+import asyncio
 import math
 import os
 import time
@@ -81,10 +82,12 @@ def add_routes(app: FastAPI, st: ServerState) -> None:
 
     @app.get("/v1/models", response_model=m.ModelList, tags=["info"], summary="What is loaded", **common)
     async def models() -> JSONResponse:
+        await current_index(st)
         return JSONResponse(model_list(st))
 
     @app.get("/health", response_model=m.Health, tags=["info"], summary="Liveness (no key needed)")
     async def health() -> JSONResponse:
+        await current_index(st)
         searcher = st.searcher
         return JSONResponse(
             {
@@ -210,6 +213,15 @@ def _hit_json(hit: Any) -> dict[str, Any]:
         "stage": hit.stage,
         "metadata": dict(hit.metadata),
     }
+
+
+async def current_index(st: ServerState) -> None:
+    """Open the index an update swapped in, so info routes report the version searches get.
+
+    One ``stat`` when nothing changed; a reopen runs off the event loop.
+    """
+    if st.searcher is not None:
+        await asyncio.to_thread(st.searcher.refresh)
 
 
 def model_list(st: ServerState) -> dict[str, Any]:
