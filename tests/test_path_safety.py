@@ -143,3 +143,25 @@ def test_model_and_run_outputs_refuse_user_files(tmp_path, capsys):
         )
         assert code == 0 and json.loads(out)["stages"][0]["run_file"].endswith(".run")
     assert [p.suffix for p in runs.iterdir()] == [".run"]
+
+
+def test_a_manifest_cannot_point_the_encoder_outside_its_index(tmp_path):
+    from tansaku.index import open_index
+    from tansaku.index.encoders.loading import encoder_from_config
+
+    index = tmp_path / "idx"
+    index.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for config in (
+        {"type": "corpus", "path": "../elsewhere", "dim": 8},
+        {"type": "sentence-transformers", "model": "../elsewhere", "bundled": True, "dim": 8},
+    ):
+        with pytest.raises(IndexFormatError, match="outside the index"):
+            encoder_from_config(config, base=index)
+    # and through a real index whose manifest was edited
+    build_index(index, read_dicts(sample_rows()[:5]), encoder="corpus", progress=False).close()
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["dense"]["encoder"]["path"] = "../elsewhere"
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="outside the index"):
+        _ = open_index(index).encoder

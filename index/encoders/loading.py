@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, IndexFormatError
 from ..paths import ENCODER_DIR
 from .base import Encoder, SentenceTransformerEncoder
 from .corpus_encoder import load_corpus_encoder
@@ -29,7 +29,7 @@ def encoder_from_config(config: dict[str, Any], base: Path | None = None) -> Enc
     if kind == "sentence-transformers":
         model = str(config["model"])
         if base is not None and config.get("bundled"):
-            model = str(base / model)
+            model = str(_inside(base, model))
         return SentenceTransformerEncoder(
             model,
             query_prefix=config.get("query_prefix", ""),
@@ -41,5 +41,20 @@ def encoder_from_config(config: dict[str, Any], base: Path | None = None) -> Enc
     if kind == "corpus":
         if base is None:
             raise ConfigError("a corpus encoder lives inside its index: open the index")
-        return load_corpus_encoder(base / str(config.get("path", ENCODER_DIR)))
+        return load_corpus_encoder(_inside(base, str(config.get("path", ENCODER_DIR))))
     raise ConfigError(f"unknown encoder type {kind!r} in the index manifest")
+
+
+def _inside(base: Path, relative: str) -> Path:
+    """``base / relative``, refused unless it stays inside ``base`` (an index's own model).
+
+    A manifest is data: one edited to say ``../elsewhere`` must not load a model from outside
+    the index it describes.
+    """
+    path = (base / relative).resolve()
+    if path != base.resolve() and base.resolve() not in path.parents:
+        raise IndexFormatError(
+            f"index {base}: its manifest points the encoder at {relative!r}, outside the index; "
+            "rebuild the index"
+        )
+    return path
