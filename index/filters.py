@@ -46,6 +46,10 @@ FIELD_OPERATORS = (*COMPARISONS, "$in", "$nin", "$exists", "$not")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 MAX_DEPTH = 32  # nesting of $and/$or/$not: far beyond real filters, far below SQLite's limits
 MAX_VALUES = 10_000  # values in one filter ($in lists included), under SQLite's 32,766 parameters
+# Conditions in one filter: SQLite chains a filter's ANDs and ORs into one expression tree,
+# and refuses trees deeper than 1,000 ("Expression tree is too large"); many values of one
+# field belong in one $in.
+MAX_CONDITIONS = 500
 _INT64 = (-(2**63), 2**63 - 1)
 
 Scalar: TypeAlias = str | int | float | bool
@@ -128,7 +132,21 @@ def parse_filter(spec: FilterSpec) -> Filter | None:
         raise ConfigError(f"filter must be a JSON object, got {_type_name(spec)}")
     counter = [0]
     parts = _parse_doc(spec, depth=0, counter=counter)
+    conditions = sum(_conditions(p) for p in parts)
+    if conditions > MAX_CONDITIONS:
+        raise ConfigError(
+            f"filter has {conditions:,} conditions, more than {MAX_CONDITIONS}; "
+            'give many values of one field as one {"$in": [...]}'
+        )
     return Filter(_all(parts))
+
+
+def _conditions(node: Node) -> int:
+    if isinstance(node, Condition):
+        return 1
+    if isinstance(node, Not):
+        return _conditions(node.part)
+    return sum(_conditions(p) for p in node.parts)
 
 
 def _reject_constant(name: str) -> Any:
@@ -243,7 +261,15 @@ def _scalar(field: str, op: str, value: Any, counter: list[int]) -> Scalar:
     counter[0] += 1
     if counter[0] > MAX_VALUES:
         raise ConfigError(f"filter has more than {MAX_VALUES:,} values")
-    if isinstance(value, bool | str):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"filter field {field!r}: {op!r} value is not valid Unicode (a lone surrogate)"
+            ) from None
+        return value
+    if isinstance(value, bool):
         return value
     if isinstance(value, int):
         if not _INT64[0] <= value <= _INT64[1]:

@@ -882,3 +882,13 @@ def test_create_field_index(tmp_path, rows):
     index.close()
     with pytest.raises(IndexFormatError, match="no index"):
         create_field_index(tmp_path / "nowhere", "year")
+
+
+def test_filters_sqlite_cannot_run_are_refused_up_front():
+    from tansaku.index.filters import MAX_CONDITIONS
+
+    parse_filter({"$or": [{"year": i} for i in range(MAX_CONDITIONS)]})  # at the limit: fine
+    with pytest.raises(ConfigError, match=r"501 conditions.*\$in"):
+        parse_filter({"$or": [{"year": i} for i in range(MAX_CONDITIONS + 1)]})
+    with pytest.raises(ConfigError, match="'lang'.*lone surrogate"):
+        parse_filter({"lang": {"$in": ["ja", "\ud800"]}})

@@ -157,3 +157,35 @@ def test_health_and_models_report_the_current_version_after_an_update(tmp_path, 
     assert httpx.get(served.url + "/health").json()["documents"] == 25
     update_index(path, delete=[rows[0]["id"]], progress=False)
     assert httpx.get(served.url + "/v1/models").json()["index"]["documents"] == 24
+
+
+def test_bad_unicode_and_huge_filters_are_4xx_naming_the_field(tmp_path, servers, reranker):
+    path = tmp_path / "idx"
+    build_index(path, read_dicts(sample_rows()), encoder="none", progress=False).close()
+    served = servers.start(create_app(tansaku.open(path, mode="bm25"), reranker))
+    bad = "\ud800"  # a lone surrogate: valid JSON ("\\ud800"), not valid Unicode
+
+    def post(route: str, body: dict[str, Any]) -> httpx.Response:
+        # json.dumps escapes the surrogate as \\ud800, as a client's JSON encoder would
+        import json
+
+        return httpx.post(
+            served.url + route, content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+
+    cases = [
+        ("/v1/search", {"query": "東京", "filter": {"lang": bad}}, "filter.lang"),
+        ("/v1/search", {"query": "東京", "filter": {"$or": [{"year": i} for i in range(1000)]}}, "filter"),
+        (
+            "/v1/rerank",
+            {"query": "東京", "documents": ["ok", f"x{bad}"], "return_documents": True},
+            "documents[1]",
+        ),
+        ("/rerank", {"query": "東京", "texts": ["ok", bad], "return_text": True}, "texts[1]"),
+        ("/v1/search", {"query": f"東京{bad}"}, "query"),
+    ]
+    for route, body, field in cases:
+        res = post(route, body)
+        assert res.status_code == 422, (route, res.status_code, res.text)
+        assert res.json()["error"]["field"] == field, res.text
+    assert post("/v1/search", {"query": "東京", "filter": {"lang": "ja"}}).status_code == 200

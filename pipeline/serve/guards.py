@@ -152,3 +152,35 @@ def server_busy(in_flight: int) -> ApiError:
         kind="server_busy",
         headers={"Retry-After": "1"},
     )
+
+
+def check_unicode(body: Any) -> None:
+    """A 422 naming the first string of a request that is not valid Unicode (a lone surrogate).
+
+    JSON can spell one (``"\\ud800"``); it would fail later, as a 500, when SQLite binds it or
+    the response is encoded.
+    """
+    path = _bad_string(body.model_dump() if hasattr(body, "model_dump") else body, "")
+    if path is not None:
+        raise ApiError(422, f"{path} is not valid Unicode (it holds a lone surrogate)", field=path)
+
+
+def _bad_string(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = _bad_string(key, where) or _bad_string(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _bad_string(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None

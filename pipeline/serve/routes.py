@@ -22,7 +22,7 @@ from ..search import default_rerank_k
 from . import models as m
 from .documents import document_texts, returned_document
 from .errors import ApiError
-from .guards import check_count, check_ks
+from .guards import check_count, check_ks, check_unicode
 from .state import ServerState
 
 # Cohere bills one search unit per query and 100 documents; reported the same way.
@@ -106,6 +106,7 @@ async def cohere_rerank(st: ServerState, body: m.CohereRerankRequest, *, version
     service = st.require_reranker()
     service.check_model(body.model)
     check_count(len(body.documents), "documents", st.max_documents)
+    check_unicode(body)
     texts = document_texts(body.documents, body.rank_fields)
     spans = body.relevant_spans
     if spans is not None and spans.get("mode", "disabled") != "disabled":
@@ -152,6 +153,7 @@ async def tei_rerank(st: ServerState, body: m.TEIRerankRequest) -> list[dict[str
     """TEI's answer: ``[{"index", "score", "text"?}]`` sorted by descending score."""
     service = st.require_reranker()
     check_count(len(body.texts), "texts", st.max_documents)
+    check_unicode(body)
     if body.truncation_direction != "Right":
         raise ApiError(422, "only truncation_direction 'Right' is supported", field="truncation_direction")
     # truncate: score only the first window; otherwise long texts get their best window
@@ -170,6 +172,7 @@ async def run_search(st: ServerState, body: m.SearchRequest) -> dict[str, Any]:
     """Run the search pipeline for a :class:`~.models.SearchRequest`."""
     searcher = st.require_searcher()
     check_ks(((name, getattr(body, name)) for name in ("retrieve_k", "rerank_k", "top_n")), st.max_documents)
+    check_unicode(body)
     config = searcher.config
     retrieve_k = body.retrieve_k or config.retrieve_k
     rerank_k = default_rerank_k(retrieve_k, body.rerank_k, cap=config.rerank_k)
