@@ -81,6 +81,21 @@ def _scalar_or_list(value: Any) -> bool:
     return False
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _values(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def to_record(raw: Any, fields: FieldMap, *, source: str, line: int, unit: str = "line") -> Record:
     """Validate one raw mapping and turn it into a :class:`Record`.
 
@@ -126,6 +141,11 @@ def to_record(raw: Any, fields: FieldMap, *, source: str, line: int, unit: str =
     for key, value in metadata.items():
         if not _scalar_or_list(value):
             raise fail("metadata values must be scalars or lists of scalars", key)
+        if any(isinstance(v, int) and not _INT64[0] <= v <= _INT64[1] for v in _values(value)):
+            raise fail("integer outside the 64-bit range (store it as a string)", key)
+    for name, value in ((fields.id, doc_id), (fields.text, text), (fields.title, title), *metadata.items()):
+        if any(isinstance(v, str) and not _unicode(v) for v in (name, *_values(value))):
+            raise fail("not valid Unicode (a lone surrogate, e.g. a \\ud800 escape)", name)
     return Record(str(doc_id), text, title, metadata, origin=f"{source}:{line}")
 
 
@@ -155,6 +175,12 @@ def _read_jsonl(path: Path, fields: FieldMap) -> Iterator[Record]:
                 raise IngestError(
                     f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no
                 ) from None
+            except RecursionError:
+                raise IngestError(
+                    "invalid record: arrays or objects nested too deeply", source=source, line=line_no
+                ) from None
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise IngestError(f"invalid JSON: {exc}", source=source, line=line_no) from None
             yield to_record(obj, fields, source=source, line=line_no)
 
 

@@ -47,6 +47,26 @@ JSONL_CASES = [
     ("csv non-UTF-8", ".csv", b"id,text\n1,x\n2,\xff\n", "UTF-8"),
     ("tsv missing id", ".tsv", "id\ttext\n\tx\n", "'id'"),
     ("empty file", ".jsonl", "", "no documents"),
+    (
+        "50,000-deep metadata",
+        ".jsonl",
+        GOOD + '\n{"id": "d", "text": "x", "k": ' + "[" * 50_000 + "]" * 50_000 + "}",
+        "line 2",
+    ),
+    (
+        "5,000-digit integer",
+        ".jsonl",
+        GOOD + '\n{"id": "b", "text": "x", "n": ' + "9" * 5_000 + "}",
+        "line 2",
+    ),
+    ("integer past 64 bits", ".jsonl", GOOD + '\n{"id": "b", "text": "x", "n": ' + "9" * 30 + "}", "'n'"),
+    ("lone surrogate in text", ".jsonl", GOOD + '\n{"id": "s", "text": "a\\ud800b"}', "'text'"),
+    (
+        "lone surrogate in metadata",
+        ".jsonl",
+        GOOD + '\n{"id": "s", "text": "ok", "tag": ["\\udfff"]}',
+        "'tag'",
+    ),
 ]
 
 # Unusual but valid: indexed, searchable, never an error.
