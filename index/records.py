@@ -10,14 +10,13 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
-import io
 import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .errors import IngestError
 from .hit import indexed_text
@@ -149,81 +148,92 @@ def to_record(raw: Any, fields: FieldMap, *, source: str, line: int, unit: str =
     return Record(str(doc_id), text, title, metadata, origin=f"{source}:{line}")
 
 
-def _open_text(path: Path) -> TextIO:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-    # Strict UTF-8 (a BOM is tolerated): a bad byte becomes an IngestError with its line.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
+def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every physical line, each decoded strictly on its own.
 
-
-def _read_jsonl(path: Path, fields: FieldMap) -> Iterator[Record]:
-    source = str(path)
+    Line by line, so a bad byte is reported on its own line (a buffered text stream fails a
+    whole block ahead of the parser). UTF-8 may start with a BOM.
+    """
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise IngestError(f"unknown encoding {encoding!r}", source=str(path)) from None
+    utf8 = codecs.lookup(encoding).name == "utf-8"
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-    decoder = codecs.getincrementaldecoder("utf-8-sig")
     with raw:
         for line_no, data in enumerate(raw, 1):
             try:
-                line = decoder().decode(data, final=True)
+                yield line_no, data.decode("utf-8-sig" if utf8 and line_no == 1 else encoding)
             except UnicodeDecodeError as exc:
+                hint = "; a file saved by Excel is often Shift-JIS: try --encoding cp932" if utf8 else ""
                 raise IngestError(
-                    f"not valid UTF-8 (byte {exc.start})", source=source, line=line_no
+                    f"not valid {'UTF-8' if utf8 else encoding} (byte {exc.start}){hint}",
+                    source=str(path),
+                    line=line_no,
                 ) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise IngestError(
-                    f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no
-                ) from None
-            except RecursionError:
-                raise IngestError(
-                    "invalid record: arrays or objects nested too deeply", source=source, line=line_no
-                ) from None
-            except ValueError as exc:  # e.g. an integer of more digits than Python converts
-                raise IngestError(f"invalid JSON: {exc}", source=source, line=line_no) from None
-            yield to_record(obj, fields, source=source, line=line_no)
 
 
-def _read_delimited(path: Path, fields: FieldMap, delimiter: str) -> Iterator[Record]:
+def _read_jsonl(path: Path, fields: FieldMap, encoding: str) -> Iterator[Record]:
     source = str(path)
-    with _open_text(path) as fh:
+    for line_no, line in _lines(path, encoding):
+        if not line.strip():
+            continue
         try:
-            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
-            header = reader.fieldnames or []
-            for name in (fields.id, fields.text):
-                if name not in header:
-                    raise IngestError(
-                        f"no column {name!r} in header {header}", source=source, line=1, field=name
-                    )
-            for row in reader:
-                if None in row:
-                    raise IngestError("more cells than header columns", source=source, line=reader.line_num)
-                values = {k: v for k, v in row.items() if v is not None}
-                yield to_record(values, fields, source=source, line=reader.line_num)
-        except UnicodeDecodeError as exc:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
             raise IngestError(
-                f"not valid UTF-8 (byte {exc.start})", source=source, line=reader.line_num + 1
+                f"invalid JSON: {exc.msg} (column {exc.colno})", source=source, line=line_no
             ) from None
-        except csv.Error as exc:
+        except RecursionError:
             raise IngestError(
-                f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}",
-                source=source,
-                line=reader.line_num,
+                "invalid record: arrays or objects nested too deeply", source=source, line=line_no
             ) from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise IngestError(f"invalid JSON: {exc}", source=source, line=line_no) from None
+        yield to_record(obj, fields, source=source, line=line_no)
+
+
+def _read_delimited(path: Path, fields: FieldMap, delimiter: str, encoding: str) -> Iterator[Record]:
+    source = str(path)
+    lines = (text for _, text in _lines(path, encoding))
+    try:
+        reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
+        header = reader.fieldnames or []
+        for name in (fields.id, fields.text):
+            if name not in header:
+                raise IngestError(f"no column {name!r} in header {header}", source=source, line=1, field=name)
+        for row in reader:
+            if None in row:
+                raise IngestError("more cells than header columns", source=source, line=reader.line_num)
+            values = {k: v for k, v in row.items() if v is not None}
+            yield to_record(values, fields, source=source, line=reader.line_num)
+    except csv.Error as exc:
+        raise IngestError(
+            f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}",
+            source=source,
+            line=reader.line_num,
+        ) from None
 
 
 def read_file(
-    path: str | os.PathLike[str], fields: FieldMap = FieldMap(), fmt: str | None = None
+    path: str | os.PathLike[str],
+    fields: FieldMap = FieldMap(),
+    fmt: str | None = None,
+    encoding: str = "utf-8",
 ) -> Iterator[Record]:
-    """Records of a JSONL/CSV/TSV file (optionally gzipped), validated one by one."""
+    """Records of a JSONL/CSV/TSV file (optionally gzipped), validated one by one.
+
+    ``encoding`` decodes the file strictly (e.g. ``cp932`` for Excel's Shift-JIS CSV); a bad
+    byte is an error naming its line.
+    """
     path = Path(path)
     if not path.is_file():
         raise IngestError("no such file", source=str(path))
     fmt = fmt or detect_format(path)
     if fmt == "jsonl":
-        return _read_jsonl(path, fields)
+        return _read_jsonl(path, fields, encoding)
     if fmt in ("csv", "tsv"):
-        return _read_delimited(path, fields, "," if fmt == "csv" else "\t")
+        return _read_delimited(path, fields, "," if fmt == "csv" else "\t", encoding)
     raise IngestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", source=str(path))
 
 

@@ -158,3 +158,15 @@ def test_saved_arrays_load_without_pickle(base_index):
     for npy in base_index.rglob("*.npy"):
         np.load(npy, allow_pickle=False)  # raises if any array needed pickle
     assert not list(base_index.rglob("*.pkl")) and not list(base_index.rglob("*.pickle"))
+
+
+def test_shift_jis_csv_names_its_line_and_reads_with_encoding(tmp_path):
+    rows = "id,text\n1,ascii only\n2,also ascii\n3,東京タワーは高い\n4,end\n"
+    path = tmp_path / "excel.csv"
+    path.write_bytes(rows.encode("cp932"))
+    with pytest.raises(IngestError, match=r"excel.csv, line 4: not valid UTF-8.*--encoding cp932"):
+        list(read_file(path))
+    records = list(read_file(path, encoding="cp932"))
+    assert [r.text for r in records][2] == "東京タワーは高い" and len(records) == 4
+    with pytest.raises(IngestError, match="unknown encoding"):
+        list(read_file(path, encoding="no-such-codec"))

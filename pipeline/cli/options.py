@@ -55,6 +55,12 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
         help="reject texts longer than this many characters (default: 1,000,000): "
         "split long documents into passages",
     )
+    g.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of the input files (default: utf-8, a BOM allowed); cp932 reads "
+        "Excel's Shift-JIS CSV",
+    )
 
 
 def read_inputs(args: argparse.Namespace, paths: Sequence[Path]) -> Any:
@@ -66,7 +72,7 @@ def read_inputs(args: argparse.Namespace, paths: Sequence[Path]) -> Any:
     fields = FieldMap(
         id=args.id_field, text=args.text_field, title=args.title_field or None, max_chars=args.max_chars
     )
-    return chain.from_iterable(read_file(path, fields, args.format) for path in paths)
+    return chain.from_iterable(read_file(path, fields, args.format, args.encoding) for path in paths)
 
 
 FILTER_HELP = (
