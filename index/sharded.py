@@ -28,14 +28,13 @@ from .bm25_shards import ShardedBM25
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .dense_shards import ShardedDense
-from .encoders import Encoder, encoder_from_config
-from .errors import ConfigError, IndexFormatError
+from .encoders import Encoder
+from .errors import IndexFormatError
 from .filters import FilterMasks, FilterSpec, parse_filter
-from .hit import Hit
 from .manifest import IndexManifest
 from .records import Record
 from .stats import CorpusStats
-from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
+from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index, IndexBase
 
 STATS_DIR = "stats"
 SHARDS_DIR = "shards"
@@ -83,7 +82,7 @@ class Shard:
     masks: FilterMasks
 
 
-class ShardedIndex:
+class ShardedIndex(IndexBase):
     """Everything a retriever needs from a sharded index directory (read-only)."""
 
     def __init__(
@@ -164,21 +163,9 @@ class ShardedIndex:
             )
         return cls(path, manifest, shards, analyzer, ShardedBM25(bm25, params), sharded_dense, stats, encoder)
 
-    def __len__(self) -> int:
-        return len(self.doc_ids)
-
     def __repr__(self) -> str:
         dense = self.dense.params.kind if self.dense else "none"
         return f"ShardedIndex({str(self.path)!r}, docs={len(self)}, shards={len(self.shards)}, dense={dense})"
-
-    @property
-    def encoder(self) -> Encoder:
-        """The query encoder of the dense index (loaded on first use)."""
-        if self.dense is None or self.manifest.dense is None:
-            raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
-        if self._encoder is None:
-            self._encoder = encoder_from_config(dict(self.manifest.dense.encoder), base=self.path)
-        return self._encoder
 
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
         """The documents a metadata filter allows, over global positions (None: no restriction)."""
@@ -189,25 +176,10 @@ class ShardedIndex:
         mask.flags.writeable = False
         return mask
 
-    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        return [str(self.doc_ids[int(p)]) for p in positions]
-
-    def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
-        """Hits with title, text and metadata filled in from the shards' corpora."""
-        records = self.corpus.get_many([h.doc_id for h in hits])
-        return [
-            hit
-            if (rec := records.get(hit.doc_id)) is None
-            else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
-            for hit in hits
-        ]
-
     def reopen(self) -> ShardedIndex | Index:
         """The index now at this path; a loaded query encoder is kept if it is the same."""
         fresh = open_index(self.path)
-        old, new = self.manifest.dense, fresh.manifest.dense
-        if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
-            fresh._encoder = self._encoder
+        self.hand_over_encoder(fresh)
         return fresh
 
     def close(self) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from .errors import ConfigError, IndexFormatError
 from .filters import FilterMasks, FilterSpec, json_path, parse_filter
 from .hit import Hit
 from .manifest import IndexManifest
+from .records import Record
 
 CORPUS_FILE = "corpus.sqlite"
 IDS_FILE = "ids.npy"
@@ -27,7 +29,63 @@ BM25_DIR = "bm25"
 DENSE_DIR = "dense"
 
 
-class Index:
+class RecordSource(Protocol):
+    """Where hydration reads records: a corpus, or the shards' corpora together."""
+
+    def get_many(self, ids: Sequence[str]) -> Mapping[str, Record]: ...
+
+    def close(self) -> None: ...
+
+
+class IndexBase:
+    """What one index and a sharded one share: the query encoder, ids and hydration.
+
+    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``), ``dense``, ``doc_ids``
+    and ``_encoder``.
+    """
+
+    path: Path
+    manifest: IndexManifest
+    corpus: RecordSource
+    dense: Any
+    doc_ids: np.ndarray
+    _encoder: Encoder | None
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder of the dense index (loaded on first use)."""
+        if self.dense is None or self.manifest.dense is None:
+            raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
+        if self._encoder is None:
+            self._encoder = encoder_from_config(dict(self.manifest.dense.encoder), base=self.path)
+        return self._encoder
+
+    def hand_over_encoder(self, fresh: IndexBase) -> None:
+        """Give ``fresh`` (a newer version of this index) the query encoder this one loaded,
+        when it records the same one (a corpus encoder's record includes its training
+        statistics, so a retrained one is loaded afresh)."""
+        old, new = self.manifest.dense, fresh.manifest.dense
+        if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
+            fresh._encoder = self._encoder
+
+    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        return [str(self.doc_ids[int(p)]) for p in positions]
+
+    def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
+        """Hits with title, text and metadata filled in from the corpus."""
+        records = self.corpus.get_many([h.doc_id for h in hits])
+        return [
+            hit
+            if (rec := records.get(hit.doc_id)) is None
+            else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
+            for hit in hits
+        ]
+
+
+class Index(IndexBase):
     """Everything a retriever needs from one index directory (read-only).
 
     Open with :meth:`Index.open`; build with :func:`tansaku.index.build_index`.
@@ -91,33 +149,14 @@ class Index:
         return cls(path, manifest, corpus, analyzer, bm25, dense, doc_ids, encoder)
 
     def reopen(self) -> Index:
-        """The index now at this path (after an update or rebuild swapped one in).
-
-        A query encoder this version has loaded is handed on when the new version records the
-        same one (a corpus encoder's record includes its training statistics, so a retrained
-        one is loaded afresh).
-        """
+        """The index now at this path (after an update or rebuild swapped one in)."""
         fresh = Index.open(self.path)
-        old, new = self.manifest.dense, fresh.manifest.dense
-        if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
-            fresh._encoder = self._encoder
+        self.hand_over_encoder(fresh)
         return fresh
-
-    def __len__(self) -> int:
-        return len(self.doc_ids)
 
     def __repr__(self) -> str:
         dense = self.dense.params.kind if self.dense else "none"
         return f"Index({str(self.path)!r}, docs={len(self)}, dense={dense})"
-
-    @property
-    def encoder(self) -> Encoder:
-        """The query encoder of the dense index (loaded on first use)."""
-        if self.dense is None or self.manifest.dense is None:
-            raise ConfigError(f"index {self.path} has no dense index; rebuild with --encoder MODEL")
-        if self._encoder is None:
-            self._encoder = encoder_from_config(dict(self.manifest.dense.encoder), base=self.path)
-        return self._encoder
 
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
         """The documents a metadata filter allows, as a read-only boolean mask over positions.
@@ -129,22 +168,6 @@ class Index:
         if flt is None or flt.matches_all:
             return None
         return self._masks.mask(flt)
-
-    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        return [str(self.doc_ids[int(p)]) for p in positions]
-
-    def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
-        """Hits with title, text and metadata filled in from the corpus."""
-        records = self.corpus.get_many([h.doc_id for h in hits])
-        out = []
-        for hit in hits:
-            rec = records.get(hit.doc_id)
-            out.append(
-                hit
-                if rec is None
-                else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
-            )
-        return out
 
     def close(self) -> None:
         self.corpus.close()
