@@ -38,11 +38,11 @@ from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE
 from .tokenize_workers import resolve_workers, tokenize_all
 
 STAGING_CORPUS = ".ingest.sqlite"  # every record, before it is cut into shards
-# A one-index build's peak memory: measured with scripts/bench_shards.py (ja-surface, 200,000
-# synthetic documents of 267 characters: 1,341 MiB, ~21 bytes per character above the
-# interpreter's ~250 MiB) and the README's 1M-document `ja` build (11.5 GB: ~43 bytes per
-# character with its lemma and bigram streams). The larger figure, rounded up, is the estimate.
-BUILD_BYTES_PER_CHAR = 48
+# A one-index build's peak memory, measured with scripts/bench_shards.py on synthetic documents
+# of 267 characters: ja-surface at 200,000 documents 1,341 MiB (~21 bytes per character above
+# the interpreter's ~250 MiB), ja at 1,000,000 documents 4,743 MiB (~18 bytes per character).
+# The larger figure, rounded up, is the estimate.
+BUILD_BYTES_PER_CHAR = 24
 BASE_BYTES = 300 << 20
 _TF_DIR = ".tf"  # a shard's own BM25 arrays (term frequencies), until the global weights exist
 _VECTORS = ".vectors.npy"  # a shard's float vectors, until FAISS is trained

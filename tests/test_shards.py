@@ -173,9 +173,9 @@ def test_updates_reach_the_right_shards_and_match_one_index(tmp_path, tiny_bi_en
 def test_a_build_over_its_memory_budget_shards_itself(tmp_path, capsys):
     docs = write_jsonl(tmp_path / "docs.jsonl", ROWS)
     assert main(["build", str(tmp_path / "one"), str(docs), "--encoder", "none", "-q"]) == 0
-    # a budget just under this corpus's estimate (the interpreter's 300 MiB and 48 bytes a
+    # a budget just under this corpus's estimate (the interpreter's 300 MiB and 24 bytes a
     # character): the build shards by itself and says why
-    budget = ["--memory-budget", "300.2M"]
+    budget = ["--memory-budget", "300.1M"]
     assert main(["build", str(tmp_path / "auto"), str(docs), "--encoder", "none", *budget]) == 0
     err = capsys.readouterr().err
     assert "shards:" in err and "memory budget" in err
