@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--analyzer", default="ja", help="analyzer of every build (default ja)")
     p.add_argument("--quick", action="store_true", help="20,000 documents, 200 queries")
     p.add_argument("--jsquad", type=Path, default=JSQUAD, help="JSQuAD valid file (the sentences)")
+    p.add_argument(
+        "--sharded-only",
+        action="store_true",
+        help="build only the sharded index (a corpus one index's build cannot hold): time, peak, size",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -84,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         print(f"{args.docs:,} synthetic documents, analyzer {args.analyzer}", file=sys.stderr)
         counts = [0] + [int(c) for c in args.shards.split(",")]
+        if args.sharded_only:
+            for c in counts[1:]:
+                b = build(Path(tmp) / f"s{c}", corpus, args.analyzer, c)
+                size = f"peak {b['peak_mb']:,.0f} MiB, {b['mb_on_disk']:,.0f} MiB on disk"
+                print(f"{args.docs:,} documents, {c} shards: {b['seconds']:,.0f} s, {size}")
+            return 0
         builds = {c: build(Path(tmp) / f"s{c}", corpus, args.analyzer, c) for c in counts}
 
         queries = sentences_of(paragraphs)[: args.queries]
