@@ -11,7 +11,7 @@ from .builder import BuildConfig, build_index
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, SentenceTransformerEncoder, load_encoder
-from .errors import ConfigError, IndexFormatError, IngestError, ModelLoadError, TansakuError
+from .errors import ConfigError, DiskFullError, IndexFormatError, IngestError, ModelLoadError, TansakuError
 from .filters import Filter, parse_filter
 from .hit import Hit
 from .records import FieldMap, Record, read_dicts, read_file
@@ -26,6 +26,7 @@ __all__ = [
     "BuildConfig",
     "ConfigError",
     "Corpus",
+    "DiskFullError",
     "DenseIndex",
     "Encoder",
     "FaissParams",

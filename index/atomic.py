@@ -19,12 +19,13 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import IndexFormatError
+from .errors import DiskFullError, IndexFormatError
 from .paths import real_path
 
 _RENAME_EXCHANGE = 2
@@ -49,6 +50,17 @@ def _tmp_prefix(path: Path) -> str:
 
 def _old_prefix(path: Path) -> str:
     return f".{path.name}.old-"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full, in any of the ways its writers say it:
+    an OSError, SQLite's "database or disk is full", FAISS's I/O assertion."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (sqlite3.OperationalError, RuntimeError)) and (
+        "disk is full" in text or "no space left" in text
+    )
 
 
 def temp_sibling(path: Path) -> Path:
@@ -229,8 +241,14 @@ def staged(path: Path, check: Callable[[Path], object] | None = None) -> Iterato
         try:
             yield tmp
             swap_in(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if disk_full(exc):
+                raise DiskFullError(
+                    f"no space left on the device of {path.parent} while writing the new version of "
+                    f"{path.name}; the previous index is unchanged. Free space (a build needs room "
+                    "for a second copy of the index beside the first) and run it again"
+                ) from exc
             raise
 
 

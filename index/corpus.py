@@ -78,7 +78,8 @@ class Corpus:
                 )
                 written += len(batch)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         return written
@@ -93,7 +94,8 @@ class Corpus:
                 if conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (doc_id,)).rowcount == 0:
                     missing.append(doc_id)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         return missing

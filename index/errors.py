@@ -40,5 +40,9 @@ class IndexFormatError(TansakuError, OSError):
     """An index directory is missing, incomplete or of an unsupported format version."""
 
 
+class DiskFullError(TansakuError, OSError):
+    """The disk filled up while a new index version was written; the previous one is intact."""
+
+
 class ConfigError(TansakuError, ValueError):
     """An invalid parameter value (a k, a mode, an analyzer name...)."""

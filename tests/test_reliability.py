@@ -170,3 +170,37 @@ def test_shift_jis_csv_names_its_line_and_reads_with_encoding(tmp_path):
     assert [r.text for r in records][2] == "東京タワーは高い" and len(records) == 4
     with pytest.raises(IngestError, match="unknown encoding"):
         list(read_file(path, encoding="no-such-codec"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs to fill up (needs permission to mount: the test skips without it)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_index(small_disk):
+    from tansaku.index import DiskFullError
+
+    path = small_disk / "idx"
+    build_index(path, read_dicts(sample_rows()), encoder="none", progress=False).close()
+    before = tree_snapshot(path)
+    text = "".join(r["text"] for r in sample_rows())  # ~9 KB of UTF-8 per document
+    big = [{"id": f"big-{i}", "text": f"{i} {text}"} for i in range(600)]
+    with pytest.raises(DiskFullError, match="no space left.*previous index is unchanged"):
+        build_index(path, read_dicts(big), encoder="none", progress=False)
+    with pytest.raises(DiskFullError, match="no space left"):
+        update_index(path, read_dicts(big), progress=False)
+    assert tree_snapshot(path) == before
+    assert [p.name for p in small_disk.iterdir() if ".tmp-" in p.name] == []
