@@ -98,6 +98,7 @@ def update_shards(
 
     entries: list[ShardEntry] = []
     own: list[CorpusStats] = []
+    linked: dict[str, BM25Index] = {}  # unchanged shards' counts, read from the open old shard
     for plan in plans:
         number = len(entries)
         root = tmp / shard_dir(number)
@@ -107,6 +108,7 @@ def update_shards(
         else:
             assert plan.source is not None
             count, stats = _link_shard(old, plan.source, root)
+            linked[shard_dir(number)] = old.bm25.shards[plan.source]
         if count == 0:  # every document of the shard was deleted: it goes
             shutil.rmtree(root)
             continue
@@ -119,12 +121,15 @@ def update_shards(
     params = old.bm25.params
     for entry in entries:
         root = tmp / entry.dir
-        counted = BM25Index.load(root / _TF_DIR, params, mmap=True)
+        counted = (
+            linked[entry.dir] if entry.dir in linked else BM25Index.load(root / _TF_DIR, params, mmap=True)
+        )
         BM25Index.from_doc_term(counted.doc_term(), counted.vocab, counted.doc_len, params, stats).save(
             root / BM25_DIR
         )
         del counted
-        shutil.rmtree(root / _TF_DIR)
+        if entry.dir not in linked:
+            shutil.rmtree(root / _TF_DIR)
     if (old.path / "encoder").is_dir():  # a corpus encoder travels with its index
         shutil.copytree(old.path / "encoder", tmp / "encoder")
 
@@ -173,8 +178,7 @@ def _link_shard(old: ShardedIndex, source: int, root: Path) -> tuple[int, Corpus
         (root / DENSE_DIR).mkdir()
         for item in (src / DENSE_DIR).iterdir():
             os.link(item, root / DENSE_DIR / item.name)
-    counted = old.bm25.shards[source]
-    counted.save(root / _TF_DIR)  # its term frequencies; weighed again below
+    counted = old.bm25.shards[source]  # its term frequencies: weighed again by the caller
     return counted.n_docs, counted.corpus_stats()
 
 
