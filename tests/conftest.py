@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from fixtures_models import *  # noqa: E402,F401,F403  (session-scoped tiny-model fixtures)
 from loopback import LoopbackServers  # noqa: E402
+from ray_cluster import ray_cluster  # noqa: E402,F401  (one local Ray cluster per session)
 
 REPO = Path(__file__).resolve().parent.parent
 JSQUAD = REPO.parent / "shared" / "data" / "jsquad" / "valid-v1.3.json"
