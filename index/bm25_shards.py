@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 
@@ -38,23 +39,68 @@ def merge_ranked(
     return positions[order], scores[order]
 
 
-class ShardedBM25:
-    """The :class:`BM25Index` search API over shards holding contiguous position ranges."""
+class BM25Shard(Protocol):
+    """What :class:`ShardedBM25` asks of one shard: a :class:`BM25Index` in this process, or a
+    proxy for one that lives elsewhere (a Ray Serve shard replica)."""
 
-    def __init__(self, shards: Sequence[BM25Index], params: BM25Params) -> None:
+    @property
+    def n_docs(self) -> int: ...
+
+    @property
+    def n_postings(self) -> int: ...
+
+    def warm_up(self) -> None: ...
+
+    def top_k(
+        self,
+        tokens: Sequence[str],
+        k: int,
+        allowed: np.ndarray | None = None,
+        weight: TermWeight | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def top_k_batch(
+        self,
+        queries: Sequence[Sequence[str]],
+        k: int,
+        allowed: np.ndarray | None = None,
+        threads: int | None = None,
+        weight: TermWeight | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class ShardedBM25:
+    """The :class:`BM25Index` search API over shards holding contiguous position ranges.
+
+    ``parallel``: score the shards of one query side by side (default: only when the corpus
+    is large enough for threads to pay; remote shards always gain from it).
+    """
+
+    def __init__(
+        self, shards: Sequence[BM25Shard | BM25Index], params: BM25Params, *, parallel: bool | None = None
+    ) -> None:
         if not shards:
             raise ConfigError("a sharded BM25 index needs at least one shard")
-        self.shards = list(shards)
+        self.shards: list[BM25Shard | BM25Index] = list(shards)
         self.params = params
         self.offsets = np.cumsum([0] + [s.n_docs for s in self.shards]).astype(np.int64)
         # Threads pay for themselves only when a shard's scan outweighs handing it over.
-        workers = min(len(self.shards), os.cpu_count() or 1)
-        big = self.n_docs >= PARALLEL_MIN_DOCS and workers > 1
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tansaku-bm25") if big else None
+        workers = len(self.shards) if parallel else min(len(self.shards), os.cpu_count() or 1)
+        if parallel is None:
+            parallel = self.n_docs >= PARALLEL_MIN_DOCS
+        use = parallel and workers > 1
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tansaku-bm25") if use else None
 
     @property
     def n_docs(self) -> int:
         return int(self.offsets[-1])
+
+    def local_shard(self, number: int) -> BM25Index:
+        """Shard ``number``'s postings, opened in this process (updates read them)."""
+        shard = self.shards[number]
+        if not isinstance(shard, BM25Index):
+            raise ConfigError(f"shard {number} is not open in this process")
+        return shard
 
     @property
     def n_postings(self) -> int:
@@ -82,7 +128,7 @@ class ShardedBM25:
         """:meth:`BM25Index.top_k` over every shard (global positions)."""
         k = check_int("k", k)
 
-        def search(shard: BM25Index, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        def search(shard: BM25Shard | BM25Index, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
             return shard.top_k(tokens, k, allowed=mask, weight=weight)
 
         masks = self._slices(allowed)

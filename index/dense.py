@@ -387,6 +387,30 @@ class DenseIndex:
         """Exact inner products of the queries with the vectors at ``ids`` (sorted positions)."""
         return top_exact(dot_rows(self.all_vectors(), ids.astype(np.int64), queries), ids, k)
 
+    @property
+    def has_vectors(self) -> bool:
+        """Whether exact scores are at hand (Flat always; IVFPQ when it kept vectors.npy)."""
+        return self.params.kind == "flat" or self.vectors is not None
+
+    def shortlist_allowed(
+        self, queries: np.ndarray, n: int, nprobe: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`shortlist` restricted to the positions ``allowed`` marks (None: all)."""
+        if allowed is None:
+            return self.shortlist(queries, n, nprobe)
+        sel, bitmap = id_selector(allowed)
+        found = self.shortlist(queries, n, nprobe, sel)
+        del bitmap  # FAISS read it through a raw pointer: it had to outlive the search
+        return found
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The exact vectors at ``positions``, row for row."""
+        return self.all_vectors()[np.asarray(positions, dtype=np.int64)]
+
+    def exact_scores(self, positions: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Inner products of ``queries`` with the vectors at ``positions`` (queries × positions)."""
+        return dot_rows(self.all_vectors(), np.asarray(positions, dtype=np.int64), queries)
+
     def all_vectors(self) -> np.ndarray:
         """Every indexed vector, exactly (Flat stores them; IVFPQ keeps vectors.npy).
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -40,7 +40,6 @@ from .dense import (
     Fetcher,
     Result,
     empty_result,
-    id_selector,
     probe_allowed,
     sample_rows,
     top_exact,
@@ -48,21 +47,53 @@ from .dense import (
     train_points,
     two_phase,
 )
-from .dense_kernels import dot_rows
 from .errors import ConfigError
 
-__all__ = ["FAISS_MISSING", "ShardedDense", "merge_faiss", "sample_rows", "train_points"]
+__all__ = ["FAISS_MISSING", "DenseShard", "ShardedDense", "merge_faiss", "sample_rows", "train_points"]
 
 # FAISS fills the slots it found nothing for with this inner product (and position -1).
 FAISS_MISSING = np.float32(np.finfo(np.float32).min)
 
 
+class DenseShard(Protocol):
+    """What :class:`ShardedDense` asks of one shard: a :class:`DenseIndex` in this process, or
+    a proxy for one that lives elsewhere (a Ray Serve shard replica)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def ntotal(self) -> int: ...
+
+    @property
+    def nlist(self) -> int: ...
+
+    @property
+    def params(self) -> FaissParams: ...
+
+    @property
+    def has_vectors(self) -> bool: ...
+
+    def shortlist_allowed(
+        self, queries: np.ndarray, n: int, nprobe: int, allowed: np.ndarray | None
+    ) -> Result:
+        """FAISS's top-``n`` (scores, local positions), only among ``allowed`` (None: all)."""
+        ...
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Exact vectors at local ``positions``."""
+        ...
+
+    def exact_scores(self, positions: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Exact inner products, queries × local ``positions``."""
+        ...
+
+
 @dataclass(frozen=True)
 class _ShardMask:
-    """One shard's slice of an ``allowed`` mask as a FAISS selector (bitmap kept alive)."""
+    """One shard's slice of an ``allowed`` mask and how many positions it allows."""
 
-    selector: Any
-    bitmap: np.ndarray
+    allowed: np.ndarray
     count: int
 
 
@@ -92,7 +123,7 @@ def merge_faiss(parts: Sequence[Result], n: int) -> Result:
 class ShardedDense:
     """:class:`DenseIndex`'s search over several shards trained together (see module doc)."""
 
-    def __init__(self, shards: Sequence[DenseIndex], params: FaissParams, reason: str = "") -> None:
+    def __init__(self, shards: Sequence[DenseShard], params: FaissParams, reason: str = "") -> None:
         if not shards:
             raise ConfigError("a sharded dense index needs at least one shard")
         self._shards = tuple(shards)
@@ -105,13 +136,15 @@ class ShardedDense:
                     f"shards must all be {params.kind} indexes of dimension {first.dim}, "
                     f"got {shard.params.kind} of dimension {shard.dim}"
                 )
-        if params.kind == "ivfpq":
-            _check_shared_quantizers(self._shards)
+        local = [s for s in self._shards if isinstance(s, DenseIndex)]
+        if params.kind == "ivfpq" and len(local) == len(self._shards):
+            # (remote shards are opened, and checked, where they live)
+            _check_shared_quantizers(local)
         sizes = [shard.ntotal for shard in self._shards]
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._offsets.flags.writeable = False
         # Phase 2 and exact filtered scoring need every shard's float vectors.
-        self._has_vectors = params.kind == "flat" or all(s.vectors is not None for s in self._shards)
+        self._has_vectors = all(s.has_vectors for s in self._shards)
 
     @classmethod
     def train(cls, sample: np.ndarray, n_total: int, dim: int, params: FaissParams) -> DenseIndex:
@@ -141,7 +174,7 @@ class ShardedDense:
         return self._reason
 
     @property
-    def shards(self) -> tuple[DenseIndex, ...]:
+    def shards(self) -> tuple[DenseShard, ...]:
         return self._shards
 
     @property
@@ -168,7 +201,7 @@ class ShardedDense:
         owner = np.searchsorted(self._offsets, positions, side="right") - 1
         for i in np.unique(owner):
             rows = owner == i
-            out[rows] = self._shards[i].all_vectors()[positions[rows] - self._offsets[i]]
+            out[rows] = self._shards[i].rows(positions[rows] - self._offsets[i])
         return out
 
     def search(
@@ -199,13 +232,13 @@ class ShardedDense:
         parts = []
         for i, shard in enumerate(self._shards):
             if masks is None:
-                selector, width = None, min(n, shard.ntotal)
+                allowed, width = None, min(n, shard.ntotal)
             else:
                 mask = masks[i]
-                selector, width = (None, 0) if mask is None else (mask.selector, min(n, mask.count))
+                allowed, width = (None, 0) if mask is None else (mask.allowed, min(n, mask.count))
             if width == 0:
                 continue  # nothing (allowed) in this shard
-            scores, local = shard.shortlist(queries, width, nprobe, selector)
+            scores, local = shard.shortlist_allowed(queries, width, nprobe, allowed)
             parts.append((scores, np.where(local >= 0, local + self._offsets[i], -1)))
         if not parts:
             return np.full((len(queries), n), FAISS_MISSING, np.float32), np.full(
@@ -275,8 +308,7 @@ class ShardedDense:
             if count == 0:
                 masks.append(None)
                 continue
-            selector, bitmap = id_selector(local)
-            masks.append(_ShardMask(selector, bitmap, count))
+            masks.append(_ShardMask(local, count))
         return masks
 
     def _search_exact(self, queries: np.ndarray, k: int, ids: np.ndarray) -> Result:
@@ -287,7 +319,7 @@ class ShardedDense:
         for i, shard in enumerate(self._shards):
             local = ids[bounds[i] : bounds[i + 1]] - self._offsets[i]
             if len(local):
-                parts.append(dot_rows(shard.all_vectors(), local.astype(np.int64), queries))
+                parts.append(shard.exact_scores(local.astype(np.int64), queries))
         return top_exact(np.concatenate(parts, axis=1), ids, k)
 
 

@@ -108,7 +108,7 @@ def update_shards(
         else:
             assert plan.source is not None
             count, stats = _link_shard(old, plan.source, root)
-            linked[shard_dir(number)] = old.bm25.shards[plan.source]
+            linked[shard_dir(number)] = old.bm25.local_shard(plan.source)
         if count == 0:  # every document of the shard was deleted: it goes
             shutil.rmtree(root)
             continue
@@ -178,7 +178,7 @@ def _link_shard(old: ShardedIndex, source: int, root: Path) -> tuple[int, Corpus
         (root / DENSE_DIR).mkdir()
         for item in (src / DENSE_DIR).iterdir():
             os.link(item, root / DENSE_DIR / item.name)
-    counted = old.bm25.shards[source]  # its term frequencies: weighed again by the caller
+    counted = old.bm25.local_shard(source)  # its term frequencies: weighed again by the caller
     return counted.n_docs, counted.corpus_stats()
 
 
@@ -223,7 +223,7 @@ def _rewrite_shard(
             workers=resolve_workers(0, len(new_texts)),
         )
     )
-    source_bm25 = old.bm25.shards[plan.source] if plan.source is not None else None
+    source_bm25 = old.bm25.local_shard(plan.source) if plan.source is not None else None
     by_doc, vocab, doc_len = merged_counts(source_bm25, reuse_arr, is_new, tokens)
     counted = BM25Index.from_doc_term(by_doc, vocab, doc_len, old.bm25.params)
     counted.save(root / _TF_DIR)

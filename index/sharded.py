@@ -14,9 +14,10 @@ unchanged and gets exactly the unsharded index's answers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -30,8 +31,8 @@ from .dense import DenseIndex, FaissParams
 from .dense_shards import ShardedDense
 from .encoders import Encoder
 from .errors import IndexFormatError
-from .filters import FilterMasks, FilterSpec, parse_filter
-from .manifest import IndexManifest
+from .filters import Filter, FilterMasks, FilterSpec, parse_filter
+from .manifest import IndexManifest, ShardEntry
 from .records import Record
 from .stats import CorpusStats
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index, IndexBase
@@ -48,7 +49,7 @@ def shard_dir(number: int) -> str:
 class ShardedCorpus:
     """The shards' corpora read as one (lookups by id ask each shard)."""
 
-    def __init__(self, corpora: Sequence[Corpus]) -> None:
+    def __init__(self, corpora: Sequence[ShardCorpus]) -> None:
         self.corpora = list(corpora)
 
     def __len__(self) -> int:
@@ -73,13 +74,31 @@ class ShardedCorpus:
             corpus.close()
 
 
+class ShardCorpus(Protocol):
+    """What a sharded index reads from one shard's corpus (a :class:`Corpus` or a proxy)."""
+
+    def __len__(self) -> int: ...
+
+    def get_many(self, ids: Sequence[str]) -> Mapping[str, Record]: ...
+
+    def iter_records(self) -> Iterator[Record]: ...
+
+    def close(self) -> None: ...
+
+
+class ShardMasks(Protocol):
+    """One shard's filter masks (a :class:`FilterMasks` or a proxy)."""
+
+    def mask(self, flt: Filter) -> np.ndarray: ...
+
+
 @dataclass
 class Shard:
     """One opened shard: its corpus, id map and filter masks (BM25 and FAISS live above)."""
 
-    corpus: Corpus
+    corpus: ShardCorpus
     doc_ids: np.ndarray
-    masks: FilterMasks
+    masks: ShardMasks
 
 
 class ShardedIndex(IndexBase):
@@ -133,21 +152,14 @@ class ShardedIndex(IndexBase):
             stats = CorpusStats.load(path / STATS_DIR, dict(manifest.stats))
             expected_start = 0
             for entry in manifest.shards:
-                root = path / entry.dir
-                if entry.start != expected_start or root.resolve().parent.parent != path.resolve():
+                if entry.start != expected_start:
                     raise IndexFormatError(f"index {path}: shard {entry.dir!r} is out of place")
                 expected_start += entry.count
-                doc_ids = load_array(root / IDS_FILE, mmap=mmap)
-                corpus = Corpus(root / CORPUS_FILE, readonly=True)
-                shards.append(Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids)))
-                bm25.append(BM25Index.load(root / BM25_DIR, params, mmap=mmap))
-                if manifest.dense is not None:
-                    faiss = FaissParams(**manifest.dense.faiss)
-                    dense.append(DenseIndex.load(root / DENSE_DIR, faiss, mmap=mmap))
-                if not len(doc_ids) == bm25[-1].n_docs == entry.count or (
-                    dense and dense[-1].ntotal != entry.count
-                ):
-                    raise IndexFormatError(f"index {path}: shard {entry.dir!r} disagrees with the manifest")
+                shard, shard_bm25, shard_dense = load_shard(path, manifest, entry, mmap=mmap)
+                shards.append(shard)
+                bm25.append(shard_bm25)
+                if shard_dense is not None:
+                    dense.append(shard_dense)
         except (KeyError, TypeError, FileNotFoundError) as exc:
             for shard in shards:
                 shard.corpus.close()
@@ -184,6 +196,31 @@ class ShardedIndex(IndexBase):
 
     def close(self) -> None:
         self.corpus.close()
+
+
+def load_shard(
+    path: Path, manifest: IndexManifest, entry: ShardEntry, *, mmap: bool = True
+) -> tuple[Shard, BM25Index, DenseIndex | None]:
+    """Open one shard of the sharded index at ``path`` (read under :func:`reading`): its
+    corpus, id map and filter masks, its BM25 postings and its FAISS part (None: BM25 only)."""
+    root = path / entry.dir
+    if root.resolve().parent.parent != path.resolve():
+        raise IndexFormatError(f"index {path}: shard {entry.dir!r} is out of place")
+    doc_ids = load_array(root / IDS_FILE, mmap=mmap)
+    corpus = Corpus(root / CORPUS_FILE, readonly=True)
+    try:
+        bm25 = BM25Index.load(root / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
+        dense = None
+        if manifest.dense is not None:
+            dense = DenseIndex.load(root / DENSE_DIR, FaissParams(**manifest.dense.faiss), mmap=mmap)
+        if not len(doc_ids) == bm25.n_docs == entry.count or (
+            dense is not None and dense.ntotal != entry.count
+        ):
+            raise IndexFormatError(f"index {path}: shard {entry.dir!r} disagrees with the manifest")
+    except BaseException:
+        corpus.close()
+        raise
+    return Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids)), bm25, dense
 
 
 SearchIndex = Index | ShardedIndex
