@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,7 +82,7 @@ def served(ray_cluster, servers, tmp_path_factory, tiny_bi_encoder_dir, tiny_ber
             pass
         assert time.monotonic() < deadline, "the Ray Serve app did not start"
         time.sleep(0.5)
-    yield {"local": local.url, "ray": url, "path": path}
+    yield {"local": local.url, "ray": url, "path": path, "port": port, "reranker": tiny_bert_reranker_dir}
     serve.delete(APP_NAME)
 
 
@@ -154,3 +157,40 @@ def test_an_update_is_seen_by_the_next_search(served):
     assert b.status_code == 200, b.text
     assert new[0]["id"] in [h["id"] for h in b.json()["hits"]]
     assert _stable(b.json()) == _stable(a.json())
+
+
+def test_the_cli_deploys_the_same_app(served):
+    """``tansaku serve INDEX --ray`` (joining this cluster) redeploys the app; it answers alike."""
+    from ray import serve
+
+    from tansaku.pipeline.cli import main
+
+    serve.delete("tansaku")
+    args = ["serve", str(served["path"]), "--ray", "--port", str(served["port"]), "--api-key", "k"]
+    args += ["--reranker", str(served["reranker"]), "--max-length", "128", "--max-queue", "8"]
+    args += ["--torch-threads", str(torch.get_num_threads())]
+    threading.Thread(target=main, args=(args,), daemon=True).start()  # serves until the session ends
+    deadline = time.monotonic() + 120
+    body = {"query": "日本の料理", "top_n": 5, "mode": "hybrid"}
+    while True:
+        try:
+            a, b = _both(served, "/v1/search", body)
+            if b.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the CLI's app did not start"
+        time.sleep(0.5)
+    assert _stable(b.json()) == _stable(a.json())
+
+
+def test_without_ray_the_flag_says_how_to_install_it(tmp_path):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from tansaku.pipeline.cli import main\n"
+        f"sys.exit(main(['serve', {str(tmp_path)!r}, '--ray']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'tansaku[ray]'" in done.stderr
+    assert "Traceback" not in done.stderr

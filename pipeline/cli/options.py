@@ -161,15 +161,19 @@ def make_reranker(
     if log is not None:
         log(f"loading reranker {spec}")
 
+    return CrossEncoderReranker(spec, **reranker_options(args))
+
+
+def reranker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CrossEncoderReranker keywords of a command's reranking options."""
     windows = getattr(args, "max_chunks_per_doc", None)
-    return CrossEncoderReranker(
-        spec,
-        max_length=args.max_length,
-        batch_size=args.rerank_batch_size,
-        quantize=args.quantize,
-        activation="none" if getattr(args, "raw_scores", False) else "sigmoid",
+    return {
+        "max_length": args.max_length,
+        "batch_size": args.rerank_batch_size,
+        "quantize": args.quantize,
+        "activation": "none" if getattr(args, "raw_scores", False) else "sigmoid",
         **({} if windows is None else {"max_chunks_per_doc": windows}),
-    )
+    }
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -14,6 +14,7 @@ from ..serve.limits import (
     check_positive_ints,
 )
 from .options import add_quantize_option, make_reranker, say
+from .serve_ray import add_ray_options, run_on_ray
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -75,6 +76,8 @@ SERVE_EPILOG = """\
 examples:
   tansaku serve my-index --reranker /models/japanese-reranker-xsmall
   TANSAKU_API_KEY=secret tansaku serve --no-index --reranker BAAI/bge-reranker-v2-m3 --port 9000
+  tansaku serve big-index --ray --address auto --reranker BAAI/bge-reranker-v2-m3 \
+      --reranker-replicas 2:8 --reranker-gpus 1      # a sharded index on a Ray cluster
 
   curl -s localhost:8080/v1/rerank -H 'Content-Type: application/json' \\
       -d '{"query": "富士山の高さ", "documents": ["富士山は3776m", "東京の人口"], "top_n": 1}'
@@ -189,6 +192,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn log level (default: info)",
     )
+    add_ray_options(p)
     p.set_defaults(handler=run_serve)
 
 
@@ -196,6 +200,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """Load the index and reranker, then serve until interrupted (errors: TansakuError)."""
     _check_serve_args(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if args.ray:
+        return run_on_ray(args, api_key)
     reranker = make_reranker(args, log=say)
     searcher = None
     if not args.no_index:
