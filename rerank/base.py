@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -65,8 +65,14 @@ class ModelReranker(Reranker, Protocol):
         """Raw logits of the pairs, or their sigmoid with ``normalize`` (FlagEmbedding style)."""
         ...
 
-    def with_options(self, *, max_chunks_per_doc: int | None = None) -> ModelReranker:
-        """A copy scoring at most ``max_chunks_per_doc`` windows per document, same weights."""
+    def with_options(
+        self,
+        *,
+        max_chunks_per_doc: int | None = None,
+        truncation_side: Literal["right", "left"] | None = None,
+    ) -> ModelReranker:
+        """A copy with the same weights scoring at most ``max_chunks_per_doc`` windows per
+        document, laid out from its start (``truncation_side="right"``) or its end (``"left"``)."""
         ...
 
 

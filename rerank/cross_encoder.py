@@ -26,6 +26,8 @@ DEFAULT_RERANKER = "hotchpotch/japanese-reranker-cross-encoder-xsmall-v1"
 
 Activation = Literal["sigmoid", "none"]
 _ACTIVATIONS = ("sigmoid", "none")
+TruncationSide = Literal["right", "left"]
+_TRUNCATION_SIDES = ("right", "left")
 
 
 class CrossEncoderReranker:
@@ -40,8 +42,11 @@ class CrossEncoderReranker:
     A (query, document) pair longer than ``max_length`` tokens is not truncated: the document
     is cut into overlapping token windows (``chunk_overlap`` shared tokens, at most
     ``max_chunks_per_doc`` windows, the rest ignored), each scored with the query, and the
-    document gets its best window's score. Queries longer than half of ``max_length`` are
-    truncated to that half on this path. A Hit is scored on its ``indexed_text`` ("title text").
+    document gets its best window's score. ``truncation_side="left"`` lays the windows out
+    from the document's end instead, so what is ignored is its start (TEI's
+    ``truncation_direction: "Left"``; with ``max_chunks_per_doc=1`` the last window alone is
+    scored). Queries longer than half of ``max_length`` are truncated to that half on this
+    path. A Hit is scored on its ``indexed_text`` ("title text").
 
     On the CPU, BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA, e5) run their layers on
     the real tokens only, attention per pair at its own length (:mod:`tansaku.rerank.packing`):
@@ -65,6 +70,7 @@ class CrossEncoderReranker:
         batch_size: int = 32,
         max_chunks_per_doc: int = 8,
         chunk_overlap: int = 64,
+        truncation_side: TruncationSide = "right",
         show_progress: bool = False,
         quantize: Quantize = "none",
         unpad: bool = True,
@@ -75,6 +81,7 @@ class CrossEncoderReranker:
         check_int("chunk_overlap", chunk_overlap, minimum=0)
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        _check_truncation_side(truncation_side)
         self._device = _resolve_device(device)
         self._fp16 = (torch.device(self._device).type == "cuda") if fp16 is None else bool(fp16)
         check_quantize(quantize, self._device, self._fp16)
@@ -84,6 +91,7 @@ class CrossEncoderReranker:
         self._batch_size = batch_size
         self._max_chunks = max_chunks_per_doc
         self._chunk_overlap = chunk_overlap
+        self._truncation_side: TruncationSide = truncation_side
         self._show_progress = show_progress
 
         cross_encoder = load_cross_encoder(model, device=self._device)
@@ -154,7 +162,14 @@ class CrossEncoderReranker:
         """At most this many windows of a long document are scored."""
         return self._max_chunks
 
-    def with_options(self, *, max_chunks_per_doc: int | None = None) -> CrossEncoderReranker:
+    @property
+    def truncation_side(self) -> TruncationSide:
+        """``"right"``: windows from a long document's start; ``"left"``: from its end."""
+        return self._truncation_side
+
+    def with_options(
+        self, *, max_chunks_per_doc: int | None = None, truncation_side: TruncationSide | None = None
+    ) -> CrossEncoderReranker:
         """A copy with other per-request options, sharing the loaded model and tokenizer."""
         import copy
 
@@ -162,6 +177,9 @@ class CrossEncoderReranker:
         if max_chunks_per_doc is not None:
             check_int("max_chunks_per_doc", max_chunks_per_doc)
             variant._max_chunks = max_chunks_per_doc
+        if truncation_side is not None:
+            _check_truncation_side(truncation_side)
+            variant._truncation_side = truncation_side
         return variant
 
     @property
@@ -174,7 +192,9 @@ class CrossEncoderReranker:
             f"{type(self).__name__}(model={self._model_name!r}, max_length={self._max_length}, "
             f"activation={self._activation!r}, device={self._device!r}, fp16={self._fp16}, "
             f"quantize={self._quantize!r}, "
-            f"max_chunks_per_doc={self._max_chunks}, chunk_overlap={self._chunk_overlap})"
+            f"max_chunks_per_doc={self._max_chunks}, chunk_overlap={self._chunk_overlap}"
+            # only when not the default, so the usual repr (a Searcher's reranker key) is unchanged
+            + (f", truncation_side={self._truncation_side!r})" if self._truncation_side != "right" else ")")
         )
 
     def rerank(self, query: str, docs: Sequence[Hit | str], top_n: int | None = None) -> list[Hit]:
@@ -246,6 +266,9 @@ class CrossEncoderReranker:
             q_ids = q_ids[: max(1, room // 2)]
             window = room - len(q_ids)
             for start in window_starts(len(doc), window, self._chunk_overlap, self._max_chunks):
+                if self._truncation_side == "left":
+                    # the same layout mirrored: counted from the end, the first window ends there
+                    start = max(0, len(doc) - window - start)
                 window_ids = doc[start : start + window]
                 units.append(template.build(q_ids, window_ids, token_types=self._token_types))
                 owners.append(index)
@@ -344,6 +367,11 @@ def _position_offset(model: torch.nn.Module) -> int:
 def _sigmoid(raw: np.ndarray) -> np.ndarray:
     # torch's float32 sigmoid, as CrossEncoder.predict applies it, so scores match bit for bit
     return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(raw))).numpy()
+
+
+def _check_truncation_side(side: Any) -> None:
+    if side not in _TRUNCATION_SIDES:
+        raise ConfigError(f"truncation_side must be one of {_TRUNCATION_SIDES}, got {side!r}")
 
 
 def _is_single_pair(pairs: Any) -> bool:

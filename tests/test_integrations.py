@@ -68,7 +68,8 @@ def plain(index_path) -> Iterator[Searcher]:
 
 @pytest.fixture(scope="module")
 def server(servers, reranking, reranker) -> Served:
-    return servers.start(create_app_for(reranking, reranker))
+    # strict: an unknown model name is a 404 the integrations must report
+    return servers.start(create_app_for(reranking, reranker, strict_model_name=True))
 
 
 @pytest.fixture(scope="module")

@@ -331,6 +331,34 @@ def test_chunk_cap(tiny_bert_reranker_dir: Path, long_document: str) -> None:
     assert two.score(pair)[0] == pytest.approx(float(windows.max()), abs=1e-5)
 
 
+def test_left_truncation_lays_windows_from_the_end(tiny_bert_reranker_dir: Path, long_document: str) -> None:
+    """``truncation_side="left"`` (TEI's "Left"): with one window, the document's last one counts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_reranker_dir)
+    q_ids = tokenizer(CHUNK_QUERY, add_special_tokens=False)["input_ids"]
+    d_ids = tokenizer(long_document, add_special_tokens=False)["input_ids"]
+    window = MAX_LENGTH - 3 - len(q_ids)  # [CLS] q [SEP] window [SEP]
+    assert len(d_ids) > 2 * window, "the test document must need several windows"
+    last = tokenizer.decode(d_ids[-window:])
+    assert tokenizer(last, add_special_tokens=False)["input_ids"] == d_ids[-window:]  # exact round trip
+    want = reference(tiny_bert_reranker_dir, max_length=MAX_LENGTH).predict([(CHUNK_QUERY, last)])[0]
+    pair = [(CHUNK_QUERY, long_document)]
+    one_window = {"max_length": MAX_LENGTH, "max_chunks_per_doc": 1}
+    left = reranker(tiny_bert_reranker_dir, **one_window, truncation_side="left")
+    assert left.truncation_side == "left" and "truncation_side='left'" in repr(left)
+    assert left.score(pair)[0] == pytest.approx(float(want), abs=1e-5)
+    right = reranker(tiny_bert_reranker_dir, **one_window)
+    assert left.score(pair)[0] > right.score(pair)[0] + 1e-3  # the passage is only at the end
+    assert "truncation_side" not in repr(right)  # the default repr is unchanged
+    # the same copy per request, sharing the weights; short documents are not affected
+    variant = right.with_options(truncation_side="left")
+    assert variant.score(pair)[0] == pytest.approx(float(want), abs=1e-5)
+    np.testing.assert_allclose(variant.score(PAIRS), right.score(PAIRS), atol=1e-6)
+    with pytest.raises(ConfigError, match="truncation_side"):
+        right.with_options(truncation_side="middle")  # type: ignore[arg-type]
+
+
 def test_long_query_is_cut_to_half_the_window(tiny_bert_reranker_dir: Path, long_document: str) -> None:
     query = "東京都市図書館本学生勉強新幹線大阪高速鉄道" * 3  # longer than MAX_LENGTH // 2
     windows = window_scores(tiny_bert_reranker_dir, query, long_document, max_chunks=8)
@@ -472,6 +500,7 @@ def test_max_length_capped_to_model(tiny_xlmr_reranker_dir: Path) -> None:
         {"max_chunks_per_doc": 0},
         {"chunk_overlap": -1},
         {"activation": "softmax"},
+        {"truncation_side": "Left"},
         {"max_length": 4},
         {"device": "not-a-device"},
     ],

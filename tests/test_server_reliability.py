@@ -81,7 +81,8 @@ def test_client_supplied_paths_are_never_read(tmp_path, servers, tiny_bert_reran
     build_index(tmp_path / "idx", read_dicts(sample_rows()[:10]), encoder="none", progress=False)
     searcher = tansaku.open(tmp_path / "idx", mode="bm25")
     reranker = CrossEncoderReranker(tiny_bert_reranker_dir, max_length=64)
-    served = servers.start(create_app(searcher, reranker, model_name="served-model"))
+    # strict: a model "name" that is a path must get its 404 (by default it is just ignored)
+    served = servers.start(create_app(searcher, reranker, model_name="served-model", strict_model_name=True))
     client_paths = [
         str(secret),
         str(other_model),

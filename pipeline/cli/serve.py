@@ -41,10 +41,10 @@ Endpoints (OpenAPI docs at http://HOST:PORT/docs):
   POST /v1/rerank, /v2/rerank, /rerank
         Cohere v1/v2 body: query, documents (strings or objects with "text"; with
         rank_fields, objects are ranked on "name: value" lines of those fields),
-        model (optional, "" counts as absent; else it must name the loaded
-        reranker: --model-name, the hub id/directory or its basename; other
-        names get a 404 naming "model"), top_n (default: all),
-        return_documents, max_chunks_per_doc (v1; capped at --max-chunks-per-doc),
+        model (optional; any name is accepted, as TEI does, and the answer names
+        the model served; with --strict-model-name it must be --model-name, the
+        hub id/directory or its basename, other names get a 404),
+        top_n (default: all), return_documents, max_chunks_per_doc (v1; capped at --max-chunks-per-doc),
         max_tokens_per_doc (v2; each document cut to its first N tokens, then
         windowed as usual), raw_scores (each result also gets its logit as
         "raw_score"; relevance_score is always the sigmoid score in [0, 1]).
@@ -52,13 +52,22 @@ Endpoints (OpenAPI docs at http://HOST:PORT/docs):
         "document"?}],
         "meta", "usage", "model"}. The Cohere SDKs, LiteLLM (cohere/, jina_ai/)
         and other Cohere/Jina clients work unchanged with this server as base URL.
-  POST /rerank with a TEI body (query, texts, raw_scores, return_text, truncate)
-        answers Text Embeddings Inference's bare array [{"index", "score", "text"?}].
+  POST /rerank with a TEI body (query, texts, raw_scores, return_text, truncate,
+        truncation_direction "Right"/"Left", top_n; other fields are ignored, as
+        TEI does) answers Text Embeddings Inference's bare array
+        [{"index", "score", "text"?}].
+  POST /infinity/rerank (also /infinity/v1/rerank): the Cohere body, answered in
+        Infinity's shape ("document" is the ranked string): for Infinity clients
+        such as LiteLLM's infinity/ provider, api_base http://HOST:PORT/infinity.
   POST /v1/search   query, top_n, retrieve_k, rerank_k, mode, filter → ranked hits
         (id, title, text, score, rank, stage, metadata), timings_ms, counts.
         filter: a metadata filter object, e.g. {"lang": "ja", "year": {"$gte": 2020}}
         ($eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not).
   GET  /v1/models   what is loaded (OpenAI-style list); GET /health: liveness.
+  GET  /metrics     Prometheus metrics: requests and latency per endpoint, stage
+        latency (retrieve, fetch, rerank), queue depth, batch sizes, documents
+        and tokens scored, index documents and version.
+  GET  /docs, /redoc  API docs; their scripts are served locally (no internet).
 
 Errors are {"error": {"message", "type", "field"}, "detail"} with a 4xx status
 for bad input (413 for too many documents or too large a body).
@@ -123,6 +132,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--model-name",
         help="name clients use in the 'model' field and see in /v1/models (default: "
         "the hub id, or the model directory's name)",
+    )
+    g.add_argument(
+        "--strict-model-name",
+        action="store_true",
+        help="answer 404 to a request naming another model; by default any 'model' "
+        "is accepted (clients send their own defaults, e.g. Open WebUI's 'reranker')",
     )
     g.add_argument(
         "--max-length",
@@ -224,6 +239,7 @@ def run_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         worker_threads=args.workers_threads,
         max_queue=args.max_queue,
+        strict_model_name=args.strict_model_name,
     )
     if args.host not in _LOOPBACK_HOSTS and not api_key:
         say(

@@ -6,14 +6,19 @@ Endpoints (OpenAPI docs at ``/docs``):
   Cohere SDKs, LiteLLM's cohere and jina_ai providers, LangChain, LlamaIndex... send);
   ``POST /rerank`` also takes Text Embeddings Inference's body (``texts`` instead of
   ``documents``) and then answers TEI's bare sorted array.
+- ``POST /infinity/rerank`` (and ``/infinity/v1/rerank``): the Cohere body in Infinity's
+  answer shape (a returned ``document`` is a string).
 - ``POST /v1/search``: the retrieve (+ rerank) pipeline over the loaded index.
-- ``GET /v1/models`` (OpenAI-style list of what is loaded) and ``GET /health``.
+- ``GET /v1/models`` (OpenAI-style list of what is loaded), ``GET /health`` and
+  ``GET /metrics`` (Prometheus).
 
-Modules: :mod:`.app` (``create_app``), :mod:`.routes` (the endpoints), :mod:`.models`
-(request/response bodies), :mod:`.documents` (what a rerank request ranks), :mod:`.service`
-(the reranker and its inference threads), :mod:`.guards` (API key, sizes, a full queue),
-:mod:`.errors` (the one error shape), :mod:`.state` (what the routes share) and
-:mod:`.limits` (defaults). The ``tansaku serve`` command is :mod:`tansaku.pipeline.cli.serve`.
+Modules: :mod:`.app` (``create_app``), :mod:`.routes` (the endpoints), :mod:`.infinity`
+(Infinity's shape), :mod:`.models` (request/response bodies), :mod:`.documents` (what a rerank
+request ranks), :mod:`.service` (the reranker and its inference threads), :mod:`.model_names`
+(which ``model`` names pass), :mod:`.guards` (API key, sizes, a full queue), :mod:`.errors`
+(the one error shape), :mod:`.state` (what the routes share), :mod:`.metrics` (Prometheus),
+:mod:`.docs_assets` (offline API docs) and :mod:`.limits` (defaults). The ``tansaku serve``
+command is :mod:`tansaku.pipeline.cli.serve`.
 
 The names below are imported on first use, so that the command line can read
 :mod:`.limits` for its ``--help`` without importing FastAPI, numpy or torch.

@@ -6,14 +6,17 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 
 from tansaku import __version__
 from tansaku.index.errors import ConfigError
 
+from .docs_assets import offline_docs_app
 from .errors import add_error_handlers
 from .guards import GuardMiddleware
 from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DOCUMENTS, DEFAULT_MAX_QUEUE, check_positive_ints
-from .routes import add_routes
+from .metrics import MetricsMiddleware, ServerMetrics
+from .routes import add_routes, current_index
 from .service import InferenceQueue, RerankService
 from .state import ServerState
 
@@ -32,13 +35,16 @@ def create_app(
     model_name: str | None = None,
     worker_threads: int = 1,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    strict_model_name: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving ``searcher`` (may be None: rerank only) and ``reranker``.
 
     ``api_key`` enables Bearer authentication (``/health`` and the docs stay open);
     ``model_name`` is the name clients use in ``model`` (default: the reranker's hub id, or
     its directory's name). ``worker_threads`` model calls run at once; up to ``max_queue``
-    more wait, beyond that requests get a 503.
+    more wait, beyond that requests get a 503. Any ``model`` name is accepted (the answer
+    names the model served) unless ``strict_model_name``. ``GET /metrics`` serves Prometheus
+    metrics from a registry of this app's own.
     """
     check_positive_ints(
         {
@@ -50,20 +56,24 @@ def create_app(
     )
     if searcher is None and reranker is None:
         raise ConfigError("nothing to serve: give an index, a reranker or both")
-    state = ServerState(
-        searcher,
-        RerankService(reranker, model_name) if reranker else None,
-        InferenceQueue(worker_threads, max_queue),
-        max_documents,
-        api_key or None,
-    )
+    metrics = ServerMetrics()
+    queue = InferenceQueue(worker_threads, max_queue)
+    service = None
+    if reranker:
+        service = RerankService(
+            reranker, model_name, strict_model_name=strict_model_name, on_scored=metrics.observe_rerank
+        )
+    state = ServerState(searcher, service, queue, max_documents, api_key or None, metrics=metrics)
+    metrics.watch_queue(lambda: queue.in_flight, worker_threads)
+    if searcher is not None:
+        metrics.watch_index(lambda: searcher.index)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
         yield
         state.queue.shutdown()
 
-    app = FastAPI(
+    app = offline_docs_app(
         title="tansaku",
         version=__version__,
         lifespan=lifespan,
@@ -73,5 +83,13 @@ def create_app(
     app.state.tansaku = state
     add_error_handlers(app)
     add_routes(app, state)
+
+    @app.get("/metrics", tags=["info"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        await current_index(st=state)  # report the index version searches get
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
     app.add_middleware(GuardMiddleware, api_key=api_key or None, max_body_bytes=max_body_bytes)
+    paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=lambda: paths)
     return app

@@ -11,10 +11,12 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .docs_assets import DOCS_ASSETS_URL
 from .errors import ApiError, error_body
 
 # Paths answered without an API key: liveness probes and the API documentation (no data).
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIX = DOCS_ASSETS_URL + "/"  # the docs pages' scripts and styles (a browser sends no key)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -35,7 +37,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+        if self.api_key is not None and not _open(scope["path"]) and not self._authorized(scope):
             await send_error(
                 send,
                 ApiError(
@@ -92,6 +94,10 @@ class GuardMiddleware:
             field="body",
             kind="payload_too_large",
         )
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
 
 
 def _header(scope: Mapping[str, Any], name: bytes) -> bytes | None:

@@ -2,7 +2,8 @@
 
 Requests are strict: unknown fields are rejected (so a typo such as ``top_k`` for ``top_n`` is
 a 422 naming it rather than being silently ignored), integers must be JSON integers and
-booleans JSON booleans. Checks that need the loaded models or the server's limits (model name,
+booleans JSON booleans; only TEI's body ignores unknown fields, as TEI does (its clients send
+``model`` and ``top_n``). Checks that need the loaded models or the server's limits (model name,
 document count, a document's text) happen in :mod:`tansaku.pipeline.serve`.
 """
 
@@ -80,8 +81,14 @@ class CohereRerankRequest(_Strict):
     query_not_blank = field_validator("query")(_not_blank)
 
 
-class TEIRerankRequest(_Strict):
-    """A Text Embeddings Inference ``POST /rerank`` body (told apart by ``texts``)."""
+class TEIRerankRequest(BaseModel):
+    """A Text Embeddings Inference ``POST /rerank`` body (told apart by ``texts``).
+
+    As TEI itself does, fields it does not know are ignored (clients send ``model`` and
+    ``top_n``); the fields it knows are checked as strictly as everywhere else.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     query: str = Field(..., min_length=1)
     texts: list[str] = Field(..., min_length=1)
@@ -89,10 +96,19 @@ class TEIRerankRequest(_Strict):
     return_text: StrictBool = False
     truncate: StrictBool | None = Field(
         None,
-        description="true: score only each text's first window (max-length tokens); "
-        "false/absent: long texts are scored as their best window",
+        description="true: score only one window of each text (max-length tokens): its first, "
+        "or with truncation_direction 'Left' its last; false/absent: long texts are scored as "
+        "their best window",
     )
-    truncation_direction: Literal["Right", "Left"] = Field("Right", description="only 'Right' is supported")
+    truncation_direction: Literal["Right", "Left"] = Field(
+        "Right", description="with truncate: 'Right' keeps each text's start, 'Left' its end"
+    )
+    top_n: PositiveInt | None = Field(
+        None, description="not TEI's own: the array is cut to the best top_n when given"
+    )
+    model: str | None = Field(
+        None, description="ignored, as TEI does (checked only with --strict-model-name)"
+    )
 
     query_not_blank = field_validator("query")(_not_blank)
 
@@ -251,3 +267,26 @@ AnyRerankRequest = Annotated[
 """``POST /rerank``: a TEI body when it has ``texts``, else a Cohere body."""
 
 UNION_TAGS = frozenset({"cohere", "tei"})
+
+
+# -- Infinity's answer (POST /infinity/rerank) -------------------------------------------------------
+
+
+class InfinityRerankResult(BaseModel):
+    index: int
+    relevance_score: float = Field(..., description="sigmoid score in [0, 1]")
+    raw_score: float | None = Field(None, description="the logit; only present when raw_scores is true")
+    document: str | None = Field(
+        None, description="the ranked text; only present when return_documents is true"
+    )
+
+
+class InfinityRerankResponse(BaseModel):
+    """Infinity's response shape: like Cohere's, but ``document`` is a plain string."""
+
+    object: Literal["rerank"] = "rerank"
+    id: str
+    created: int
+    model: str
+    results: list[InfinityRerankResult]
+    usage: Usage

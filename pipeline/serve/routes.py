@@ -23,6 +23,7 @@ from . import models as m
 from .documents import document_texts, returned_document
 from .errors import ApiError
 from .guards import check_count, check_ks, check_unicode
+from .infinity import add_infinity_routes
 from .state import ServerState
 
 # Cohere bills one search unit per query and 100 documents; reported the same way.
@@ -69,6 +70,8 @@ def add_routes(app: FastAPI, st: ServerState) -> None:
         if isinstance(body, m.TEIRerankRequest):
             return JSONResponse(await tei_rerank(st, body))
         return JSONResponse(await cohere_rerank(st, body, version="1"))
+
+    add_infinity_routes(app, st, common, cohere_rerank)
 
     @app.post(
         "/v1/search",
@@ -152,13 +155,20 @@ async def cohere_rerank(st: ServerState, body: m.CohereRerankRequest, *, version
 async def tei_rerank(st: ServerState, body: m.TEIRerankRequest) -> list[dict[str, Any]]:
     """TEI's answer: ``[{"index", "score", "text"?}]`` sorted by descending score."""
     service = st.require_reranker()
+    service.check_model(body.model)
     check_count(len(body.texts), "texts", st.max_documents)
     check_unicode(body)
-    if body.truncation_direction != "Right":
-        raise ApiError(422, "only truncation_direction 'Right' is supported", field="truncation_direction")
-    # truncate: score only the first window; otherwise long texts get their best window
+    # truncate: score only one window, the first ("Right") or the last ("Left"); otherwise long
+    # texts get their best window, and the direction does not matter
+    left = bool(body.truncate) and body.truncation_direction == "Left"
     outcome = await st.queue.run(
-        service.rerank, body.query, body.texts, raw=body.raw_scores, max_chunks=1 if body.truncate else None
+        service.rerank,
+        body.query,
+        body.texts,
+        top_n=body.top_n,
+        raw=body.raw_scores,
+        max_chunks=1 if body.truncate else None,
+        truncation_side="left" if left else "right",
     )
     scores = outcome.raw if outcome.raw is not None else [s for _, s in outcome.ranked]
     # TEI's own contract: with raw_scores, "score" is the logit
@@ -194,6 +204,8 @@ async def run_search(st: ServerState, body: m.SearchRequest) -> dict[str, Any]:
     if body.mode:
         overrides["mode"] = body.mode
     result, mode = await st.queue.run(st.run_search, body.query, overrides, flt)
+    if st.metrics is not None:
+        st.metrics.observe_search(result.timings_ms, result.counts)
     reranked = config.reranker is not None
     model = (st.service.name if st.service else config.reranker) if reranked else None
     return {

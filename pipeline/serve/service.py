@@ -13,11 +13,12 @@ import asyncio
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from tansaku.rerank.base import ModelReranker, Reranker, ranking, reranker_name
 
 from .errors import ApiError
 from .guards import server_busy
+from .model_names import ModelNames
 
 T = TypeVar("T")
 
@@ -51,29 +53,34 @@ class RerankService:
     ``max_chunks_per_doc`` (a shallow copy of the reranker sharing its weights).
     """
 
-    def __init__(self, reranker: Reranker, name: str | None = None) -> None:
+    def __init__(
+        self,
+        reranker: Reranker,
+        name: str | None = None,
+        *,
+        strict_model_name: bool = False,
+        on_scored: Callable[[int, int, float], None] | None = None,
+    ) -> None:
         self.reranker = reranker
+        # told (documents, tokens, seconds) after each model call, e.g. ServerMetrics.observe_rerank
+        self.on_scored = on_scored
         # A model-backed reranker also gives token counts, windows and raw logits.
         self.model = reranker if isinstance(reranker, ModelReranker) else None
         self.source = reranker_name(reranker)
         self.name = name or _public_name(self.source)
         self.aliases = frozenset(a for a in (self.name, self.source, Path(self.source).name) if a)
+        self.names = ModelNames(self.name, self.aliases, strict_model_name)
         self.tokenizer: Any = self.model.tokenizer if self.model else None
         self.max_length = self.model.max_length if self.model else None
         self.max_chunks = self.model.max_chunks_per_doc if self.model else None
         self._pair_specials = _pair_specials(self.tokenizer)
-        self._variants: dict[int, Reranker] = {}
+        self._variants: dict[tuple[int | None, str], Reranker] = {}
         self._lock = threading.Lock()
 
     def check_model(self, model: str | None) -> None:
-        """Accept no model (or ""), the public name, the source id/directory or its basename."""
-        if model and model not in self.aliases:
-            raise ApiError(
-                404,
-                f"unknown model {model!r}: this server serves {self.name!r}",
-                field="model",
-                kind="model_not_found",
-            )
+        """Accept any name; with ``strict_model_name`` only none (or ""), the public name, the
+        source id/directory or its basename (see :mod:`.model_names`)."""
+        self.names.check(model)
 
     def rerank(
         self,
@@ -84,15 +91,21 @@ class RerankService:
         raw: bool = False,
         max_chunks: int | None = None,
         max_tokens: int | None = None,
+        truncation_side: Literal["right", "left"] = "right",
     ) -> RerankOutcome:
         """Score and rank ``texts`` (runs on an inference thread).
 
         Ranked like the in-process reranker (ties keep request order); with ``raw`` on the
         logits, so both the logits and the scores come out in descending order even where
-        float32 sigmoids saturate to equal scores.
+        float32 sigmoids saturate to equal scores. ``truncation_side="left"`` windows long
+        documents from their end (TEI's ``truncation_direction: "Left"``).
         """
         texts, tokens = self.truncate_and_count(query, texts, max_tokens)
-        scores, logits = self._scores(self._with_max_chunks(max_chunks), query, texts, raw)
+        reranker = self._variant(max_chunks, truncation_side)
+        start = time.perf_counter()
+        scores, logits = self._scores(reranker, query, texts, raw)
+        if self.on_scored is not None:
+            self.on_scored(len(texts), tokens, time.perf_counter() - start)
         order = ranking(scores if logits is None else logits, top_n)
         return RerankOutcome(
             [(i, float(scores[i])) for i in order],
@@ -150,16 +163,28 @@ class RerankService:
                 high = mid - 1
         return text[:low]
 
-    def _with_max_chunks(self, max_chunks: int | None) -> Reranker:
-        if not max_chunks or self.max_chunks is None or max_chunks >= self.max_chunks:
+    def _variant(self, max_chunks: int | None, truncation_side: Literal["right", "left"]) -> Reranker:
+        if self.max_chunks is None or self.model is None:
+            if truncation_side != "right":
+                raise ApiError(
+                    422,
+                    "truncation_direction 'Left' needs a model-backed reranker",
+                    field="truncation_direction",
+                )
             return self.reranker
-        assert self.model is not None  # max_chunks is only known for a model-backed reranker
+        if not max_chunks or max_chunks >= self.max_chunks:
+            max_chunks = None
+        if max_chunks is None and truncation_side == "right":
+            return self.reranker
+        key = (max_chunks, truncation_side)
         with self._lock:
-            variant = self._variants.get(max_chunks)
+            variant = self._variants.get(key)
             if variant is None:
-                # shares the model and tokenizer; only the window limit differs
-                variant = self.model.with_options(max_chunks_per_doc=max_chunks)
-                self._variants[max_chunks] = variant
+                # shares the model and tokenizer; only the window limit or side differs
+                variant = self.model.with_options(
+                    max_chunks_per_doc=max_chunks, truncation_side=truncation_side
+                )
+                self._variants[key] = variant
         return variant
 
     def _scores(

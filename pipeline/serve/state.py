@@ -13,6 +13,8 @@ from .service import InferenceQueue, RerankService
 if TYPE_CHECKING:
     from tansaku.pipeline.api import Searcher
 
+    from .metrics import ServerMetrics
+
 
 @dataclass
 class ServerState:
@@ -28,6 +30,7 @@ class ServerState:
     api_key: str | None
     started: float = field(default_factory=time.time)
     search_lock: threading.Lock = field(default_factory=threading.Lock)
+    metrics: ServerMetrics | None = None
 
     def require_reranker(self) -> RerankService:
         if self.service is None:
