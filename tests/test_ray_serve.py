@@ -117,10 +117,19 @@ RERANKS = [
     ("/v1/rerank", {"query": "富士山", "documents": [r["text"] for r in ROWS[:6]], "return_documents": True}),
     ("/v2/rerank", {"query": "東京", "documents": [r["text"] for r in ROWS[6:12]], "top_n": 3}),
     ("/rerank", {"query": "東京", "texts": [r["text"] for r in ROWS[:4]], "raw_scores": True}),
+    (
+        "/rerank",
+        {
+            "query": "東京",
+            "texts": ["".join(r["text"] for r in ROWS[i : i + 8]) for i in (0, 8, 16)],
+            "truncate": True,
+            "truncation_direction": "Left",
+        },
+    ),
 ]
 
 
-@pytest.mark.parametrize(("route", "body"), RERANKS, ids=[r for r, _ in RERANKS])
+@pytest.mark.parametrize(("route", "body"), RERANKS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(RERANKS)])
 def test_rerank_through_ray_equals_in_process(served, route, body):
     a, b = _both(served, route, body)
     assert a.status_code == b.status_code == 200, (a.text, b.text)

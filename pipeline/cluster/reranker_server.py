@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from ray import serve
@@ -25,7 +25,9 @@ from ..serve.errors import ApiError
 
 # What a replica computes: sigmoid scores (score), logits (raw) or compute_score(normalize=True).
 SCORE, RAW, NORMALIZED = "score", "raw", "normalized"
-Request = tuple[str, int | None, list[tuple[str, str]]]
+Side = Literal["right", "left"]
+# (what to compute, windows per document (None: the replica's), truncation side, pairs)
+Request = tuple[str, int | None, Side, list[tuple[str, str]]]
 
 
 class RerankerReplica:
@@ -52,7 +54,7 @@ class RerankerReplica:
 
             torch.set_num_threads(torch_threads)
         self.reranker = CrossEncoderReranker(model, **options)
-        self._variants: dict[int, Any] = {}
+        self._variants: dict[tuple[int | None, Side], Any] = {}
         self.score.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.score.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
@@ -67,26 +69,29 @@ class RerankerReplica:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def score(self, requests: list[Request]) -> list[list[float]]:
         """Scores for each request's pairs; requests of one kind share one model call."""
-        groups: dict[tuple[str, int | None], list[int]] = {}
-        for i, (kind, chunks, _) in enumerate(requests):
-            groups.setdefault((kind, chunks), []).append(i)
+        groups: dict[tuple[str, int | None, Side], list[int]] = {}
+        for i, (kind, chunks, side, _) in enumerate(requests):
+            groups.setdefault((kind, chunks, side), []).append(i)
         out: list[list[float]] = [[] for _ in requests]
-        for (kind, chunks), members in groups.items():
-            pairs = [pair for i in members for pair in requests[i][2]]
-            values = self._compute(kind, chunks, pairs)
+        for (kind, chunks, side), members in groups.items():
+            pairs = [pair for i in members for pair in requests[i][3]]
+            values = self._compute(kind, chunks, side, pairs)
             start = 0
             for i in members:
-                n = len(requests[i][2])
+                n = len(requests[i][3])
                 out[i] = values[start : start + n]
                 start += n
         return out
 
-    def _compute(self, kind: str, chunks: int | None, pairs: list[tuple[str, str]]) -> list[float]:
-        reranker = self.reranker
-        if chunks is not None and chunks != reranker.max_chunks_per_doc:
-            if chunks not in self._variants:
-                self._variants[chunks] = reranker.with_options(max_chunks_per_doc=chunks)
-            reranker = self._variants[chunks]
+    def _compute(
+        self, kind: str, chunks: int | None, side: Side, pairs: list[tuple[str, str]]
+    ) -> list[float]:
+        reranker: Any = self.reranker
+        if chunks is not None or side != "right":
+            key = (chunks, side)
+            if key not in self._variants:
+                self._variants[key] = reranker.with_options(max_chunks_per_doc=chunks, truncation_side=side)
+            reranker = self._variants[key]
         if not pairs:
             return []
         if kind == SCORE:
@@ -98,11 +103,17 @@ class RemoteReranker:
     """A :class:`~tansaku.rerank.base.ModelReranker` whose model runs in Ray Serve replicas."""
 
     def __init__(
-        self, handle: Any, *, info: dict[str, Any] | None = None, max_chunks: int | None = None
+        self,
+        handle: Any,
+        *,
+        info: dict[str, Any] | None = None,
+        max_chunks: int | None = None,
+        truncation_side: Side = "right",
     ) -> None:
         self._handle = handle
         self._info = info if info is not None else handle.describe.remote().result()
         self._chunks = max_chunks
+        self._side: Side = truncation_side
         self._tokenizer: Any = None
 
     @property
@@ -128,8 +139,15 @@ class RemoteReranker:
             )
         return self._tokenizer
 
-    def with_options(self, *, max_chunks_per_doc: int | None = None) -> RemoteReranker:
-        variant = RemoteReranker(self._handle, info=self._info, max_chunks=max_chunks_per_doc or self._chunks)
+    def with_options(
+        self, *, max_chunks_per_doc: int | None = None, truncation_side: Side | None = None
+    ) -> RemoteReranker:
+        variant = RemoteReranker(
+            self._handle,
+            info=self._info,
+            max_chunks=max_chunks_per_doc or self._chunks,
+            truncation_side=truncation_side or self._side,
+        )
         variant._tokenizer = self._tokenizer
         return variant
 
@@ -137,7 +155,9 @@ class RemoteReranker:
         from ray.serve.exceptions import BackPressureError
 
         try:
-            return self._handle.score.remote((kind, self._chunks, [tuple(p) for p in pairs])).result()  # type: ignore[no-any-return]
+            return self._handle.score.remote(
+                (kind, self._chunks, self._side, [tuple(p) for p in pairs])
+            ).result()  # type: ignore[no-any-return]
         except BackPressureError:
             # the replicas' queues are full: the same 503 + Retry-After as the local queue
             raise ApiError(
