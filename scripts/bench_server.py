@@ -130,7 +130,7 @@ class InProcessServer:
     ) -> None:
         import uvicorn
 
-        from tansaku.pipeline.serve import create_app, limit_torch_threads
+        from tansaku.pipeline.serve import create_app, limit_torch_threads, uvicorn_config
         from tansaku.rerank import CrossEncoderReranker
 
         self.torch_threads = limit_torch_threads(workers, torch_threads)
@@ -139,7 +139,8 @@ class InProcessServer:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        # as tansaku serve runs it: uvicorn's h11 protocol with the connection limits
+        self._server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     def __enter__(self) -> InProcessServer:

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tansaku.pipeline.serve import ConnectionLimits, uvicorn_config
+
 
 @dataclass
 class Served:
@@ -20,6 +22,7 @@ class Served:
     url: str
     port: int
     paths: list[tuple[str, str]] = field(default_factory=list)
+    server: Any = None  # the uvicorn.Server (its server_state lists the open connections)
 
     def posted(self, since: int) -> list[str]:
         return [path for method, path in self.paths[since:] if method == "POST"]
@@ -37,17 +40,23 @@ def _recording(app: Any, paths: list[tuple[str, str]]) -> Callable[..., Any]:
 
 
 class LoopbackServers:
-    """Starts apps on free loopback ports; ``close()`` stops them all."""
+    """Starts apps on free loopback ports; ``close()`` stops them all.
+
+    Each runs as ``tansaku serve`` runs it (:func:`tansaku.pipeline.serve.uvicorn_config`),
+    with ``limits`` when given.
+    """
 
     def __init__(self) -> None:
         self._running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(self, app: Any) -> Served:
+    def start(self, app: Any, limits: ConnectionLimits | None = None) -> Served:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; uvicorn serves this socket
         port = sock.getsockname()[1]
         served = Served(f"http://127.0.0.1:{port}", port)
-        server = uvicorn.Server(uvicorn.Config(_recording(app, served.paths), log_level="warning"))
+        config = uvicorn_config(_recording(app, served.paths), limits=limits, log_level="warning")
+        server = uvicorn.Server(config)
+        served.server = server
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         self._running.append((server, thread))

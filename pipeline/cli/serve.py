@@ -8,16 +8,24 @@ import os
 from pathlib import Path
 
 from ..serve.limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DOCUMENTS,
+    DEFAULT_MAX_PAIRS,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PORT,
+    DEFAULT_REQUEST_TIMEOUT,
     check_positive_ints,
+    check_positive_numbers,
 )
 from .options import add_quantize_option, make_reranker, say
 from .serve_ray import add_ray_options, run_on_ray
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
 API_KEY_ENV = "TANSAKU_API_KEY"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _POSITIVE_OPTIONS = (
@@ -30,7 +38,12 @@ _POSITIVE_OPTIONS = (
     "rerank_batch_size",
     "max_chunks_per_doc",
     "torch_threads",
+    "max_pairs",
+    "max_tokens",
+    "max_connections",
 )
+_SECONDS_OPTIONS = ("request_timeout", "header_timeout", "body_timeout", "keep_alive_timeout")
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 SERVE_DESCRIPTION = """\
 Serve INDEX and/or a reranker over HTTP for RAG stacks. Either INDEX or --no-index
@@ -79,7 +92,15 @@ Inference runs on --workers-threads dedicated threads (default 1) with
 (CPUs - 1) / --workers-threads torch threads each (--torch-threads), so the
 model never oversubscribes the machine and one CPU stays free for HTTP: /health
 answers while the model is busy. Up to --max-queue further requests wait in
-order; beyond that, 503 with Retry-After."""
+order; beyond that, 503 with Retry-After; a request not answered within
+--request-timeout gets a 504. Each request is checked before any model work:
+at most --max-pairs (query, document) pairs and --max-tokens estimated tokens,
+else a 413 naming the option. Clients get --header-timeout seconds to send a
+request head and --body-timeout more for its body (then 408); at most
+--max-connections are open, and a new one closes the one that waited longest
+for its client. Only IP addresses and localhost are accepted in the Host header
+(a guard against DNS rebinding); with --host 0.0.0.0, pass the names clients
+use with --allowed-hosts. More: docs/reliability.md."""
 
 SERVE_EPILOG = """\
 examples:
@@ -202,6 +223,63 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help=f"requests that may wait for the model; more get 503 (default: {DEFAULT_MAX_QUEUE})",
     )
     g.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        help="seconds from joining the inference queue to the answer; longer is a 504 "
+        "(work not yet started is dropped) (default: %(default)g)",
+    )
+    g.add_argument(
+        "--max-pairs",
+        type=int,
+        default=DEFAULT_MAX_PAIRS,
+        help="most (query, document) pairs the reranker scores per request: rerank "
+        "documents/texts, a search's rerank_k; more is a 413 (default: %(default)d)",
+    )
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="most estimated tokens per request (UTF-8 bytes / 3, the query counted once "
+        "per document); more is a 413 (default: %(default)d, top-100 reranking of "
+        "512-token passages needs about a fifth)",
+    )
+    g.add_argument(
+        "--allowed-hosts",
+        action="append",
+        metavar="NAMES",
+        help="comma-separated Host names answered besides IP addresses and localhost "
+        "(other Hosts get a 400: DNS rebinding); '*.example.com' for subdomains, '*' for "
+        "any. With --host 0.0.0.0 pass the names clients use, e.g. --allowed-hosts "
+        "search.internal (default: none; a --host name is added)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help="seconds a client has to send a request head; then 408 and the connection "
+        "is closed (default: %(default)g)",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help="seconds a client has, after the head, to send the whole body; then 408 (default: %(default)g)",
+    )
+    g.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+        help="seconds an idle connection stays open between requests (default: %(default)g)",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections at most; a new one closes the one that waited longest for "
+        "its client, or gets a 503 when all are being answered (default: %(default)d)",
+    )
+    g.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -216,7 +294,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_serve_args(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if args.ray:
-        return run_on_ray(args, api_key)
+        return run_on_ray(args, api_key, allowed_hosts(args.host, args.allowed_hosts))
     reranker = make_reranker(args, log=say)
     searcher = None
     if not args.no_index:
@@ -229,6 +307,8 @@ def run_serve(args: argparse.Namespace) -> int:
         threads = limit_torch_threads(args.workers_threads, args.torch_threads)
         say(f"{args.workers_threads} inference thread(s), {threads} torch thread(s) each")
     from ..serve.app import create_app
+    from ..serve.connections import ConnectionLimits
+    from ..serve.server import serve
 
     app = create_app(
         searcher,
@@ -240,16 +320,30 @@ def run_serve(args: argparse.Namespace) -> int:
         worker_threads=args.workers_threads,
         max_queue=args.max_queue,
         strict_model_name=args.strict_model_name,
+        request_timeout=args.request_timeout,
+        max_pairs=args.max_pairs,
+        max_tokens=args.max_tokens,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_hosts),
     )
     if args.host not in _LOOPBACK_HOSTS and not api_key:
         say(
             f"warning: listening on {args.host} without an API key; anyone who can reach "
             "this port can use it (set --api-key or TANSAKU_API_KEY)"
         )
-    import uvicorn
-
+    if args.host in _WILDCARD_HOSTS and not args.allowed_hosts:
+        say(
+            "note: only IP addresses and localhost are accepted in the Host header; pass the "
+            "names clients use with --allowed-hosts (or '*')"
+        )
+    _warn_if_few_descriptors(args.max_connections)
+    limits = ConnectionLimits(
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+    )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)
+        serve(app, host=args.host, port=args.port, limits=limits, log_level=args.log_level)
     finally:
         if searcher is not None:
             searcher.close()
@@ -268,5 +362,34 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     if args.no_index and args.reranker.lower() in ("", "none"):
         raise TansakuError("--no-index needs --reranker: there would be nothing to serve")
     check_positive_ints({name: getattr(args, name) for name in _POSITIVE_OPTIONS}, options=True)
+    check_positive_numbers({name: getattr(args, name) for name in _SECONDS_OPTIONS}, options=True)
     if args.api_key is not None and not args.api_key.strip():
         raise TansakuError("--api-key is empty")
+
+
+def allowed_hosts(host: str, names: list[str] | None) -> list[str]:
+    """``--allowed-hosts`` values, plus ``host`` when it is a name (IP addresses always pass)."""
+    import ipaddress
+
+    values = list(names or ())
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host not in _WILDCARD_HOSTS:
+            values.append(host)
+    return values
+
+
+def _warn_if_few_descriptors(max_connections: int) -> None:
+    # each connection is a file descriptor; the index, the model and the logs need some too
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return
+    if soft != resource.RLIM_INFINITY and max_connections + 64 > soft:
+        say(
+            f"warning: --max-connections {max_connections} is close to this process's limit of "
+            f"{soft} open files; lower it or raise the limit (ulimit -n)"
+        )

@@ -51,7 +51,7 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run_on_ray(args: argparse.Namespace, api_key: str | None) -> int:
+def run_on_ray(args: argparse.Namespace, api_key: str | None, allowed_hosts: list[str]) -> int:
     """Deploy the app on Ray Serve and serve until interrupted."""
     from tansaku.index.errors import TansakuError
 
@@ -87,6 +87,11 @@ def run_on_ray(args: argparse.Namespace, api_key: str | None) -> int:
         "max_body_bytes": args.max_body_bytes,
         "model_name": args.model_name,
         "max_queue": args.max_queue,
+        "strict_model_name": args.strict_model_name,
+        "request_timeout": args.request_timeout,
+        "max_pairs": args.max_pairs,
+        "max_tokens": args.max_tokens,
+        "allowed_hosts": allowed_hosts,
     }
     say(f"Ray Serve: http://{args.host}:{args.port} (ingress, shard deployments, reranker {spec or 'none'})")
     run(

@@ -15,10 +15,12 @@ Endpoints (OpenAPI docs at ``/docs``):
 Modules: :mod:`.app` (``create_app``), :mod:`.routes` (the endpoints), :mod:`.infinity`
 (Infinity's shape), :mod:`.models` (request/response bodies), :mod:`.documents` (what a rerank
 request ranks), :mod:`.service` (the reranker and its inference threads), :mod:`.model_names`
-(which ``model`` names pass), :mod:`.guards` (API key, sizes, a full queue), :mod:`.errors`
+(which ``model`` names pass), :mod:`.guards` (API key, sizes, a full queue), :mod:`.hosts`
+(the ``Host`` check), :mod:`.work_limits` (pairs and tokens per request), :mod:`.errors`
 (the one error shape), :mod:`.state` (what the routes share), :mod:`.metrics` (Prometheus),
-:mod:`.docs_assets` (offline API docs) and :mod:`.limits` (defaults). The ``tansaku serve``
-command is :mod:`tansaku.pipeline.cli.serve`.
+:mod:`.docs_assets` (offline API docs) and :mod:`.limits` (defaults). :mod:`.server` runs the
+app (``serve``) on uvicorn with the request deadlines and connection cap of
+:mod:`.connections`. The ``tansaku serve`` command is :mod:`tansaku.pipeline.cli.serve`.
 
 The names below are imported on first use, so that the command line can read
 :mod:`.limits` for its ``--help`` without importing FastAPI, numpy or torch.
@@ -30,13 +32,18 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    "AllowedHosts": "hosts",
     "ApiError": "errors",
+    "ConnectionLimits": "connections",
     "InferenceQueue": "service",
     "RerankOutcome": "service",
     "RerankService": "service",
     "ServerState": "state",
     "create_app": "app",
     "limit_torch_threads": "service",
+    "serve": "server",
+    "uvicorn_config": "server",
+    "WorkLimits": "work_limits",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -55,6 +55,8 @@ class GuardMiddleware:
             except ApiError as exc:
                 await send_error(send, exc)
                 return
+            if body is None:
+                return  # the client went away (or was cut off) mid-body: nothing to answer
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
@@ -65,7 +67,7 @@ class GuardMiddleware:
             return False
         return hmac.compare_digest(token.strip(), self.api_key or b"")
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes | None:
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
@@ -77,7 +79,7 @@ class GuardMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -157,6 +159,17 @@ def server_busy(in_flight: int) -> ApiError:
         field=None,
         kind="server_busy",
         headers={"Retry-After": "1"},
+    )
+
+
+def request_timed_out(seconds: float) -> ApiError:
+    """The 504 for a request whose model work did not finish within ``--request-timeout``."""
+    return ApiError(
+        504,
+        f"the request did not finish within {seconds:g} s (--request-timeout), counted from "
+        "when it joined the inference queue; send fewer or shorter texts, or retry later",
+        field=None,
+        kind="timeout",
     )
 
 

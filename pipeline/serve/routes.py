@@ -35,7 +35,7 @@ def add_routes(app: FastAPI, st: ServerState) -> None:
     # documents the Bearer scheme in OpenAPI ("Authorize" in /docs); the check is GuardMiddleware's
     secured = [Depends(HTTPBearer(auto_error=False))] if st.api_key else []
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
+        code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503, 504)
     }
     common: dict[str, Any] = {"responses": errors, "dependencies": secured}
 
@@ -111,6 +111,7 @@ async def cohere_rerank(st: ServerState, body: m.CohereRerankRequest, *, version
     check_count(len(body.documents), "documents", st.max_documents)
     check_unicode(body)
     texts = document_texts(body.documents, body.rank_fields)
+    st.work.check_rerank(body.query, texts, "documents")
     spans = body.relevant_spans
     if spans is not None and spans.get("mode", "disabled") != "disabled":
         raise ApiError(422, "relevant_spans is not supported by this server", field="relevant_spans")
@@ -158,6 +159,7 @@ async def tei_rerank(st: ServerState, body: m.TEIRerankRequest) -> list[dict[str
     service.check_model(body.model)
     check_count(len(body.texts), "texts", st.max_documents)
     check_unicode(body)
+    st.work.check_rerank(body.query, body.texts, "texts")
     # truncate: score only one window, the first ("Right") or the last ("Left"); otherwise long
     # texts get their best window, and the direction does not matter
     left = bool(body.truncate) and body.truncation_direction == "Left"
@@ -190,6 +192,7 @@ async def run_search(st: ServerState, body: m.SearchRequest) -> dict[str, Any]:
         raise ApiError(
             422, f"rerank_k ({rerank_k}) cannot exceed retrieve_k ({retrieve_k})", field="rerank_k"
         )
+    st.work.check_search(body.query, rerank_k if config.reranker is not None else None)
     if body.mode in ("dense", "hybrid") and searcher.index.dense is None:
         raise ApiError(422, f"mode {body.mode!r} needs a dense index; this index is BM25 only", field="mode")
     try:

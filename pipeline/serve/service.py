@@ -10,7 +10,6 @@ for it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ from tansaku.index.errors import TansakuError
 from tansaku.rerank.base import ModelReranker, Reranker, ranking, reranker_name
 
 from .errors import ApiError
-from .guards import server_busy
+from .guards import request_timed_out, server_busy
 from .model_names import ModelNames
 
 T = TypeVar("T")
@@ -239,12 +238,16 @@ class InferenceQueue:
     """A small dedicated thread pool for model work, with a bound on waiting requests.
 
     The event loop only awaits futures, so ``/health`` answers while the model is busy.
-    ``in_flight`` (running + waiting) is only touched on the event loop thread.
+    ``in_flight`` (running + waiting) is only touched on the event loop thread. With
+    ``timeout`` (seconds), a request not answered that long after it joined the queue gets a
+    504; its work is dropped if it has not started, and otherwise runs to its end on its
+    thread (a model call cannot be interrupted), still counted in ``in_flight``.
     """
 
-    def __init__(self, threads: int, max_queue: int) -> None:
+    def __init__(self, threads: int, max_queue: int, timeout: float | None = None) -> None:
         self.threads = threads
         self.max_queue = max_queue
+        self.timeout = timeout
         self.in_flight = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tansaku-inference")
 
@@ -254,16 +257,33 @@ class InferenceQueue:
             raise server_busy(self.in_flight)
         loop = asyncio.get_running_loop()
         self.in_flight += 1
-        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        abandoned = threading.Event()
+
+        def work() -> T:
+            if abandoned.is_set():  # timed out while waiting for a thread: never start it
+                raise _Abandoned
+            return fn(*args, **kwargs)
+
+        future = loop.run_in_executor(self._executor, work)
         # released when the work really ends, even if the client went away meanwhile
         future.add_done_callback(self._release)
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11
+            abandoned.set()
+            raise request_timed_out(self.timeout or 0) from None
 
-    def _release(self, _future: Any) -> None:
+    def _release(self, future: asyncio.Future[Any]) -> None:
         self.in_flight -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: an abandoned or unawaited failure is not logged as lost
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Abandoned(Exception):
+    """Raised instead of running work whose request already timed out."""
 
 
 def limit_torch_threads(workers: int, threads: int | None = None) -> int:

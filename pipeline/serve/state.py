@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
 from .service import InferenceQueue, RerankService
+from .work_limits import WorkLimits
 
 if TYPE_CHECKING:
     from tansaku.pipeline.api import Searcher
@@ -31,6 +32,7 @@ class ServerState:
     started: float = field(default_factory=time.time)
     search_lock: threading.Lock = field(default_factory=threading.Lock)
     metrics: ServerMetrics | None = None
+    work: WorkLimits = field(default_factory=WorkLimits)
 
     def require_reranker(self) -> RerankService:
         if self.service is None:
