@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -69,8 +70,10 @@ def served(ray_cluster, servers, tmp_path_factory, tiny_bi_encoder_dir, tiny_ber
             # the same torch threads as this process: float sums in the same order, same bits
             reranker_torch_threads=torch.get_num_threads(),
             max_batch_size=4,
+            reranker_max_queued=2,  # the replica sheds load before the ingress does
+            batch_wait_timeout_s=0.2,  # requests stay in flight while a batch fills
         ),
-        app_options={"api_key": "k", "max_queue": 8},
+        app_options={"api_key": "k", "max_queue": 8, "worker_threads": 32},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -149,6 +152,25 @@ def test_bad_input_gets_the_same_4xx(served, route, body):
     a, b = _both(served, route, body)
     assert 400 <= a.status_code < 500
     assert (b.status_code, b.json()) == (a.status_code, a.json())
+
+
+def test_a_full_reranker_queue_is_a_503_with_retry_after(served):
+    long = "".join(r["text"] for r in ROWS)  # many windows: each request keeps a replica busy
+    body = {"query": "東京", "documents": [long] * 60}
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(
+            served["ray"] + "/v1/rerank", json=body, headers={"Authorization": "Bearer k"}, timeout=300
+        )
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(post, range(24)))
+    busy = [a for a in answers if a.status_code == 503]
+    assert busy, [a.status_code for a in answers]
+    assert all(a.status_code in (200, 503) for a in answers)
+    assert busy[0].headers["Retry-After"] == "1"
+    assert busy[0].json()["error"]["type"] == "server_busy"
+    assert "reranker busy" in busy[0].json()["error"]["message"]  # shed by the replicas' queue
 
 
 def test_api_key_is_enforced_at_the_ingress(served):

@@ -28,6 +28,12 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
         "--shard-replicas", type=int, default=1, help="replicas of each shard deployment (default: 1)"
     )
     g.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=1,
+        help="replicas of the HTTP app; each searches one query at a time (default: 1)",
+    )
+    g.add_argument(
         "--reranker-replicas",
         default="1",
         metavar="MIN[:MAX]",
@@ -71,6 +77,7 @@ def run_on_ray(args: argparse.Namespace, api_key: str | None, allowed_hosts: lis
     config = RayServeConfig(
         shards_per_group=args.shards_per_replica,
         shard_replicas=args.shard_replicas,
+        ingress_replicas=args.ingress_replicas,
         reranker_min_replicas=min_replicas,
         reranker_max_replicas=max_replicas,
         reranker_gpus=args.reranker_gpus,

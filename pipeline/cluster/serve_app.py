@@ -40,8 +40,10 @@ class RayServeConfig:
     the reranker autoscales between ``reranker_min_replicas`` and ``reranker_max_replicas``
     aiming at ``target_ongoing_requests`` per replica, gathers up to ``max_batch_size``
     requests per model call (1: unbatched), and sheds load with a 503 once
-    ``reranker_max_queued`` requests wait. ``*_cpus``/``reranker_gpus``: Ray resources
-    per replica (fractions let small machines host several replicas).
+    ``reranker_max_queued`` requests wait. ``ingress_replicas`` run the HTTP app (each
+    searches one query at a time: its analyzer is not shared between threads).
+    ``*_cpus``/``reranker_gpus``: Ray resources per replica (fractions let small machines
+    host several replicas).
     """
 
     shards_per_group: int = 1
@@ -57,10 +59,17 @@ class RayServeConfig:
     reranker_gpus: float = 0.0
     reranker_torch_threads: int | None = 1
     ingress_cpus: float = 0.25
+    ingress_replicas: int = 1
     reranker_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("shards_per_group", "shard_replicas", "reranker_min_replicas", "max_batch_size"):
+        for name in (
+            "shards_per_group",
+            "shard_replicas",
+            "reranker_min_replicas",
+            "max_batch_size",
+            "ingress_replicas",
+        ):
             check_int(name, getattr(self, name))
         check_int("reranker_max_queued", self.reranker_max_queued)
         if self.reranker_max_replicas < self.reranker_min_replicas:
@@ -159,7 +168,15 @@ def build_application(
             batch_wait_timeout_s=config.batch_wait_timeout_s,
             torch_threads=config.reranker_torch_threads,
         )
-    ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": config.ingress_cpus})(Ingress)
+    options = dict(app_options or {})
+    # The ingress's inference threads only wait on the reranker replicas: enough of them to
+    # fill every replica's batches (one thread would send one request at a time).
+    options.setdefault("worker_threads", max(4, 2 * config.max_batch_size * config.reranker_max_replicas))
+    ingress = serve.deployment(
+        name="ingress",
+        num_replicas=config.ingress_replicas,
+        ray_actor_options={"num_cpus": config.ingress_cpus},
+    )(Ingress)
     return ingress.bind(
         path, groups, config.shards_per_group, ranker, dict(search or {}), dict(app_options or {})
     )
