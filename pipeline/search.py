@@ -44,6 +44,8 @@ class SearchResult:
     """The hits of one query, with per-stage timings (ms) and candidate counts.
 
     ``candidates`` is the first stage's full list (before reranking and top_n).
+    ``warnings`` says what may be wrong with the request, e.g. a filter on a field no
+    document has (a typo such as ``yaer``), which otherwise silently returns nothing.
     """
 
     query: str
@@ -51,6 +53,7 @@ class SearchResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     candidates: list[Hit] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class SearchResult:
             "hits": [h.to_dict() for h in self.hits],
             "timings_ms": self.timings_ms,
             "counts": self.counts,
+            "warnings": self.warnings,
         }
 
 
@@ -106,9 +110,12 @@ class SearchPipeline:
         """Search every query; k values may be overridden for this call.
 
         ``filter`` (a metadata filter: dict, JSON text or parsed) restricts the first stage's
-        candidates, so every stage after it sees only matching documents.
+        candidates, so every stage after it sees only matching documents. A filter field no
+        document has is reported in each result's ``warnings``.
         """
         parsed = parse_filter(filter)
+        check = getattr(getattr(self.retriever, "index", None), "filter_warnings", None)
+        warnings = check(parsed) if parsed is not None and check is not None else []
         retrieve_k = retrieve_k or self.retrieve_k
         rerank_k = rerank_k or self.rerank_k
         top_n = top_n or self.top_n
@@ -143,7 +150,7 @@ class SearchPipeline:
                 counts["reranked"] = len(head)
             counts["returned"] = len(hits)
             timings["total"] = sum(timings.values())
-            results.append(SearchResult(query, hits, timings, counts, candidates))
+            results.append(SearchResult(query, hits, timings, counts, candidates, list(warnings)))
         return results
 
     def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:
