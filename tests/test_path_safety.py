@@ -12,11 +12,19 @@ from pathlib import Path
 import pytest
 
 from helpers import sample_rows, tree_snapshot, write_jsonl
-from tansaku.index import ConfigError, Index, IndexFormatError, build_index, read_dicts
-from tansaku.index import BuildConfig, create_field_index, open_index
+from tansaku.index import (
+    BuildConfig,
+    ConfigError,
+    Index,
+    IndexFormatError,
+    build_index,
+    create_field_index,
+    open_index,
+    read_dicts,
+)
 from tansaku.index.atomic import reading, swap_in, write_lock
-from tansaku.index.locks import holding
 from tansaku.index.encoders.e5_import import import_e5_small
+from tansaku.index.locks import holding
 from tansaku.index.update import update_index
 from tansaku.pipeline.cli import main
 from tansaku.rerank.training import train_cross_encoder
