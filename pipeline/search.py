@@ -9,7 +9,7 @@ from typing import Any
 
 from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError
-from tansaku.index.filters import FilterSpec, parse_filter
+from tansaku.index.filters import Filter, FilterSpec, parse_filter
 from tansaku.index.hit import Hit
 from tansaku.rerank.base import Reranker
 from tansaku.retrieve import Retriever
@@ -71,6 +71,9 @@ class SearchPipeline:
     ``reranker=None`` is the explicit "no rerank stage" choice. ``prepare`` joins
     hits with their title/text/metadata between the stages (timed as ``fetch``); by
     default it is the retriever's index's ``hydrate`` when the retriever has one.
+    ``filter_warnings`` says what may be wrong with a filter (fields no document has); by
+    default the index's ``filter_warnings``, found through the retriever (a hybrid one's parts
+    too).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class SearchPipeline:
         top_n: int = 10,
         prepare: Callable[[list[Hit]], list[Hit]] | None = None,
         rerank_fusion_weight: float = 1.0,
+        filter_warnings: Callable[[Filter], list[str]] | None = None,
     ) -> None:
         check_ks(retrieve_k, rerank_k, top_n, reranking=reranker is not None)
         self.retriever = retriever
@@ -94,6 +98,9 @@ class SearchPipeline:
         self.top_n = top_n
         index = getattr(retriever, "index", None)
         self.prepare = prepare or getattr(index, "hydrate", None)
+        parts = [retriever, *getattr(retriever, "retrievers", ())]
+        found = (getattr(getattr(p, "index", None), "filter_warnings", None) for p in parts)
+        self.filter_warnings = filter_warnings or next((f for f in found if f is not None), None)
 
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: int) -> SearchResult:
         return self.search_batch([query], filter=filter, **overrides)[0]
@@ -114,7 +121,7 @@ class SearchPipeline:
         document has is reported in each result's ``warnings``.
         """
         parsed = parse_filter(filter)
-        check = getattr(getattr(self.retriever, "index", None), "filter_warnings", None)
+        check = self.filter_warnings
         warnings = check(parsed) if parsed is not None and check is not None else []
         retrieve_k = retrieve_k or self.retrieve_k
         rerank_k = rerank_k or self.rerank_k

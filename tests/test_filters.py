@@ -853,7 +853,7 @@ def test_http_bad_filter_is_a_422_naming_it(server, flt, words):
     assert all(w in error["message"] for w in words), error["message"]
 
 
-def test_a_filter_field_no_document_has_is_a_warning(tmp_path, bm25_index, rows, server, capsys):
+def test_a_filter_field_no_document_has_is_a_warning(tmp_path, bm25_index, dense_index, rows, server, capsys):
     typo = {"yaer": {"$gte": 2010}}
     with tansaku.open(bm25_index.path, top_n=5) as idx:
         res = idx.search("東京", filter=typo, mode="bm25")
@@ -869,6 +869,15 @@ def test_a_filter_field_no_document_has_is_a_warning(tmp_path, bm25_index, rows,
         )
         assert [len(r.warnings) for r in nested] == [1, 1] and "'citty'" in nested[0].warnings[0]
         assert idx.search("東京").warnings == []
+    with tansaku.open(dense_index.path, top_n=5) as idx:  # every first stage, hybrid included
+        for mode in ("hybrid", "dense", "bm25"):
+            assert "'yaer'" in idx.search("東京", filter=typo, mode=mode).warnings[0], mode
+    assert (
+        "'yaer'"
+        in SearchPipeline(HybridRetriever([BM25Retriever(dense_index), DenseRetriever(dense_index)]))
+        .search("東京", filter=typo)
+        .warnings[0]
+    )
     # a sharded index knows the fields of every shard
     sharded = tmp_path / "sharded"
     extra = dict(rows[150], only_here="x")
