@@ -5,15 +5,15 @@ fusion itself, used at search time, is :func:`tansaku.pipeline.rerank_fusion.fus
 
 The weight a trained model records as its search default is chosen by :func:`decide_weight`:
 the sweep's best weight only when it beat the first stage (weight 0) by a margin the held-out
-set can resolve, else 0 (the first stage's order, i.e. the reranker cannot make search worse).
+set can resolve, else 0 (the first stage's order: by default a trained model cannot make
+searches worse).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
@@ -25,8 +25,8 @@ DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
 # Below this many held-out queries one query moves mean nDCG@10 by 0.05 or more: more than
 # fusion weights usually differ by, so no choice among them means anything.
 MIN_HELD_OUT_QUERIES = 20
-# One-sided level of the sign test (the threshold of a two-sided 5 % test): the best of
-# several weights is tested, so the bar is set a little higher than 5 %.
+# One-sided level of the sign test, the threshold of a two-sided 5 % test: the best of several
+# weights is the one tested, so the bar is stricter than a one-sided 5 %.
 SIGN_TEST_ALPHA = 0.025
 RULE = (
     f"the sweep's best weight becomes the default only with at least {MIN_HELD_OUT_QUERIES} "
@@ -98,9 +98,6 @@ class FusionDecision:
     p_value: float
     beat_first_stage: bool
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"p_value": round(self.p_value, 6)}
 
 
 def decide_weight(per_query_scores: Mapping[float, Mapping[str, float]]) -> FusionDecision:

@@ -276,7 +276,7 @@ def train_cross_encoder(
         loaded.tokenizer.save_pretrained(str(out))
     warnings = tuple(w for w in [loss_warning(losses)] if w)
     for warning in warnings:
-        say(warning)
+        (log or logger.warning)(warning)
     manifest = training_manifest(
         base=base,
         base_resolved=loaded.source,
