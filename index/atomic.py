@@ -6,7 +6,9 @@ the index path always names a complete index; elsewhere two renames are used
 and :func:`recover` repairs the (tiny) window between them on the next open.
 
 Every entry point resolves symlinks first: ``idx`` and a link to it share one lock
-and one swap, and the swap replaces the real directory, so the link stays a link.
+and one swap, and the swap replaces the real directory, so the link stays a link. The lock
+files (``.NAME.lock``, ``.NAME.swap-lock`` beside the index) exist only while in use
+(:mod:`.locks`): nothing is left in the user's folder afterwards.
 :func:`write_json` replaces one JSON file the same way (write beside it, fsync, rename).
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiskFullError, IndexFormatError
+from .locks import acquire, release
 from .paths import real_path
 
 _RENAME_EXCHANGE = 2
@@ -168,16 +171,14 @@ def _swap_lock(path: Path, exclusive: bool) -> Iterator[None]:
 
     lock_path = path.parent / f".{path.name}.swap-lock"
     try:
-        fh = open(lock_path, "a+")  # noqa: SIM115
+        fh = acquire(lock_path, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
     except OSError:
         yield
         return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        release(fh, lock_path)
 
 
 def reading(path: Path) -> contextlib.AbstractContextManager[None]:
@@ -254,28 +255,30 @@ def staged(path: Path, check: Callable[[Path], object] | None = None) -> Iterato
 
 @contextlib.contextmanager
 def write_lock(path: Path) -> Iterator[None]:
-    """Hold the index's writer lock (``.NAME.lock`` beside it); a second writer fails clearly."""
+    """Hold the index's writer lock (``.NAME.lock`` beside it while held); a second writer
+    fails clearly, naming the process that holds it."""
     import fcntl
 
     path = real_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
-    with open(lock_path, "a+") as fh:
+    try:
+        fh = acquire(lock_path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise IndexFormatError(
-                f"index {path} is being written by {holder}; wait for it to finish (lock file {lock_path})"
-            ) from None
+            holder = lock_path.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise IndexFormatError(
+            f"index {path} is being written by {holder}; wait for it to finish (lock file {lock_path})"
+        ) from None
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")
         fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
+    finally:
+        fh.seek(0)
+        fh.truncate()
+        release(fh, lock_path)

@@ -7,6 +7,21 @@ class TansakuError(Exception):
     """Base class of every error tansaku raises on purpose."""
 
 
+def location(
+    source: str | None = None, line: int | None = None, field: str | None = None, unit: str = "line"
+) -> str:
+    """Where something is, in the one wording every message uses: ``file, line N, field 'x'``
+    (``unit`` is ``record`` for records of a Python iterable); parts not given are left out."""
+    where = []
+    if source is not None:
+        where.append(str(source))
+    if line is not None:
+        where.append(f"{unit} {line}")
+    if field is not None:
+        where.append(f"field {field!r}")
+    return ", ".join(where)
+
+
 class IngestError(TansakuError, ValueError):
     """A record could not be ingested; the message names file, line/record and field."""
 
@@ -19,14 +34,8 @@ class IngestError(TansakuError, ValueError):
         field: str | None = None,
         unit: str = "line",
     ) -> None:
-        where = []
-        if source is not None:
-            where.append(str(source))
-        if line is not None:
-            where.append(f"{unit} {line}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+        where = location(source, line, field, unit)
+        super().__init__(f"{where}: {message}" if where else message)
         self.source = source
         self.line = line
         self.field = field

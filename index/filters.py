@@ -24,6 +24,7 @@ template over the ``metadata`` column, so no filter can change the shape of the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -105,6 +106,20 @@ class Filter:
             return "1", ()
         params: list[Any] = []
         return _node_sql(self.root, params), tuple(params)
+
+    def fields(self) -> tuple[str, ...]:
+        """The metadata fields the filter names, in order of first mention."""
+        found: dict[str, None] = {}
+        stack: list[Node] = [] if self.root is None else [self.root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Condition):
+                found.setdefault(node.field)
+            elif isinstance(node, Not):
+                stack.append(node.part)
+            else:
+                stack.extend(reversed(node.parts))
+        return tuple(found)
 
 
 FilterSpec: TypeAlias = Filter | Mapping[str, Any] | str | None
@@ -386,6 +401,38 @@ class FilterMasks:
         self._rowids: np.ndarray | None = None
         self._cache: OrderedDict[tuple[str, tuple[Any, ...]], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        # per field: does any document have it (this object is one index version, so it holds)
+        self._has_field: dict[str, bool] = {}
+        self._field_names: tuple[str, ...] | None = None
+
+    def has_field(self, field: str) -> bool:
+        """Whether any document has metadata ``field`` (even as null); cached.
+
+        A scan that stops at the first document with the field, so a field most documents
+        have costs almost nothing; a field no document has costs one full scan (as a filter
+        mask does), once per index version.
+        """
+        with self._lock:
+            known = self._has_field.get(field)
+            if known is None:
+                row = self._conn.execute(
+                    "SELECT 1 FROM docs WHERE json_type(docs.metadata, ?) IS NOT NULL LIMIT 1",
+                    (json_path(field),),
+                ).fetchone()
+                known = self._has_field[field] = row is not None
+                if len(self._has_field) > 4 * self._size:  # bound the cache for long-running servers
+                    self._has_field.pop(next(iter(self._has_field)))
+            return known
+
+    def field_names(self) -> tuple[str, ...]:
+        """Every top-level metadata field of the documents, sorted; cached (one scan)."""
+        with self._lock:
+            if self._field_names is None:
+                cur = self._conn.execute(
+                    "SELECT DISTINCT j.key FROM docs, json_each(docs.metadata) AS j ORDER BY j.key"
+                )
+                self._field_names = tuple(str(k) for (k,) in cur)
+            return self._field_names
 
     def mask(self, flt: Filter) -> np.ndarray:
         """A read-only boolean array: ``True`` at the positions of matching documents."""
@@ -431,3 +478,25 @@ class FilterMasks:
         mask[np.searchsorted(rowids, hits)] = True
         mask.setflags(write=False)
         return mask
+
+
+def unknown_field_warnings(flt: Filter | None, masks: Sequence[FilterMasks]) -> list[str]:
+    """One warning per field ``flt`` names that no document has (over every shard's ``masks``).
+
+    Such a condition is almost always a typo (``yaer`` for ``year``): an equality on it matches
+    nothing, silently. The warning names the closest known field and lists the known ones.
+    """
+    if flt is None:
+        return []
+    missing = [f for f in flt.fields() if not any(m.has_field(f) for m in masks)]
+    if not missing:
+        return []
+    known = sorted({name for m in masks for name in m.field_names()})
+    listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+    out = []
+    for field in missing:
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fields = f"fields: {listed}" if known else "the documents have no metadata"
+        out.append(f"filter field {field!r} is in no document of this index ({hint}{fields})")
+    return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import IngestError
+from .errors import IngestError, location
 from .hit import indexed_text
 
 FORMATS = ("jsonl", "csv", "tsv")
@@ -48,7 +48,7 @@ class Record:
     text: str
     title: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    origin: str = field(default="", compare=False)  # "file:line", for error messages
+    origin: str = field(default="", compare=False)  # "file, line N", for error messages
 
     @property
     def indexed_text(self) -> str:
@@ -107,13 +107,13 @@ def to_record(raw: Any, fields: FieldMap, *, source: str, line: int, unit: str =
     if not isinstance(raw, Mapping):
         raise fail(f"expected a JSON object, got {type(raw).__name__}")
     if fields.id not in raw or raw[fields.id] in (None, ""):
-        raise fail("missing id", fields.id)
+        raise fail("missing id" + _field_hint(raw, fields.id, "--id-field"), fields.id)
     doc_id = raw[fields.id]
     if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
         raise fail(f"id must be a string or integer, got {type(doc_id).__name__}", fields.id)
     text = raw.get(fields.text)
     if text is None:
-        raise fail("missing text", fields.text)
+        raise fail("missing text" + _field_hint(raw, fields.text, "--text-field"), fields.text)
     if not isinstance(text, str):
         raise fail(f"text must be a string, got {type(text).__name__}", fields.text)
     if not text.strip():
@@ -145,7 +145,15 @@ def to_record(raw: Any, fields: FieldMap, *, source: str, line: int, unit: str =
     for name, value in ((fields.id, doc_id), (fields.text, text), (fields.title, title), *metadata.items()):
         if any(isinstance(v, str) and not _unicode(v) for v in (name, *_values(value))):
             raise fail("not valid Unicode (a lone surrogate, e.g. a \\ud800 escape)", name)
-    return Record(str(doc_id), text, title, metadata, origin=f"{source}:{line}")
+    return Record(str(doc_id), text, title, metadata, origin=location(source, line, unit=unit))
+
+
+def _field_hint(raw: Mapping[str, Any], name: str, option: str) -> str:
+    """When the record has no field ``name`` at all: its fields, and the option naming another."""
+    if name in raw:
+        return ""
+    others = ", ".join(repr(k) for k in list(raw)[:8]) + (", ..." if len(raw) > 8 else "")
+    return f" (the record has {others or 'no fields'}; {option} NAME reads it from another field)"
 
 
 def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
@@ -199,9 +207,14 @@ def _read_delimited(path: Path, fields: FieldMap, delimiter: str, encoding: str)
     try:
         reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
         header = reader.fieldnames or []
-        for name in (fields.id, fields.text):
+        for name, option in ((fields.id, "--id-field"), (fields.text, "--text-field")):
             if name not in header:
-                raise IngestError(f"no column {name!r} in header {header}", source=source, line=1, field=name)
+                raise IngestError(
+                    f"no column {name!r} in header {header}; {option} NAME reads it from another column",
+                    source=source,
+                    line=1,
+                    field=name,
+                )
         for row in reader:
             if None in row:
                 raise IngestError("more cells than header columns", source=source, line=reader.line_num)

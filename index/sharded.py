@@ -188,6 +188,9 @@ class ShardedIndex(IndexBase):
         mask.flags.writeable = False
         return mask
 
+    def filter_masks(self) -> Sequence[FilterMasks]:
+        return [shard.masks for shard in self.shards]
+
     def reopen(self) -> ShardedIndex | Index:
         """The index now at this path; a loaded query encoder is kept if it is the same."""
         fresh = open_index(self.path)

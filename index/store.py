@@ -18,7 +18,7 @@ from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError
-from .filters import FilterMasks, FilterSpec, json_path, parse_filter
+from .filters import FilterMasks, FilterSpec, json_path, parse_filter, unknown_field_warnings
 from .hit import Hit
 from .manifest import IndexManifest
 from .records import Record
@@ -70,6 +70,15 @@ class IndexBase:
         old, new = self.manifest.dense, fresh.manifest.dense
         if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
             fresh._encoder = self._encoder
+
+    def filter_masks(self) -> Sequence[FilterMasks]:
+        """The filter masks of the index's corpora (one, or one per shard)."""
+        raise NotImplementedError
+
+    def filter_warnings(self, spec: FilterSpec) -> list[str]:
+        """What may be wrong with a (valid) filter here: fields no document has, e.g. a typo
+        such as ``yaer``, whose conditions would otherwise silently match nothing."""
+        return unknown_field_warnings(parse_filter(spec), self.filter_masks())
 
     def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         return [str(self.doc_ids[int(p)]) for p in positions]
@@ -168,6 +177,9 @@ class Index(IndexBase):
         if flt is None or flt.matches_all:
             return None
         return self._masks.mask(flt)
+
+    def filter_masks(self) -> Sequence[FilterMasks]:
+        return [self._masks]
 
     def close(self) -> None:
         self.corpus.close()

@@ -131,6 +131,7 @@ class Searcher:
             top_n=cfg.top_n,
             prepare=index.hydrate,
             rerank_fusion_weight=1.0 if weight is None else weight,
+            filter_warnings=index.filter_warnings,
         )
 
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: Any) -> SearchResult:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError
-from tansaku.index.filters import FilterSpec, parse_filter
+from tansaku.index.filters import Filter, FilterSpec, parse_filter
 from tansaku.index.hit import Hit
 from tansaku.rerank.base import Reranker
 from tansaku.retrieve import Retriever
@@ -44,6 +44,8 @@ class SearchResult:
     """The hits of one query, with per-stage timings (ms) and candidate counts.
 
     ``candidates`` is the first stage's full list (before reranking and top_n).
+    ``warnings`` says what may be wrong with the request, e.g. a filter on a field no
+    document has (a typo such as ``yaer``), which otherwise silently returns nothing.
     """
 
     query: str
@@ -51,6 +53,7 @@ class SearchResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     candidates: list[Hit] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class SearchResult:
             "hits": [h.to_dict() for h in self.hits],
             "timings_ms": self.timings_ms,
             "counts": self.counts,
+            "warnings": self.warnings,
         }
 
 
@@ -67,6 +71,9 @@ class SearchPipeline:
     ``reranker=None`` is the explicit "no rerank stage" choice. ``prepare`` joins
     hits with their title/text/metadata between the stages (timed as ``fetch``); by
     default it is the retriever's index's ``hydrate`` when the retriever has one.
+    ``filter_warnings`` says what may be wrong with a filter (fields no document has); by
+    default the index's ``filter_warnings``, found through the retriever (a hybrid one's parts
+    too).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class SearchPipeline:
         top_n: int = 10,
         prepare: Callable[[list[Hit]], list[Hit]] | None = None,
         rerank_fusion_weight: float = 1.0,
+        filter_warnings: Callable[[Filter], list[str]] | None = None,
     ) -> None:
         check_ks(retrieve_k, rerank_k, top_n, reranking=reranker is not None)
         self.retriever = retriever
@@ -90,6 +98,9 @@ class SearchPipeline:
         self.top_n = top_n
         index = getattr(retriever, "index", None)
         self.prepare = prepare or getattr(index, "hydrate", None)
+        parts = [retriever, *getattr(retriever, "retrievers", ())]
+        found = (getattr(getattr(p, "index", None), "filter_warnings", None) for p in parts)
+        self.filter_warnings = filter_warnings or next((f for f in found if f is not None), None)
 
     def search(self, query: str, *, filter: FilterSpec = None, **overrides: int) -> SearchResult:
         return self.search_batch([query], filter=filter, **overrides)[0]
@@ -106,9 +117,12 @@ class SearchPipeline:
         """Search every query; k values may be overridden for this call.
 
         ``filter`` (a metadata filter: dict, JSON text or parsed) restricts the first stage's
-        candidates, so every stage after it sees only matching documents.
+        candidates, so every stage after it sees only matching documents. A filter field no
+        document has is reported in each result's ``warnings``.
         """
         parsed = parse_filter(filter)
+        check = self.filter_warnings
+        warnings = check(parsed) if parsed is not None and check is not None else []
         retrieve_k = retrieve_k or self.retrieve_k
         rerank_k = rerank_k or self.rerank_k
         top_n = top_n or self.top_n
@@ -143,7 +157,7 @@ class SearchPipeline:
                 counts["reranked"] = len(head)
             counts["returned"] = len(hits)
             timings["total"] = sum(timings.values())
-            results.append(SearchResult(query, hits, timings, counts, candidates))
+            results.append(SearchResult(query, hits, timings, counts, candidates, list(warnings)))
         return results
 
     def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:

@@ -35,7 +35,13 @@ from tansaku.rerank.training import (
 from tansaku.retrieve import MODES, make_retriever
 
 from .eval.datasets import RetrievalDataset, load_jsquad
-from .eval.fusion_tuning import DEFAULT_GRID, best_weight, sweep_fusion_weights
+from .eval.fusion_tuning import (
+    DEFAULT_GRID,
+    MIN_HELD_OUT_QUERIES,
+    RULE,
+    decide_weight,
+    sweep_per_query,
+)
 
 
 @dataclass(frozen=True)
@@ -171,12 +177,14 @@ def first_stage(
     progress: bool = True,
     desc: str = "first stage",
 ) -> list[list[Hit]]:
-    """The first stage's top ``k`` for every query, in batches, with a progress bar."""
+    """The first stage's top ``k`` for every query, in batches, with a progress bar (shown
+    before the retriever is made, so a query encoder's loading is not silent)."""
     from tqdm.auto import tqdm
 
-    retriever = make_retriever(index, mode)
     out: list[list[Hit]] = []
     with tqdm(total=len(queries), desc=desc, unit="query", disable=not progress) as bar:
+        # the bar first: making the retriever may load a query encoder (seconds, silent)
+        retriever = make_retriever(index, mode)
         for chunk in _batched(list(queries), batch_size):
             out.extend(retriever.retrieve_batch(list(chunk), k))
             bar.update(len(chunk))
@@ -282,10 +290,12 @@ def choose_fusion_weight(
     max_length: int = 512,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Sweep the fusion weight on held-out ``pairs`` and record the best in the manifest.
+    """Sweep the fusion weight on held-out ``pairs`` and record the default in the manifest.
 
-    Returns the ``fusion`` record: the chosen weight, nDCG@10 for every weight of the grid,
-    and how it was measured.
+    The default is the sweep's best weight only when it beat the first stage by a margin
+    the held-out set can resolve (:data:`~.eval.fusion_tuning.RULE`), else 0. Returns the
+    ``fusion`` record: that weight, nDCG@10 for every weight of the grid, the test's counts
+    and reason, and how it was measured.
     """
     from tansaku.rerank import CrossEncoderReranker
 
@@ -294,25 +304,70 @@ def choose_fusion_weight(
     firsts = first_stage(index, queries, mode, rerank_k, progress=progress, desc="held-out first stage")
     reranked = rerank_lists(index, reranker, queries, firsts, rerank_k, progress=progress)
     qrels = {p.qid: {d: 1 for d in p.positives} for p in pairs}
-    scores = sweep_fusion_weights(
+    scores = sweep_per_query(
         {p.qid: f for p, f in zip(pairs, firsts, strict=True)},
         {p.qid: r for p, r in zip(pairs, reranked, strict=True)},
         qrels,
         grid,
     )
+    decision = decide_weight(scores)
     record = {
-        "weight": best_weight(scores),
+        "weight": decision.weight,
         "metric": "ndcg@10",
-        "by_weight": {f"{w:g}": round(s, 6) for w, s in scores.items()},
+        "by_weight": {f"{w:g}": round(sum(s.values()) / len(s), 6) for w, s in scores.items()},
+        "best_weight": decision.best,
+        "beat_first_stage": decision.beat_first_stage,
+        "reason": decision.reason,
+        "test": {
+            "wins": decision.wins,
+            "losses": decision.losses,
+            "ties": decision.ties,
+            "p_value": round(decision.p_value, 6),
+            "rule": RULE,
+        },
         "first_stage": mode,
         "rerank_k": rerank_k,
         "held_out_queries": len(pairs),
         "chosen_on": "queries held out of the training pairs (never trained on)",
     }
+    _record_fusion(model_dir, record)
+    return record
+
+
+def _record_fusion(model_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
     manifest = read_manifest(model_dir) or {}
     manifest["fusion"] = record
     write_manifest(model_dir, manifest)
+
+
+def no_held_out_fusion(model_dir: str | os.PathLike[str], mode: str) -> dict[str, Any]:
+    """Record weight 0 for a model trained without held-out queries (nothing shows it helps)."""
+    record = {
+        "weight": 0.0,
+        "metric": "ndcg@10",
+        "by_weight": {},
+        "best_weight": None,
+        "beat_first_stage": False,
+        "reason": "no held-out queries (--holdout 0): nothing shows the reranker beats the first stage",
+        "test": {"rule": RULE},
+        "first_stage": mode,
+        "held_out_queries": 0,
+    }
+    _record_fusion(model_dir, record)
     return record
+
+
+def held_out_warning(n_pairs: int, n_held_out: int, holdout: float) -> str | None:
+    """Said before training when the held-out queries will be too few to choose a weight."""
+    if n_held_out >= MIN_HELD_OUT_QUERIES:
+        return None
+    what = "no held-out queries" if not n_held_out else f"only {n_held_out} held-out queries"
+    return (
+        f"warning: {what} (--holdout {holdout:g} of {n_pairs} pairs): at least "
+        f"{MIN_HELD_OUT_QUERIES} are needed to choose a fusion weight, so the model will record "
+        "weight 0 (searches keep the first stage's order unless --rerank-fusion W is given); "
+        "raise --holdout or add pairs"
+    )
 
 
 # -------------------------------------------------------------------------------- the command
@@ -338,9 +393,12 @@ def train_reranker(
     """Mine hard negatives in ``index_path``, train from ``base`` into ``out_dir``, choose the
     fusion weight on the held-out ``holdout`` fraction of the queries.
 
-    Returns the training result and the fusion record (None when nothing was held out or
-    the run was paused). With ``resume`` the mined groups stored with the checkpoints are
-    reused (the pairs are still needed for the held-out queries).
+    Returns the training result and the fusion record (None when the run was paused). The
+    record's ``weight`` is the default searches use: the held-out sweep's best only when it
+    beat the first stage by a margin the held-out queries can resolve, else 0 (also without
+    held-out queries). With ``resume`` the mined groups stored with the checkpoints are
+    reused (the pairs are still needed for the held-out queries). Warnings (a loss that did
+    not fall, too few held-out queries) reach ``log`` as lines starting ``warning:``.
     """
     say = log or (lambda _msg: None)
     config, mining = config or TrainConfig(), mining or MiningConfig()
@@ -349,6 +407,10 @@ def train_reranker(
     train_pairs, held_out = split_holdout(pairs, holdout, config.seed)
     if not train_pairs:
         raise ConfigError(f"holdout {holdout} leaves no training pairs out of {len(pairs)}")
+    warning = held_out_warning(len(pairs), len(held_out), holdout)
+    if warning:
+        say(warning)  # before the long part, while the run can still be changed
+    say(f"opening index {index_path}")
     index = Index.open(index_path)
     try:
         mode = mining.resolved_mode(index)
@@ -384,20 +446,26 @@ def train_reranker(
             progress=progress,
             log=say,
         )
-        fusion = None
-        if result.completed and held_out:
+        if not result.completed:
+            return result, None
+        if held_out:
+            say(f"choosing the fusion weight on {len(held_out)} held-out queries")
             fusion = choose_fusion_weight(
                 index, out_dir, held_out, mode=mode, rerank_k=rerank_k, progress=progress
             )
             say(
-                f"fusion weight {fusion['weight']:g} (nDCG@10 on {len(held_out)} held-out queries: "
+                f"nDCG@10 on {len(held_out)} held-out queries by fusion weight: "
                 + ", ".join(f"{w}: {s:.4f}" for w, s in fusion["by_weight"].items())
-                + ")"
             )
-        elif result.completed:
+        else:
+            fusion = no_held_out_fusion(out_dir, mode)
+        if fusion["beat_first_stage"]:
+            say(f"fusion weight {fusion['weight']:g} recorded as the search default: {fusion['reason']}")
+        else:
             say(
-                "no held-out queries: no fusion weight recorded (searches use pure reranker order "
-                "unless --rerank-fusion is given)"
+                f"warning: fusion weight 0 recorded as the search default (searches with this "
+                f"reranker keep the first stage's order unless --rerank-fusion W is given): "
+                f"{fusion['reason']}"
             )
         return result, fusion
     finally:

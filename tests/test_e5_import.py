@@ -191,8 +191,9 @@ def test_overwrite_rules(tmp_path):
     out = import_e5_small(tmp_path / "m", source=src)
     weights = out / "model.safetensors"
     before = weights.read_bytes()
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match="already exists") as err:
         import_e5_small(out, source=src)
+    assert "pass --overwrite" in str(err.value)  # the flag the command line has
     assert weights.read_bytes() == before
     write_tiny_e5(src, seed=1)
     import_e5_small(out, source=src, overwrite=True)

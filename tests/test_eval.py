@@ -15,6 +15,7 @@ import pytest
 from helpers import write_jsonl
 from tansaku.index import SAMPLE_CORPUS, Hit, IngestError, build_index, read_file
 from tansaku.pipeline import SearchPipeline
+from tansaku.pipeline.cli import main
 from tansaku.pipeline.eval.datasets import load_candidates
 from tansaku.pipeline.eval.evaluation import compare, evaluate_candidates, evaluate_pipeline
 from tansaku.pipeline.eval.metrics import per_query
@@ -141,6 +142,48 @@ def test_evaluate_pipeline_per_stage(sample_eval, tiny_bert_reranker_dir):
     assert first.metrics["ndcg@10"] == pytest.approx(sum(expected.values()) / 4)
     # Reranking reorders the same 20 candidates, so recall@100 (within 20) cannot change.
     assert second.metrics["recall@100"] <= first.metrics["recall@100"]
+
+
+def test_means_are_over_the_evaluated_queries_unless_complete(sample_eval, tmp_path, capsys):
+    tmp, index, queries, qrels = sample_eval
+    pipe = SearchPipeline(BM25Retriever(index), None, retrieve_k=30, top_n=5)
+    # six more judged queries have no text: trec_eval (without -c) leaves them out of the mean
+    more = qrels | {f"x{i}": {"ja-001": 1} for i in range(6)}
+    (first,) = evaluate_pipeline(pipe, queries, more, ["ndcg@10"], progress=False)
+    (alone,) = evaluate_pipeline(pipe, queries, qrels, ["ndcg@10"], progress=False)
+    assert first.queries == 4 and first.metrics == pytest.approx(alone.metrics)
+    (complete,) = evaluate_pipeline(pipe, queries, more, ["ndcg@10"], progress=False, complete=True)
+    assert complete.queries == 10 and complete.per_query["ndcg@10"]["x0"] == 0.0
+    assert complete.metrics["ndcg@10"] == pytest.approx(alone.metrics["ndcg@10"] * 4 / 10)
+    write_qrels(tmp_path / "more.qrels", more)
+    args = ["eval", index.path, "--queries", tmp / "queries.jsonl", "--qrels", tmp_path / "more.qrels"]
+    code = main([*map(str, args), "--out", str(tmp_path / "r1"), "-q", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0 and out["stages"][0]["queries"] == 4
+    assert out["stages"][0]["metrics"]["ndcg@10"] == pytest.approx(alone.metrics["ndcg@10"])
+    assert out["judged_queries"] == 10 and out["judged_without_text"] == 6
+    assert "6 of 10 judged queries are without a text in" in captured.err and "--complete" in captured.err
+    code = main([*map(str, args), "--out", str(tmp_path / "r2"), "-q", "--json", "-c"])
+    captured = capsys.readouterr()
+    stage = json.loads(captured.out)["stages"][0]
+    assert stage["queries"] == 10 and stage["metrics"]["ndcg@10"] == pytest.approx(
+        complete.metrics["ndcg@10"]
+    )
+    assert "counted as 0 (--complete)" in captured.err
+    # a run file: the mean is over the judged queries in the run, as trec_eval's
+    run = tmp_path / "r1" / "bm25.run"
+    main(["eval", "--run", str(run), "--qrels", str(tmp_path / "more.qrels"), "--json"])
+    captured = capsys.readouterr()
+    (entry,) = json.loads(captured.out)["runs"]
+    assert entry["queries"] == 4 and entry["judged_not_in_run"] == 6
+    assert entry["metrics"]["ndcg@10"] == pytest.approx(alone.metrics["ndcg@10"])
+    assert "6 of 10 judged queries are not in" in captured.err
+    main(["eval", "--run", str(run), "--qrels", str(tmp_path / "more.qrels"), "--json", "--complete"])
+    (entry,) = json.loads(capsys.readouterr().out)["runs"]
+    assert entry["queries"] == 10 and entry["metrics"]["ndcg@10"] == pytest.approx(
+        complete.metrics["ndcg@10"]
+    )
 
 
 def run_cli(*args):

@@ -853,6 +853,51 @@ def test_http_bad_filter_is_a_422_naming_it(server, flt, words):
     assert all(w in error["message"] for w in words), error["message"]
 
 
+def test_a_filter_field_no_document_has_is_a_warning(tmp_path, bm25_index, dense_index, rows, server, capsys):
+    typo = {"yaer": {"$gte": 2010}}
+    with tansaku.open(bm25_index.path, top_n=5) as idx:
+        res = idx.search("東京", filter=typo, mode="bm25")
+        assert res.hits == [] and len(res.warnings) == 1
+        (warning,) = res.warnings
+        assert "filter field 'yaer' is in no document" in warning and "did you mean 'year'?" in warning
+        assert "category" in warning and "名前" in warning  # the known fields are listed
+        assert res.to_dict()["warnings"] == res.warnings
+        # fields some document has (even only as null) are fine, however rare; nested ones are checked too
+        assert idx.search("東京", filter={"note": {"$exists": True}, "category": "food"}).warnings == []
+        nested = idx.search_batch(
+            ["東京", "寿司"], filter={"$or": [{"year": 2010}, {"$not": {"citty": "x"}}]}
+        )
+        assert [len(r.warnings) for r in nested] == [1, 1] and "'citty'" in nested[0].warnings[0]
+        assert idx.search("東京").warnings == []
+    with tansaku.open(dense_index.path, top_n=5) as idx:  # every first stage, hybrid included
+        for mode in ("hybrid", "dense", "bm25"):
+            assert "'yaer'" in idx.search("東京", filter=typo, mode=mode).warnings[0], mode
+    assert (
+        "'yaer'"
+        in SearchPipeline(HybridRetriever([BM25Retriever(dense_index), DenseRetriever(dense_index)]))
+        .search("東京", filter=typo)
+        .warnings[0]
+    )
+    # a sharded index knows the fields of every shard
+    sharded = tmp_path / "sharded"
+    extra = dict(rows[150], only_here="x")
+    build_index(
+        sharded, read_dicts([*rows[:150], extra]), BuildConfig(encoder="none", shard_docs=50), progress=False
+    ).close()
+    with tansaku.open(sharded, top_n=5) as idx:
+        assert len(idx.index.shards) == 4
+        assert idx.search("東京", filter={"only_here": "x"}).warnings == []
+        assert "'yaer'" in idx.search("東京", filter=typo).warnings[0]
+    # over HTTP and from the CLI
+    body = httpx.post(f"{server}/v1/search", json={"query": "東京", "filter": typo}, timeout=60).json()
+    assert body["hits"] == [] and "'yaer'" in body["warnings"][0]
+    ok = httpx.post(f"{server}/v1/search", json={"query": "東京", "filter": {"year": 2010}}, timeout=60)
+    assert ok.json()["warnings"] == []
+    assert cli_main(["search", str(bm25_index.path), "東京", "--filter", json.dumps(typo)]) == 0
+    err = capsys.readouterr().err
+    assert "tansaku: warning: filter field 'yaer' is in no document" in err
+
+
 # -- the expression-index helper -------------------------------------------------------------------
 
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from helpers import sample_rows, tree_snapshot, write_jsonl
-from tansaku.index import ConfigError, Index, IndexFormatError, build_index, read_dicts
-from tansaku.index.atomic import write_lock
+from tansaku.index import (
+    BuildConfig,
+    ConfigError,
+    Index,
+    IndexFormatError,
+    build_index,
+    create_field_index,
+    open_index,
+    read_dicts,
+)
+from tansaku.index.atomic import reading, swap_in, write_lock
 from tansaku.index.encoders.e5_import import import_e5_small
+from tansaku.index.locks import holding
 from tansaku.index.update import update_index
 from tansaku.pipeline.cli import main
 from tansaku.rerank.training import train_cross_encoder
@@ -114,6 +127,75 @@ def test_one_lock_whatever_the_spelling(tmp_path):
             with pytest.raises(IndexFormatError, match="being written"):
                 build_index(writer, read_dicts(sample_rows()[:2]), progress=False)
     assert len(Index.open(real)) == 5 and link.is_symlink()
+
+
+def test_no_lock_files_are_left_beside_the_index(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    docs = write_jsonl(folder / "docs.jsonl", sample_rows()[:8])
+    index, sharded, link = folder / "idx", folder / "sharded", folder / "link"
+    assert cli(capsys, "build", index, docs, "--encoder", "none", "-q")[0] == 0
+    build_index(sharded, read_dicts(sample_rows()[:8]), BuildConfig(shard_docs=3), progress=False).close()
+    link.symlink_to(index, target_is_directory=True)
+    for path in (index, sharded, link):
+        assert cli(capsys, "search", path, "東京", "--json")[0] == 0
+        open_index(path).close()
+    more = write_jsonl(tmp_path / "more.jsonl", sample_rows()[8:10])
+    assert cli(capsys, "add", link, more, "-q")[0] == 0
+    assert cli(capsys, "delete", sharded, "--ids", sample_rows()[0]["id"], "-q")[0] == 0
+    create_field_index(index, "category")
+    assert sorted(p.name for p in folder.iterdir()) == ["docs.jsonl", "idx", "link", "sharded"]
+    # a crashed holder's file (no process holds it) goes with the next use
+    (folder / ".idx.lock").write_text("pid 999999999")
+    (folder / ".idx.swap-lock").touch()
+    update_index(index, read_dicts(sample_rows()[10:11]), progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["docs.jsonl", "idx", "link", "sharded"]
+
+
+def test_transient_lock_files_still_exclude(tmp_path):
+    """Readers share, writers exclude, and a lock file deleted by its last holder while
+    others waited on it never lets two conflicting holders in at once."""
+    lock = tmp_path / ".x.swap-lock"
+    inside = {"readers": 0, "writers": 0}
+    guard = threading.Lock()
+    errors: list[str] = []
+
+    def hold(operation: int, rounds: int) -> None:
+        kind = "writers" if operation == fcntl.LOCK_EX else "readers"
+        for _ in range(rounds):
+            with holding(lock, operation):
+                with guard:
+                    inside[kind] += 1
+                    if inside["writers"] > 1 or (inside["writers"] and inside["readers"]):
+                        errors.append(f"{inside}")
+                time.sleep(0.0005)
+                with guard:
+                    inside[kind] -= 1
+
+    threads = [threading.Thread(target=hold, args=(fcntl.LOCK_SH, 150)) for _ in range(4)]
+    threads += [threading.Thread(target=hold, args=(fcntl.LOCK_EX, 100)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and not lock.exists()
+    # the index locks: a writer still refuses a second one, a swap waits for a reader
+    index = tmp_path / "idx"
+    build_index(index, read_dicts(sample_rows()[:3]), progress=False).close()
+    with write_lock(index):
+        assert (tmp_path / ".idx.lock").read_text() == f"pid {os.getpid()}"
+        with pytest.raises(IndexFormatError, match=f"being written by pid {os.getpid()}"):
+            with write_lock(tmp_path / "idx"):
+                pass
+    swapped = threading.Event()
+    with reading(index):
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        swapper = threading.Thread(target=lambda: (swap_in(staged, index), swapped.set()))
+        swapper.start()
+        assert not swapped.wait(0.5)  # the swap waits for the reader
+    swapper.join()
+    assert swapped.is_set() and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
 def test_model_and_run_outputs_refuse_user_files(tmp_path, capsys):

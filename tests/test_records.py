@@ -76,8 +76,11 @@ def test_invalid_json_and_non_utf8_and_not_object(tmp_path):
 
 def test_csv_header_and_row_problems(tmp_path):
     (tmp_path / "h.csv").write_text("key,body\n1,x\n", encoding="utf-8")
-    with pytest.raises(IngestError, match=r"h.csv, line 1, field 'id': no column"):
+    with pytest.raises(IngestError, match=r"h.csv, line 1, field 'id': no column.*--id-field NAME"):
         list(read_file(tmp_path / "h.csv"))
+    (tmp_path / "t.csv").write_text("id,body\n1,x\n", encoding="utf-8")
+    with pytest.raises(IngestError, match=r"t.csv, line 1, field 'text': no column.*--text-field NAME"):
+        list(read_file(tmp_path / "t.csv"))
     (tmp_path / "r.csv").write_text("id,text\n1,x\n2,y,extra\n", encoding="utf-8")
     with pytest.raises(IngestError, match=r"r.csv, line 3: more cells"):
         list(read_file(tmp_path / "r.csv"))
@@ -98,7 +101,31 @@ def test_duplicate_ids_name_both_places(tmp_path):
     with pytest.raises(IngestError) as err:
         list(unique_ids(read_file(path)))
     assert "duplicate id 'a'" in str(err.value)
-    assert "d.jsonl:3" in str(err.value) and "d.jsonl:1" in str(err.value)
+    # one wording for every location: "file, line N, field 'x'"
+    assert (
+        str(err.value)
+        == f"{path}, line 3, field 'id': duplicate id 'a' (first at {path}, line 1) within one ingest"
+    )
+    with pytest.raises(
+        IngestError,
+        match=r"<records>, record 2, field 'id': duplicate id 'a' \(first at <records>, record 1\)",
+    ):
+        list(unique_ids(read_dicts([{"id": "a", "text": "1"}, {"id": "a", "text": "2"}])))
+
+
+def test_a_missing_text_or_id_field_points_to_the_option(tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", [{"id": "a", "body": "本文", "lang": "ja"}])
+    with pytest.raises(IngestError) as err:
+        list(read_file(path))
+    assert str(err.value) == (
+        f"{path}, line 1, field 'text': missing text (the record has 'id', 'body', 'lang'; "
+        "--text-field NAME reads it from another field)"
+    )
+    with pytest.raises(IngestError, match=r"missing id \(the record has 'key', 'text'; --id-field NAME"):
+        list(read_dicts([{"key": 1, "text": "x"}]))
+    # a field that is there but null is not a naming problem: no hint
+    with pytest.raises(IngestError, match=r"field 'text': missing text$"):
+        list(read_dicts([{"id": 1, "text": None}]))
 
 
 def test_dicts_name_record_number():

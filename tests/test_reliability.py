@@ -107,6 +107,20 @@ def test_every_bad_file_is_a_clear_error_and_changes_nothing(base_index, tmp_pat
     assert tried == 2 * len(JSONL_CASES) >= 60
 
 
+def test_an_unreadable_ids_file_is_one_line_naming_it(base_index, tmp_path, capsys):
+    from tansaku.pipeline.cli import main
+
+    before = tree_snapshot(base_index)
+    absent = tmp_path / "stale.txt"
+    assert main(["delete", str(base_index), "--ids-file", str(absent), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tansaku: error: {absent}: cannot read the --ids-file: No such file or directory\n"
+    (tmp_path / "sjis.txt").write_bytes("東京".encode("cp932"))
+    assert main(["delete", str(base_index), "--ids-file", str(tmp_path / "sjis.txt"), "-q"]) == 2
+    assert "sjis.txt: cannot read the --ids-file" in capsys.readouterr().err
+    assert tree_snapshot(base_index) == before
+
+
 def test_valid_oddities_are_indexed(tmp_path):
     index = build_index(tmp_path / "odd", read_dicts(VALID_ODDITIES), progress=False)
     assert sorted(index.doc_ids) == sorted(str(r["id"]) for r in VALID_ODDITIES)

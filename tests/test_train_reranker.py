@@ -31,11 +31,18 @@ from tansaku.index import (
     build_index,
     read_dicts,
 )
-from tansaku.pipeline.eval.fusion_tuning import best_weight
+from tansaku.pipeline.eval.fusion_tuning import (
+    MIN_HELD_OUT_QUERIES,
+    best_weight,
+    decide_weight,
+    sign_test_p,
+)
 from tansaku.pipeline.rerank_fusion import fuse
 from tansaku.pipeline.train import (
     MiningConfig,
     TrainingPair,
+    choose_fusion_weight,
+    held_out_warning,
     mine_hard_negatives,
     read_pairs,
     split_holdout,
@@ -48,6 +55,7 @@ from tansaku.rerank.training import (
     TrainExample,
     initial_model,
     latest_checkpoint,
+    loss_warning,
     train_cross_encoder,
 )
 
@@ -185,6 +193,7 @@ def test_training_raises_positive_minus_negative_margin(e5_like_base, examples, 
     result = train_cross_encoder(e5_like_base, examples, tmp_path / "out", FAST, progress=False)
     after = trained_margins(tmp_path / "out", examples)
     assert result.completed and result.steps == FAST.epochs * len(examples)
+    assert result.warnings == ()  # the loss fell
     assert after.mean() > before.mean() + 0.3, (before.mean(), after.mean())
     assert (after > before).mean() >= 0.7
     # word embeddings were frozen (the default): unchanged from the base
@@ -384,6 +393,117 @@ def test_pipeline_fusion_weight_and_the_trained_default(corpus_index, e5_like_ba
         assert idx.search(QUERIES[4]).hits[0].stage == "rerank"
 
 
+# -------------------------------------------------------------------------------- guards
+
+
+def test_progress_is_said_before_the_base_is_loaded_and_prepared(
+    e5_like_base, examples, tmp_path, monkeypatch, capsys
+):
+    import tansaku.rerank.training.loop as loop
+
+    events: list[str] = []
+    real = loop.initial_model
+
+    def spy(*args, **kwargs):
+        events.append("initial_model")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "initial_model", spy)
+    config = TrainConfig(max_steps=1, max_length=96, checkpoint_every=0)
+    train_cross_encoder(e5_like_base, examples[:2], tmp_path / "o", config, progress=True, log=events.append)
+    assert events.index("initial_model") == 1 and events[0] == f"loading base model {e5_like_base}"
+    assert "loaded and prepared in" in events[2]
+    assert "preparing model" in capsys.readouterr().err  # the pooler's pass over the pairs has a bar
+
+
+def test_mining_bar_is_up_before_the_retriever_is_made(corpus_index, pairs, monkeypatch, capsys):
+    import tansaku.pipeline.train as train_module
+
+    seen: list[str] = []
+    real = train_module.make_retriever
+
+    def spy(*args, **kwargs):
+        seen.append(capsys.readouterr().err)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_retriever", spy)
+    index = Index.open(corpus_index)
+    try:
+        mine_hard_negatives(index, pairs[:2], MiningConfig(negatives=2, depth=5), progress=True)
+    finally:
+        index.close()
+    assert "mining negatives" in seen[0]
+
+
+def test_a_loss_that_does_not_fall_is_a_warning(e5_like_base, examples, tmp_path):
+    assert loss_warning([2.0] * 40 + [1.0] * 40) is None
+    flat = loss_warning([2.08, 2.07, 2.09, 2.06] * 10)
+    assert flat and flat.startswith("warning: the training loss did not fall") and "10 steps" in flat
+    assert "too few to tell" in loss_warning([2.0, 1.0, 0.5])
+    assert loss_warning([]) is None
+    # a learning rate too small to move anything: the run says so, and so does its manifest
+    config = TrainConfig(epochs=8, learning_rate=1e-12, max_length=96, warmup_ratio=0.0, checkpoint_every=0)
+    result = train_cross_encoder(e5_like_base, examples[:1], tmp_path / "flat", config, progress=False)
+    assert result.steps == 8 and len(result.warnings) == 1
+    assert result.warnings[0].startswith("warning: the training loss did not fall")
+    assert result.to_dict()["warnings"] == list(result.warnings)
+    assert json.loads((tmp_path / "flat" / MANIFEST_FILE).read_text())["warnings"] == list(result.warnings)
+
+
+def per_query(values: dict[float, list[float]]) -> dict[float, dict[str, float]]:
+    return {w: {f"q{i}": v for i, v in enumerate(vs)} for w, vs in values.items()}
+
+
+def test_fusion_default_needs_a_margin_the_held_out_size_resolves():
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32) and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(9, 1) == pytest.approx(11 / 1024)
+    # the case: 3 held-out queries, all tied at every weight
+    tied = decide_weight(per_query({w / 10: [1.0, 1.0, 1.0] for w in range(11)}))
+    assert tied.weight == 0.0 and tied.best == 1.0 and not tied.beat_first_stage
+    assert "only 3 held-out queries" in tied.reason and (tied.wins, tied.losses, tied.ties) == (0, 0, 3)
+    flat = decide_weight(per_query({0.0: [0.5] * 25, 0.5: [0.5] * 24 + [0.4], 1.0: [0.4] * 25}))
+    assert flat.weight == 0.0 and flat.best == 0.0 and "first stage alone" in flat.reason
+    # better on all 3, but 3 queries cannot resolve anything
+    few = decide_weight(per_query({0.0: [0.5, 0.5, 0.5], 0.5: [0.9, 0.9, 0.9], 1.0: [0.7, 0.7, 0.7]}))
+    assert few.weight == 0.0 and few.best == 0.5 and f"fewer than the {MIN_HELD_OUT_QUERIES}" in few.reason
+    # 30 queries: better on 20, worse on 2, tied on 8 -> recorded
+    first = [0.5] * 30
+    better = [0.8] * 20 + [0.4] * 2 + [0.5] * 8
+    clear = decide_weight(per_query({0.0: first, 0.3: better, 1.0: first}))
+    assert (
+        clear.weight == 0.3
+        and clear.beat_first_stage
+        and (clear.wins, clear.losses, clear.ties) == (20, 2, 8)
+    )
+    # 30 queries: a higher mean, but 9 wins against 7 losses is noise at this size
+    noisy = [0.9] * 9 + [0.4] * 7 + [0.5] * 14
+    unsure = decide_weight(per_query({0.0: first, 0.3: noisy, 1.0: first}))
+    assert (
+        unsure.best == 0.3 and unsure.weight == 0.0 and "not a margin 30 queries can resolve" in unsure.reason
+    )
+
+
+def test_held_out_sweep_records_zero_when_too_few_queries(
+    corpus_index, pairs, tiny_bert_reranker_dir, tmp_path
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_reranker_dir, model)
+    index = Index.open(corpus_index)
+    try:
+        fusion = choose_fusion_weight(index, model, pairs[:3], mode="bm25", rerank_k=5, progress=False)
+    finally:
+        index.close()
+    assert fusion["weight"] == 0.0 and fusion["beat_first_stage"] is False
+    assert fusion["held_out_queries"] == 3 and "only 3 held-out queries" in fusion["reason"]
+    assert set(fusion["test"]) == {"wins", "losses", "ties", "p_value", "rule"}
+    assert json.loads((model / MANIFEST_FILE).read_text())["fusion"] == fusion
+    with tansaku.open(corpus_index, reranker=str(model), retrieve_k=10, rerank_k=5) as idx:
+        assert idx.pipeline().rerank_fusion_weight == 0.0  # searches keep the first stage's order
+    assert "only 3 held-out queries" in held_out_warning(34, 3, 0.1)
+    assert "no held-out queries" in held_out_warning(34, 0, 0.0)
+    assert held_out_warning(400, MIN_HELD_OUT_QUERIES, 0.05) is None
+
+
 # -------------------------------------------------------------------------------- CLI
 
 
@@ -439,6 +559,10 @@ def test_cli_train_reranker_end_to_end(corpus_index, e5_like_base, tmp_path):
     assert done["completed"] is True and done["steps"] == 2 * 10  # 14 pairs, 4 held out
     fusion = done["fusion"]
     assert fusion["held_out_queries"] == 4 and 0 <= fusion["weight"] <= 1
+    # 4 held-out queries cannot resolve a fusion weight: 0 is recorded, and -q still says so
+    assert fusion["weight"] == 0.0 and "only 4 held-out queries" in fusion["reason"]
+    assert "warning: only 4 held-out queries (--holdout 0.3 of 14 pairs)" in proc.stderr
+    assert "warning: fusion weight 0 recorded" in proc.stderr
     assert set(fusion["by_weight"]) == {f"{w / 10:g}" for w in range(11)}
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["fusion"] == fusion and manifest["data"]["mining"]["mode"] == "bm25"

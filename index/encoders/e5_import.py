@@ -82,7 +82,10 @@ def _check_destination(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not overwrite:
-        raise ConfigError(f"{out} already exists; choose another directory or pass overwrite=True")
+        raise ConfigError(
+            f"{out} already exists; choose another --out directory or pass --overwrite "
+            "(overwrite=True in Python)"
+        )
     # Overwriting deletes the old directory: only ever one this importer wrote (or an empty one).
     if not out.is_dir() or (any(out.iterdir()) and not (out / PROVENANCE_FILE).is_file()):
         raise ConfigError(

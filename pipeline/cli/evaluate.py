@@ -28,7 +28,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
       each query's own candidates ranked by BM25 and by the reranker.
 
 Queries: JSONL ({"id": ..., "text": ...}) or TSV (qid<TAB>text). Qrels and
-runs: TREC format, plain or .gz.""",
+runs: TREC format, plain or .gz.
+
+Means are over the judged queries that were evaluated (those with a text in
+--queries, or those in the --run), as trec_eval does; how many judged queries were
+left out is said on stderr. -c/--complete averages over every judged query instead,
+one that was not evaluated counting 0 (trec_eval -c).""",
     )
     p.add_argument("index", nargs="?", type=Path, help="index directory")
     p.add_argument("--queries", type=Path, help="queries (JSONL or TSV)")
@@ -39,6 +44,13 @@ runs: TREC format, plain or .gz.""",
         "--metrics",
         default="ndcg@10,mrr@10,recall@10,recall@100",
         help="comma-separated: ndcg@K, mrr@K, recall@K, map@K, p@K",
+    )
+    p.add_argument(
+        "-c",
+        "--complete",
+        action="store_true",
+        help="average over every judged query in --qrels, counting those with no query text "
+        "(or not in the --run) as 0, like trec_eval -c (default: over the evaluated ones)",
     )
     p.add_argument("--mode", choices=["bm25", "dense", "hybrid"], help="first stage")
     p.add_argument("--retrieve-k", type=int, default=100, help="first-stage candidates")
@@ -61,7 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from tansaku.index.errors import TansakuError
 
     from ..eval.evaluation import compare, evaluate_candidates, evaluate_pipeline, format_table
-    from ..eval.metrics import per_query
+    from ..eval.metrics import judged_subset, per_query
     from ..eval.trec import read_qrels, read_queries, read_run, write_run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -74,13 +86,22 @@ def run_eval(args: argparse.Namespace) -> int:
             raise TansakuError("give one --run to score, or two to compare")
         qrels = read_qrels(args.qrels)
         runs = [read_run(path) for path in args.run]
-        scores = [per_query(qrels, run, metrics) for run in runs]
+        judged = [judged_subset(qrels, run, args.complete) for run in runs]
+        scores = [per_query(j, run, metrics) for j, run in zip(judged, runs, strict=True)]
         means = [{m: sum(v.values()) / max(1, len(v)) for m, v in s.items()} for s in scores]
         out: dict[str, Any] = {
-            "runs": [{"run": str(p), "metrics": m} for p, m in zip(args.run, means, strict=True)]
+            "runs": [
+                {"run": str(p), "metrics": m, "queries": len(j), "judged_not_in_run": _absent(qrels, r)}
+                for p, m, j, r in zip(args.run, means, judged, runs, strict=True)
+            ]
         }
+        for entry in out["runs"]:
+            _note_left_out(entry["judged_not_in_run"], len(qrels), f"not in {entry['run']}", args.complete)
         if len(runs) == 2:
-            out["comparison"] = [compare(scores[0][m], scores[1][m], m).to_dict() for m in metrics]
+            # both systems on the same queries: those either run evaluated (or all judged, -c)
+            both = judged_subset(qrels, set(runs[0]) | set(runs[1]), args.complete)
+            paired = [per_query(both, run, metrics) for run in runs]
+            out["comparison"] = [compare(paired[0][m], paired[1][m], m).to_dict() for m in metrics]
         if args.json:
             emit_json(out)
             return 0
@@ -118,6 +139,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         flt = parse_filter_arg(args)
         queries, qrels = read_queries(args.queries), read_qrels(args.qrels)
+        without_text = _absent(qrels, queries)
+        _note_left_out(without_text, len(qrels), f"without a text in {args.queries}", args.complete)
         with open_index(
             args.index,
             reranker=make_reranker(args),
@@ -128,7 +151,13 @@ def run_eval(args: argparse.Namespace) -> int:
             rerank_fusion_weight=args.rerank_fusion,
         ) as searcher:
             reports = evaluate_pipeline(
-                searcher.pipeline(), queries, qrels, metrics, progress=not args.quiet, filter=flt
+                searcher.pipeline(),
+                queries,
+                qrels,
+                metrics,
+                progress=not args.quiet,
+                filter=flt,
+                complete=args.complete,
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -137,8 +166,31 @@ def run_eval(args: argparse.Namespace) -> int:
         write_run(path, report.results, tag=report.stage)
         files[report.stage] = str(path)
     if args.json:
-        emit_json({"stages": [r.to_dict() | {"run_file": files[r.stage]} for r in reports]})
+        out = {"stages": [r.to_dict() | {"run_file": files[r.stage]} for r in reports]}
+        if not args.candidates:
+            out |= {"judged_queries": len(qrels), "judged_without_text": without_text}
+        emit_json(out)
     else:
         print(format_table(reports, metrics))
         print("run files: " + ", ".join(files.values()), file=sys.stderr)
     return 0
+
+
+def _absent(qrels: dict[str, Any], present: Any) -> int:
+    """How many judged queries are not in ``present`` (queries with a text, or a run's)."""
+    return sum(q not in present for q in qrels)
+
+
+def _note_left_out(left_out: int, judged: int, why: str, complete: bool) -> None:
+    """Say on stderr how many judged queries the means leave out (or count as 0 with -c)."""
+    if not left_out:
+        return
+    from .options import say
+
+    if complete:
+        say(f"{left_out:,} of {judged:,} judged queries are {why}: counted as 0 (--complete)")
+    else:
+        say(
+            f"{left_out:,} of {judged:,} judged queries are {why}: left out, the means are over the "
+            f"{judged - left_out:,} evaluated (-c/--complete counts them as 0)"
+        )

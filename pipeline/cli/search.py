@@ -65,6 +65,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     from ..api import open_index
     from ..search import default_rerank_k
+    from .options import say
 
     flt = parse_filter_arg(args)
     retrieve_k = args.retrieve_k or max(100, args.top_n)
@@ -81,6 +82,8 @@ def run_search(args: argparse.Namespace) -> int:
     ) as searcher:
         result = searcher.search(args.query, filter=flt)
         mode = searcher.pipeline().retriever.stage
+    for warning in result.warnings:
+        say(f"warning: {warning}")
     if args.json:
         emit_json({"mode": mode, **result.to_dict()})
         return 0

@@ -50,14 +50,17 @@ def add_delete(sub: argparse._SubParsersAction) -> None:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    from tansaku.index.errors import TansakuError
+    from tansaku.index.errors import IngestError, TansakuError
     from tansaku.index.update import update_index
 
     delete = list(getattr(args, "ids", []) or [])
     if getattr(args, "ids_file", None):
-        delete += [
-            line.strip() for line in args.ids_file.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        try:
+            text = args.ids_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise IngestError(f"cannot read the --ids-file: {reason}", source=str(args.ids_file)) from None
+        delete += [line.strip() for line in text.splitlines() if line.strip()]
     if args.op == "delete" and not delete:
         raise TansakuError("nothing to delete: give --ids or --ids-file")
     records = read_inputs(args, args.inputs) if args.inputs else ()

@@ -93,7 +93,7 @@ def load_candidates(
         where = rec.origin
         for name in (qid_field, query_field, label_field):
             if name not in meta:
-                raise IngestError(f"missing field {name!r}", source=where)
+                raise IngestError("missing", source=where, field=name)
         qid = str(meta[qid_field])
         try:
             label = int(meta[label_field])

@@ -17,14 +17,17 @@ from tansaku.index.hit import Hit
 from tansaku.rerank.base import Reranker
 
 from ..search import SearchPipeline
-from .metrics import DEFAULT_METRICS, per_query
+from .metrics import DEFAULT_METRICS, judged_subset, per_query
 
 Qrels = Mapping[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True)
 class StageReport:
-    """One stage's ranked lists, mean metrics, per-query values and time."""
+    """One stage's ranked lists, mean metrics, per-query values and time.
+
+    ``queries`` is the number of judged queries the means are over (see :func:`score_stage`).
+    """
 
     stage: str
     results: dict[str, list[Hit]]
@@ -47,11 +50,21 @@ def as_run(results: Mapping[str, Sequence[Hit]]) -> dict[str, dict[str, float]]:
 
 
 def score_stage(
-    stage: str, results: dict[str, list[Hit]], qrels: Qrels, metrics: Sequence[str], seconds: float
+    stage: str,
+    results: dict[str, list[Hit]],
+    qrels: Qrels,
+    metrics: Sequence[str],
+    seconds: float,
+    *,
+    complete: bool = False,
 ) -> StageReport:
-    pq = per_query(qrels, as_run(results), metrics)
+    """Score ``results``: means over the judged queries that were evaluated (those in
+    ``results``), as trec_eval does; ``complete`` averages over every query of ``qrels``
+    instead, one not evaluated counting 0 (trec_eval ``-c``)."""
+    judged = judged_subset(qrels, results, complete)
+    pq = per_query(judged, as_run(results), metrics)
     means = {m: (sum(v.values()) / len(v) if v else 0.0) for m, v in pq.items()}
-    return StageReport(stage, results, means, pq, seconds, len(results))
+    return StageReport(stage, results, means, pq, seconds, len(judged))
 
 
 def evaluate_pipeline(
@@ -63,12 +76,16 @@ def evaluate_pipeline(
     batch_size: int = 32,
     progress: bool = True,
     filter: FilterSpec = None,
+    complete: bool = False,
 ) -> list[StageReport]:
     """Run every judged query; report the first stage and (if any) the reranked stage.
 
     The reranked list is scored over all ``rerank_k`` reranked candidates (not just
     ``top_n``), so Recall@100 after reranking is meaningful. ``filter`` (a metadata
     filter) restricts every query's search; judged documents it excludes count as misses.
+    Means are over the judged queries that have a text in ``queries`` (the ones run);
+    ``complete`` averages over every judged query, one without a text counting 0
+    (trec_eval ``-c``).
     """
     parsed = parse_filter(filter)  # a bad filter fails before the first batch
     qids = [q for q in queries if q in qrels]
@@ -90,11 +107,10 @@ def evaluate_pipeline(
                     ) / 1000
             bar.update(len(batch))
     stage = pipeline.retriever.stage
-    reports = [score_stage(stage, first, qrels, metrics, seconds["retrieve"])]
+    reports = [score_stage(stage, first, qrels, metrics, seconds["retrieve"], complete=complete)]
     if pipeline.reranker is not None:
-        reports.append(
-            score_stage(f"{stage}+rerank", reranked, qrels, metrics, seconds["retrieve"] + seconds["rerank"])
-        )
+        total = seconds["retrieve"] + seconds["rerank"]
+        reports.append(score_stage(f"{stage}+rerank", reranked, qrels, metrics, total, complete=complete))
     return reports
 
 

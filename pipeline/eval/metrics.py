@@ -64,6 +64,21 @@ def per_query(
     return result
 
 
+def judged_subset(
+    qrels: Qrels, evaluated: Iterable[str], complete: bool = False
+) -> dict[str, Mapping[str, int]]:
+    """The judged queries a mean is taken over.
+
+    By default those of ``evaluated`` that ``qrels`` judges, as trec_eval averages over the
+    queries of the run; ``complete`` keeps every judged query (trec_eval ``-c``: a judged query
+    that was not evaluated scores 0).
+    """
+    if complete:
+        return dict(qrels)
+    wanted = set(evaluated)
+    return {q: rels for q, rels in qrels.items() if q in wanted}
+
+
 def evaluate(
     qrels: Qrels,
     run: Run,

@@ -205,6 +205,10 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     timings_ms: dict[str, float]
     counts: dict[str, int]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what may be wrong with the request, e.g. a filter field no document has",
+    )
 
 
 class ModelCard(BaseModel):

@@ -218,6 +218,7 @@ async def run_search(st: ServerState, body: m.SearchRequest) -> dict[str, Any]:
         "hits": [_hit_json(hit) for hit in result.hits],
         "timings_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items()},
         "counts": {k: int(v) for k, v in result.counts.items()},
+        "warnings": list(result.warnings),
     }
 
 

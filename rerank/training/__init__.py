@@ -8,6 +8,7 @@
 - :mod:`.encoding`: :class:`PairEncoder`, pairs tokenised and padded as at search time;
 - :mod:`.model`: the base loaded as a one-logit classifier, cut, dropout set, frozen parts;
 - :mod:`.checkpoints`: save, load, latest and resume checks;
+- :mod:`.diagnostics`: :func:`loss_warning`, whether the loss fell;
 - :mod:`.manifest`: the reranker's :data:`MANIFEST_FILE` (what :func:`recorded_fusion` reads);
 - :mod:`.loop`: the training run itself.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from tansaku.rerank.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from tansaku.rerank.training.config import LOSSES, TrainConfig
+from tansaku.rerank.training.diagnostics import loss_warning
 from tansaku.rerank.training.encoding import PairEncoder, wants_token_types
 from tansaku.rerank.training.examples import (
     EXAMPLES_FILE,
@@ -55,6 +57,7 @@ __all__ = [
     "latest_checkpoint",
     "learning_rate",
     "load_base",
+    "loss_warning",
     "read_examples",
     "read_manifest",
     "recorded_fusion",

@@ -40,6 +40,7 @@ from tansaku.rerank.training.checkpoints import (
     save_checkpoint,
 )
 from tansaku.rerank.training.config import TrainConfig
+from tansaku.rerank.training.diagnostics import loss_warning
 from tansaku.rerank.training.examples import (
     EXAMPLES_FILE,
     TrainExample,
@@ -67,6 +68,8 @@ class TrainResult:
     mean_loss: float | None
     checkpoint: Path | None = None
     losses: list[float] = field(default_factory=list, repr=False)
+    # "warning: ..." lines about the run (a loss that did not fall); empty when all is well
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class TrainResult:
             "completed": self.completed,
             "mean_loss": self.mean_loss,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "warnings": list(self.warnings),
         }
 
 
@@ -169,7 +173,10 @@ def train_cross_encoder(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        loaded, encoder = initial_model(base, examples, config)
+        # said before loading: a large base takes a while to load and prepare
+        say(f"loading base model {base}")
+        prepare_start = time.perf_counter()
+        loaded, encoder = initial_model(base, examples, config, progress=progress)
         model = loaded.model
         freeze(model, config)
         optimizer, named = _optimizer(model, config)
@@ -193,7 +200,8 @@ def train_cross_encoder(
             root.mkdir(parents=True, exist_ok=True)
             write_examples(root / EXAMPLES_FILE, examples)
         say(
-            f"training {loaded.source}: {len(examples)} groups, {total} steps, "
+            f"training {loaded.source} (loaded and prepared in {time.perf_counter() - prepare_start:.1f} s): "
+            f"{len(examples)} groups, {total} steps, "
             f"{sum(p.numel() for p in named.values()):,} trainable weights; " + "; ".join(loaded.notes)
         )
 
@@ -266,6 +274,9 @@ def train_cross_encoder(
         model.eval()
         model.save_pretrained(str(out))
         loaded.tokenizer.save_pretrained(str(out))
+    warnings = tuple(w for w in [loss_warning(losses)] if w)
+    for warning in warnings:
+        (log or logger.warning)(warning)
     manifest = training_manifest(
         base=base,
         base_resolved=loaded.source,
@@ -279,9 +290,10 @@ def train_cross_encoder(
         losses=losses,
         started_at=started_at,
     )
+    manifest["warnings"] = list(warnings)
     write_manifest(out, manifest)
     write_card(out, manifest)
     if not config.keep_checkpoints:
         shutil.rmtree(root, ignore_errors=True)
     say(f"wrote {out} ({total} steps in {elapsed:.0f} s)")
-    return TrainResult(out, total, total, elapsed, True, rounded_mean(losses), None, losses)
+    return TrainResult(out, total, total, elapsed, True, rounded_mean(losses), None, losses, warnings)

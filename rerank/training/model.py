@@ -119,7 +119,12 @@ def keep_lowest_layers(model: Any, n: int) -> None:
 
 @torch.no_grad()
 def standardize_pooler(
-    model: Any, pooler: torch.nn.Linear, encoder: PairEncoder, groups: Sequence[TrainExample]
+    model: Any,
+    pooler: torch.nn.Linear,
+    encoder: PairEncoder,
+    groups: Sequence[TrainExample],
+    *,
+    progress: bool = False,
 ) -> None:
     """Set an untrained pooler to standardise the first token's state: (h - mean) / std.
 
@@ -127,12 +132,17 @@ def standardize_pooler(
     barely changes between inputs (its spread is ~0.3 % of its norm in the middle layers),
     yet what does change carries relevance. A random pooler would bury that signal and pass
     almost no gradient back; standardising it gives the classifier unit-scale features from
-    the first step. Mean and std come from the pairs of ``groups``, in eval mode.
+    the first step. Mean and std come from the pairs of ``groups``, in eval mode (one forward
+    pass per pair: a progress bar with ``progress``).
     """
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
+    units = encoder.units(groups)
     states = [
-        model.base_model(**encoder.collate([unit])).last_hidden_state[0, 0] for unit in encoder.units(groups)
+        model.base_model(**encoder.collate([unit])).last_hidden_state[0, 0]
+        for unit in tqdm(units, desc="preparing model", unit="pair", disable=not progress, leave=False)
     ]
     model.train(was_training)
     stacked = torch.stack(states).double()
@@ -143,12 +153,17 @@ def standardize_pooler(
 
 
 def initial_model(
-    base: str | os.PathLike[str], examples: Sequence[TrainExample], config: TrainConfig
+    base: str | os.PathLike[str],
+    examples: Sequence[TrainExample],
+    config: TrainConfig,
+    *,
+    progress: bool = False,
 ) -> tuple[LoadedBase, PairEncoder]:
     """The model training starts from (what ``train_cross_encoder`` trains), and its encoder.
 
     The base loaded as a classifier, cut to ``config.layers``, with ``config.dropout``, and
-    an untrained pooler standardised over the first :data:`POOLER_SAMPLE_GROUPS` groups.
+    an untrained pooler standardised over the first :data:`POOLER_SAMPLE_GROUPS` groups
+    (with a progress bar when ``progress``).
     """
     loaded = load_base(base, seed=config.seed)
     if config.layers:
@@ -161,7 +176,7 @@ def initial_model(
     encoder = PairEncoder(loaded.tokenizer, loaded.model, config.max_length)
     if loaded.untrained_pooler is not None:
         sample = examples[:POOLER_SAMPLE_GROUPS]
-        standardize_pooler(loaded.model, loaded.untrained_pooler, encoder, sample)
+        standardize_pooler(loaded.model, loaded.untrained_pooler, encoder, sample, progress=progress)
         loaded.notes.append(
             f"untrained pooler set to standardise the first token "
             f"(over {sum(1 + len(e.negatives) for e in sample)} pairs)"
