@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
@@ -480,7 +480,18 @@ class FilterMasks:
         return mask
 
 
-def unknown_field_warnings(flt: Filter | None, masks: Sequence[FilterMasks]) -> list[str]:
+class MaskSource(Protocol):
+    """What a sharded index asks of one shard's masks: :class:`FilterMasks`, or a proxy for
+    the masks of a shard served elsewhere."""
+
+    def mask(self, flt: Filter) -> np.ndarray: ...
+
+    def has_field(self, field: str) -> bool: ...
+
+    def field_names(self) -> tuple[str, ...]: ...
+
+
+def unknown_field_warnings(flt: Filter | None, masks: Sequence[MaskSource]) -> list[str]:
     """One warning per field ``flt`` names that no document has (over every shard's ``masks``).
 
     Such a condition is almost always a typo (``yaer`` for ``year``): an equality on it matches

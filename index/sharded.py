@@ -31,7 +31,7 @@ from .dense import DenseIndex, FaissParams
 from .dense_shards import ShardedDense
 from .encoders import Encoder
 from .errors import IndexFormatError
-from .filters import Filter, FilterMasks, FilterSpec, parse_filter
+from .filters import FilterMasks, FilterSpec, MaskSource, parse_filter
 from .manifest import IndexManifest, ShardEntry
 from .records import Record
 from .stats import CorpusStats
@@ -86,19 +86,13 @@ class ShardCorpus(Protocol):
     def close(self) -> None: ...
 
 
-class ShardMasks(Protocol):
-    """One shard's filter masks (a :class:`FilterMasks` or a proxy)."""
-
-    def mask(self, flt: Filter) -> np.ndarray: ...
-
-
 @dataclass
 class Shard:
     """One opened shard: its corpus, id map and filter masks (BM25 and FAISS live above)."""
 
     corpus: ShardCorpus
     doc_ids: np.ndarray
-    masks: ShardMasks
+    masks: MaskSource
 
 
 class ShardedIndex(IndexBase):
@@ -188,7 +182,7 @@ class ShardedIndex(IndexBase):
         mask.flags.writeable = False
         return mask
 
-    def filter_masks(self) -> Sequence[FilterMasks]:
+    def filter_masks(self) -> Sequence[MaskSource]:
         return [shard.masks for shard in self.shards]
 
     def reopen(self) -> ShardedIndex | Index:

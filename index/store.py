@@ -18,7 +18,7 @@ from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError
-from .filters import FilterMasks, FilterSpec, json_path, parse_filter, unknown_field_warnings
+from .filters import FilterMasks, FilterSpec, MaskSource, json_path, parse_filter, unknown_field_warnings
 from .hit import Hit
 from .manifest import IndexManifest
 from .records import Record
@@ -71,7 +71,7 @@ class IndexBase:
         if self._encoder is not None and old is not None and new is not None and old.encoder == new.encoder:
             fresh._encoder = self._encoder
 
-    def filter_masks(self) -> Sequence[FilterMasks]:
+    def filter_masks(self) -> Sequence[MaskSource]:
         """The filter masks of the index's corpora (one, or one per shard)."""
         raise NotImplementedError
 
@@ -178,7 +178,7 @@ class Index(IndexBase):
             return None
         return self._masks.mask(flt)
 
-    def filter_masks(self) -> Sequence[FilterMasks]:
+    def filter_masks(self) -> Sequence[MaskSource]:
         return [self._masks]
 
     def close(self) -> None:

@@ -171,6 +171,12 @@ class RemoteMasks:
     def mask(self, flt: Filter) -> np.ndarray:
         return self._call("mask", flt)  # type: ignore[no-any-return]
 
+    def has_field(self, field: str) -> bool:
+        return bool(self._call("has_field", field))
+
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(self._call("field_names"))
+
 
 @dataclass(frozen=True)
 class ShardGroups:

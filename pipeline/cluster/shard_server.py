@@ -169,6 +169,12 @@ class ShardGroup:
     def mask(self, version: str, number: int, flt: Filter) -> np.ndarray:
         return np.asarray(self._shard(version, number).shard.masks.mask(flt))
 
+    def has_field(self, version: str, number: int, field: str) -> bool:
+        return self._shard(version, number).shard.masks.has_field(field)
+
+    def field_names(self, version: str, number: int) -> tuple[str, ...]:
+        return self._shard(version, number).shard.masks.field_names()
+
     def get_many(self, version: str, number: int, ids: list[str]) -> dict[str, Record]:
         return dict(self._shard(version, number).shard.corpus.get_many(ids))
 
