@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .analyzer import Analyzer, analyzer_from_config
+from . import integrity
+from .analyzer import Analyzer
 from .arrays import load_array
 from .atomic import reading, recover
 from .bm25 import BM25Index, BM25Params
 from .bm25_shards import ShardedBM25
-from .corpus import Corpus
-from .dense import DenseIndex, FaissParams
+from .corpus import Corpus, reading_corpus
 from .dense_shards import ShardedDense
 from .encoders import Encoder
 from .errors import IndexFormatError
 from .filters import FilterMasks, FilterSpec, parse_filter
+from .lazy_dense import LazyDense, open_dense
 from .manifest import IndexManifest
 from .records import Record
 from .stats import CorpusStats
@@ -92,7 +93,7 @@ class ShardedIndex(IndexBase):
         shards: Sequence[Shard],
         analyzer: Analyzer,
         bm25: ShardedBM25,
-        dense: ShardedDense | None,
+        dense: ShardedDense | LazyDense | None,
         stats: CorpusStats,
         encoder: Encoder | None = None,
     ) -> None:
@@ -127,39 +128,40 @@ class ShardedIndex(IndexBase):
         params = BM25Params(**manifest.bm25.params)
         shards: list[Shard] = []
         bm25: list[BM25Index] = []
-        dense: list[DenseIndex] = []
         try:
-            analyzer = analyzer_from_config(dict(manifest.analyzer))
-            stats = CorpusStats.load(path / STATS_DIR, dict(manifest.stats))
+            # cheap checks first (sizes, headers, analyzer): see integrity.py
+            integrity.check_recorded(path, manifest.files)
+            analyzer = integrity.load_analyzer(path, manifest)
+            stats = integrity.load_stats(path, path / STATS_DIR, dict(manifest.stats))
             expected_start = 0
             for entry in manifest.shards:
                 root = path / entry.dir
                 if entry.start != expected_start or root.resolve().parent.parent != path.resolve():
                     raise IndexFormatError(f"index {path}: shard {entry.dir!r} is out of place")
                 expected_start += entry.count
+                integrity.check_part(path, root / IDS_FILE, root / BM25_DIR, root / CORPUS_FILE, entry.count)
+                try:
+                    bm25.append(BM25Index.load(root / BM25_DIR, params, mmap=mmap))
+                except (ValueError, OSError, RecursionError) as exc:
+                    raise integrity.unreadable(path, root / BM25_DIR, exc) from exc
+                integrity.check_bm25(path, root / BM25_DIR, bm25[-1], entry.count)
                 doc_ids = load_array(root / IDS_FILE, mmap=mmap)
                 corpus = Corpus(root / CORPUS_FILE, readonly=True)
                 shards.append(Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids)))
-                bm25.append(BM25Index.load(root / BM25_DIR, params, mmap=mmap))
-                if manifest.dense is not None:
-                    faiss = FaissParams(**manifest.dense.faiss)
-                    dense.append(DenseIndex.load(root / DENSE_DIR, faiss, mmap=mmap))
-                if not len(doc_ids) == bm25[-1].n_docs == entry.count or (
-                    dense and dense[-1].ntotal != entry.count
-                ):
-                    raise IndexFormatError(f"index {path}: shard {entry.dir!r} disagrees with the manifest")
-        except (KeyError, TypeError, FileNotFoundError) as exc:
+            sharded_dense = None
+            if manifest.dense is not None:
+                directories = [path / entry.dir / DENSE_DIR for entry in manifest.shards]
+                counts = [entry.count for entry in manifest.shards]
+                sharded_dense = open_dense(path, directories, manifest, counts, mmap=mmap)
+        except BaseException as exc:
             for shard in shards:
                 shard.corpus.close()
-            raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
+            if isinstance(exc, (KeyError, TypeError, FileNotFoundError)):
+                raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
+            raise
         if expected_start != stats.n_docs:
             raise IndexFormatError(
                 f"index {path}: the shards hold {expected_start} documents, the statistics {stats.n_docs}"
-            )
-        sharded_dense = None
-        if manifest.dense is not None:
-            sharded_dense = ShardedDense(
-                dense, FaissParams(**manifest.dense.faiss), reason=manifest.dense.reason or ""
             )
         return cls(path, manifest, shards, analyzer, ShardedBM25(bm25, params), sharded_dense, stats, encoder)
 
@@ -172,7 +174,11 @@ class ShardedIndex(IndexBase):
         flt = parse_filter(spec)
         if flt is None or flt.matches_all:
             return None
-        mask = np.concatenate([shard.masks.mask(flt) for shard in self.shards])
+        masks = []
+        for shard in self.shards:
+            with reading_corpus(shard.corpus.path):
+                masks.append(shard.masks.mask(flt))
+        mask = np.concatenate(masks)
         mask.flags.writeable = False
         return mask
 
@@ -184,6 +190,8 @@ class ShardedIndex(IndexBase):
 
     def close(self) -> None:
         self.corpus.close()
+        if isinstance(self.dense, LazyDense):
+            self.dense.close()
 
 
 SearchIndex = Index | ShardedIndex
