@@ -249,7 +249,9 @@ def load_analyzer(index: Path, manifest: IndexManifest) -> Analyzer:
 def unreadable(index: Path, directory: Path, exc: BaseException) -> IndexCorruptError:
     """The error for a part whose files passed the header checks but failed to load.
 
-    A JSON or UTF-8 error is its ``vocab.json`` (the only JSON file a part loads).
+    A JSON or UTF-8 error is its ``vocab.json`` (the only JSON file a part loads); an
+    IndexError, offsets past the postings (an index written before the dense rows computes
+    them while loading, before :func:`check_bm25` can look).
     """
     import json
 

@@ -142,7 +142,7 @@ class ShardedIndex(IndexBase):
                 integrity.check_part(path, root / IDS_FILE, root / BM25_DIR, root / CORPUS_FILE, entry.count)
                 try:
                     bm25.append(BM25Index.load(root / BM25_DIR, params, mmap=mmap))
-                except (ValueError, OSError, RecursionError) as exc:
+                except (ValueError, OSError, RecursionError, IndexError) as exc:
                     raise integrity.unreadable(path, root / BM25_DIR, exc) from exc
                 integrity.check_bm25(path, root / BM25_DIR, bm25[-1], entry.count)
                 doc_ids = load_array(root / IDS_FILE, mmap=mmap)

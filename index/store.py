@@ -148,7 +148,7 @@ class Index(IndexBase):
             )
             try:
                 bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
-            except (ValueError, OSError, RecursionError) as exc:
+            except (ValueError, OSError, RecursionError, IndexError) as exc:
                 raise integrity.unreadable(path, path / BM25_DIR, exc) from exc
             integrity.check_bm25(path, path / BM25_DIR, bm25, n_docs, manifest.bm25.terms)
             dense = None

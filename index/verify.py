@@ -212,7 +212,7 @@ def _verify_part(
 def _load_bm25(index: Path, directory: Path, params: BM25Params) -> BM25Index:
     try:
         return BM25Index.load(directory, params, mmap=True)
-    except (ValueError, OSError, RecursionError) as exc:
+    except (ValueError, OSError, RecursionError, IndexError) as exc:
         raise integrity.unreadable(index, directory, exc) from exc
 
 
