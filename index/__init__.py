@@ -11,19 +11,29 @@ from .builder import BuildConfig, build_index
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, SentenceTransformerEncoder, load_encoder
-from .errors import ConfigError, DiskFullError, IndexFormatError, IngestError, ModelLoadError, TansakuError
+from .errors import (
+    ConfigError,
+    DiskFullError,
+    IndexCorruptError,
+    IndexFormatError,
+    IngestError,
+    ModelLoadError,
+    TansakuError,
+)
 from .filters import Filter, parse_filter
 from .hit import Hit
 from .records import FieldMap, Record, read_dicts, read_file
 from .sample import SAMPLE_CORPUS
 from .sharded import SearchIndex, ShardedIndex, open_index
 from .store import Index, create_field_index
+from .verify import CheckReport, Problem, verify_index
 
 __all__ = [
     "Analyzer",
     "BM25Index",
     "BM25Params",
     "BuildConfig",
+    "CheckReport",
     "ConfigError",
     "Corpus",
     "DiskFullError",
@@ -34,6 +44,7 @@ __all__ = [
     "Filter",
     "Hit",
     "Index",
+    "IndexCorruptError",
     "IndexFormatError",
     "IngestError",
     "JapaneseAnalyzer",
@@ -51,6 +62,8 @@ __all__ = [
     "load_encoder",
     "open_index",
     "parse_filter",
+    "Problem",
     "read_dicts",
     "read_file",
+    "verify_index",
 ]

@@ -186,6 +186,11 @@ def reading(path: Path) -> contextlib.AbstractContextManager[None]:
     return _swap_lock(real_path(path), exclusive=False)
 
 
+def changing(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold while changing files of the index at ``path`` in place: readers wait to open it."""
+    return _swap_lock(real_path(path), exclusive=True)
+
+
 def swap_in(tmp: Path, path: Path) -> None:
     """Make the complete directory ``tmp`` the index at ``path``; the old one is deleted.
 

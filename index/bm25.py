@@ -34,6 +34,7 @@ _NO_MASK = np.zeros(0, dtype=np.bool_)
 TermWeight = Callable[[str], float]  # how much one occurrence of a query token counts
 
 _FILES = ("weights.npy", "tf.npy", "postings.npy", "indptr.npy", "doc_len.npy", "vocab.json")
+BM25_FILES = _FILES  # what a saved BM25 index must hold
 # Written since the dense rows were added; an index without them computes them on load.
 _DENSE_FILES = ("dense_rows.npy", "dense_weights.npy")
 

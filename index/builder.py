@@ -21,6 +21,7 @@ from .analyzer import Analyzer, JapaneseAnalyzer, get_analyzer
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index, BM25Params
 from .checks import check_optional_int
+from .checksums import file_table
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, load_encoder
@@ -403,7 +404,8 @@ def write_parts(
     build: BuildSection | None,
     updates: tuple[UpdateRecord, ...] | None = None,
 ) -> None:
-    """Write the id map, BM25 arrays, FAISS files and manifest of a staged index."""
+    """Write the id map, BM25 arrays, FAISS files and manifest (with every file's size and
+    checksum) of a staged index."""
     np.save(tmp / IDS_FILE, np.asarray(ids, dtype=str))
     bm25_info = BM25Section.from_dict(bm25.save(tmp / BM25_DIR))
     dense_info = None
@@ -417,6 +419,7 @@ def write_parts(
         dense=dense_info,
         build=build,
         updates=updates,
+        files=file_table(tmp),
     ).save(tmp)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -13,6 +14,8 @@ from typing import Any
 import sqlite_utils
 from tqdm.auto import tqdm
 
+from .atomic import disk_full
+from .errors import damaged
 from .records import Record, unique_ids
 
 TABLE = "docs"
@@ -21,6 +24,23 @@ _UPSERT = (
     "ON CONFLICT(id) DO UPDATE SET title = excluded.title, text = excluded.text, "
     "metadata = excluded.metadata"
 )
+
+
+@contextlib.contextmanager
+def reading_corpus(path: Path) -> Iterator[None]:
+    """SQLite's errors reading a damaged corpus file, as an IndexCorruptError naming it.
+
+    A lock held by a writer is no damage: that error passes through.
+    """
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc).lower()
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            raise
+        # the index directory: a shard's corpus lies in INDEX/shards/NNN/
+        root = path.parent.parent.parent if path.parent.parent.name == "shards" else path.parent
+        raise damaged(root, path.relative_to(root).as_posix(), f"cannot be read ({exc})") from exc
 
 
 class Corpus:
@@ -32,6 +52,7 @@ class Corpus:
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         if readonly:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
@@ -44,7 +65,12 @@ class Corpus:
             )
 
     def __len__(self) -> int:
-        return self.db[TABLE].count
+        with self._reading():
+            return self.db[TABLE].count
+
+    def _reading(self) -> contextlib.AbstractContextManager[None]:
+        # an index's corpus (opened read-only) names itself when damaged
+        return reading_corpus(self.path) if self.readonly else contextlib.nullcontext()
 
     def close(self) -> None:
         self.db.conn.close()
@@ -133,21 +159,23 @@ class Corpus:
 
     def iter_records(self) -> Iterator[Record]:
         """All records in rowid order."""
-        cursor = self.db.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
-        for doc_id, title, text, metadata in cursor:
-            yield Record(doc_id, text, title or "", json.loads(metadata or "{}"))
+        with self._reading():
+            cursor = self.db.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
+            for doc_id, title, text, metadata in cursor:
+                yield Record(doc_id, text, title or "", json.loads(metadata or "{}"))
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Record]:
         """Records by id (missing ids are left out)."""
         found: dict[str, Record] = {}
         # SQLite caps bound parameters (999 on old builds); chunk to stay under it.
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for doc_id, title, text, metadata in self.db.conn.execute(
-                f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})", chunk
-            ):
-                found[doc_id] = Record(doc_id, text, title or "", json.loads(metadata or "{}"))
+        with self._reading():
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for doc_id, title, text, metadata in self.db.conn.execute(
+                    f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})", chunk
+                ):
+                    found[doc_id] = Record(doc_id, text, title or "", json.loads(metadata or "{}"))
         return found
 
     def get(self, doc_id: str) -> Record | None:
@@ -160,6 +188,12 @@ class Corpus:
 def copy_corpus(src: Path, dst: Path) -> None:
     """Copy a corpus file with SQLite's backup API (consistent even while it is read)."""
     with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as source, sqlite3.connect(dst) as target:
-        source.backup(target)
+        try:
+            source.backup(target)
+        except sqlite3.DatabaseError as exc:
+            if disk_full(exc):  # the copy's disk, not the source: the caller says so
+                raise
+            with reading_corpus(src):
+                raise
     source.close()
     target.close()

@@ -49,6 +49,27 @@ class IndexFormatError(TansakuError, OSError):
     """An index directory is missing, incomplete or of an unsupported format version."""
 
 
+class IndexCorruptError(IndexFormatError):
+    """An index file is missing, truncated or damaged; the message names the file and says
+    what to do (rebuild or restore; ``tansaku check INDEX`` verifies every file)."""
+
+    def __init__(self, message: str, *, file: str | None = None, what: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file  # relative to the index, as its manifest names it
+        self.what = what or message  # what is wrong with it, without the advice
+
+
+def damaged(index: object, file: str, what: str) -> IndexCorruptError:
+    """The :class:`IndexCorruptError` for ``file`` (relative to the index) that ``what``:
+    "index IDX: bm25/postings.npy is truncated (...); rebuild the index or restore it ..."."""
+    return IndexCorruptError(
+        f"index {index}: {file} {what}; rebuild the index or restore it from a backup "
+        f"(`tansaku check {index}` verifies every file)",
+        file=file,
+        what=what,
+    )
+
+
 class DiskFullError(TansakuError, OSError):
     """The disk filled up while a new index version was written; the previous one is intact."""
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .atomic import write_json
-from .errors import IndexFormatError
-from .paths import FORMAT, MANIFEST, missing_index_message
+from .errors import IndexFormatError, damaged
+from .paths import FORMAT, INDEX_ENTRIES, MANIFEST, missing_index_message
 
 FORMAT_VERSION = 2  # 2: sharded indexes (``shards``, ``stats``, ``generation``)
 MIN_FORMAT_VERSION = 1  # version 1 indexes (one shard, no such keys) open unchanged
@@ -59,6 +59,18 @@ def _now() -> str:
 
 class _Incomplete(ValueError):
     """A manifest section lacks a key or is not a JSON object (reported as IndexFormatError)."""
+
+
+def _check_files(files: Any) -> None:
+    """``files`` maps relative paths inside the index to ``{"size": int, ...}``."""
+    if not isinstance(files, Mapping):
+        raise _Incomplete("files is not a JSON object")
+    for rel, entry in files.items():
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts:
+            raise _Incomplete(f"files names {rel!r}, outside the index")
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("size"), int):
+            raise _Incomplete(f"files[{rel!r}] has no integer size")
 
 
 S = TypeVar("S", bound="_Section")
@@ -209,6 +221,9 @@ class IndexManifest(_Section):
     A sharded index lists its ``shards``, the corpus-wide BM25 ``stats`` every shard is
     weighed with (sizes; the arrays live in ``stats/``) and its ``generation`` (one more
     per update); for a one-shard index they are None.
+    ``files`` maps every other file of the index (relative path) to its ``size`` and
+    ``crc32`` (:mod:`tansaku.index.checksums`); None in a manifest written before them,
+    whose files open unverified.
     A new manifest gets this version's format, the time and the package versions.
     """
 
@@ -228,6 +243,7 @@ class IndexManifest(_Section):
     shards: tuple[ShardEntry, ...] | None = None
     stats: Mapping[str, Any] | None = None
     generation: int | None = None
+    files: Mapping[str, Mapping[str, Any]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -258,6 +274,8 @@ class IndexManifest(_Section):
                 )
                 if not isinstance(known.get("stats"), Mapping):
                     raise _Incomplete("a sharded index has no stats object")
+            if known.get("files") is not None:
+                _check_files(known["files"])
         except _Incomplete as exc:
             raise IndexFormatError(f"{where} is incomplete or inconsistent: {exc}") from None
         # Keys absent from an older manifest stay absent (None), not today's defaults.
@@ -273,12 +291,14 @@ class IndexManifest(_Section):
         if not directory.is_dir():
             raise IndexFormatError(missing_index_message(directory))
         if not path.is_file():
+            if any(entry.name in INDEX_ENTRIES for entry in directory.iterdir()):
+                raise damaged(directory, MANIFEST, "is missing")
             raise IndexFormatError(f"{directory} is not a tansaku index (no {MANIFEST})")
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IndexFormatError(f"{path} is corrupt: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise damaged(directory, MANIFEST, f"is corrupt ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise IndexFormatError(f"{path} is not a tansaku index manifest")
         version = data.get("format_version")

@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +27,7 @@ from .analyzer import Analyzer
 from .arrays import load_array
 from .atomic import checkpoint
 from .bm25 import BM25Index, BM25Params
+from .checksums import file_table
 from .corpus import Corpus
 from .dense import DenseIndex, FaissParams, plan, sample_rows, train_points
 from .dense_shards import ShardedDense
@@ -237,12 +239,14 @@ def write_sharded_manifest(
     generation: int = 1,
     capacity: int | None = None,
     updates: tuple[UpdateRecord, ...] | None = None,
+    known: Mapping[Any, Mapping[str, Any]] | None = None,
 ) -> None:
-    """The top-level manifest of a sharded index staged in ``tmp``.
+    """The top-level manifest of a sharded index staged in ``tmp`` (and the statistics' files).
 
     ``dense``: the manifest's dense section (encoder config included), None for BM25 only;
     ``capacity``: documents a shard takes before an update starts a new one (default: the
-    largest shard's count).
+    largest shard's count); ``known``: checksums of files taken over from the previous
+    version (:func:`~tansaku.index.checksums.known_checksums`).
     """
     from dataclasses import asdict
 
@@ -258,6 +262,7 @@ def write_sharded_manifest(
     )
     dense_section = None if dense is None else DenseSection.from_dict(dict(dense))
     capacity = capacity or max(e.count for e in entries)
+    stats_entry = stats.save(tmp / STATS_DIR)
     IndexManifest(
         counts={"docs": stats.n_docs, "shards": len(entries), "shard_capacity": capacity},
         analyzer=analyzer.to_config(),
@@ -265,7 +270,8 @@ def write_sharded_manifest(
         dense=dense_section,
         build=build,
         shards=tuple(entries),
-        stats=stats.save(tmp / STATS_DIR),
+        stats=stats_entry,
         generation=generation,
         updates=updates,
+        files=file_table(tmp, known),
     ).save(tmp)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .bm25 import BM25Index
+from .checksums import known_checksums
 from .corpus import Corpus, copy_corpus
 from .counts import merged_counts
 from .errors import IngestError
@@ -155,6 +156,7 @@ def update_shards(
         generation=(old.manifest.generation or 1) + 1,
         capacity=capacity,
         updates=tuple(history),
+        known=known_checksums(old.path, old.manifest.files),
     )
     return added, replaced, deleted, stats.n_docs
 

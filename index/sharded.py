@@ -21,17 +21,19 @@ from typing import Protocol
 
 import numpy as np
 
-from .analyzer import Analyzer, analyzer_from_config
+from . import integrity
+from .analyzer import Analyzer
 from .arrays import load_array
 from .atomic import reading, recover
 from .bm25 import BM25Index, BM25Params
 from .bm25_shards import ShardedBM25
-from .corpus import Corpus
+from .corpus import Corpus, reading_corpus
 from .dense import DenseIndex, FaissParams
 from .dense_shards import ShardedDense
 from .encoders import Encoder
 from .errors import IndexFormatError
 from .filters import FilterMasks, FilterSpec, MaskSource, parse_filter
+from .lazy_dense import DenseFiles, LazyDense, open_dense
 from .manifest import IndexManifest, ShardEntry
 from .records import Record
 from .stats import CorpusStats
@@ -77,6 +79,8 @@ class ShardedCorpus:
 class ShardCorpus(Protocol):
     """What a sharded index reads from one shard's corpus (a :class:`Corpus` or a proxy)."""
 
+    path: Path
+
     def __len__(self) -> int: ...
 
     def get_many(self, ids: Sequence[str]) -> Mapping[str, Record]: ...
@@ -105,7 +109,7 @@ class ShardedIndex(IndexBase):
         shards: Sequence[Shard],
         analyzer: Analyzer,
         bm25: ShardedBM25,
-        dense: ShardedDense | None,
+        dense: ShardedDense | LazyDense | None,
         stats: CorpusStats,
         encoder: Encoder | None = None,
     ) -> None:
@@ -140,32 +144,33 @@ class ShardedIndex(IndexBase):
         params = BM25Params(**manifest.bm25.params)
         shards: list[Shard] = []
         bm25: list[BM25Index] = []
-        dense: list[DenseIndex] = []
         try:
-            analyzer = analyzer_from_config(dict(manifest.analyzer))
-            stats = CorpusStats.load(path / STATS_DIR, dict(manifest.stats))
+            # cheap checks first (sizes, headers, analyzer): see integrity.py
+            integrity.check_recorded(path, manifest.files)
+            analyzer = integrity.load_analyzer(path, manifest)
+            stats = integrity.load_stats(path, path / STATS_DIR, dict(manifest.stats))
             expected_start = 0
             for entry in manifest.shards:
                 if entry.start != expected_start:
                     raise IndexFormatError(f"index {path}: shard {entry.dir!r} is out of place")
                 expected_start += entry.count
-                shard, shard_bm25, shard_dense = load_shard(path, manifest, entry, mmap=mmap)
+                shard, shard_bm25, _ = load_shard(path, manifest, entry, mmap=mmap, dense=False)
                 shards.append(shard)
                 bm25.append(shard_bm25)
-                if shard_dense is not None:
-                    dense.append(shard_dense)
-        except (KeyError, TypeError, FileNotFoundError) as exc:
+            sharded_dense = None
+            if manifest.dense is not None:
+                directories = [path / entry.dir / DENSE_DIR for entry in manifest.shards]
+                counts = [entry.count for entry in manifest.shards]
+                sharded_dense = open_dense(path, directories, manifest, counts, mmap=mmap)
+        except BaseException as exc:
             for shard in shards:
                 shard.corpus.close()
-            raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
+            if isinstance(exc, (KeyError, TypeError, FileNotFoundError)):
+                raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
+            raise
         if expected_start != stats.n_docs:
             raise IndexFormatError(
                 f"index {path}: the shards hold {expected_start} documents, the statistics {stats.n_docs}"
-            )
-        sharded_dense = None
-        if manifest.dense is not None:
-            sharded_dense = ShardedDense(
-                dense, FaissParams(**manifest.dense.faiss), reason=manifest.dense.reason or ""
             )
         return cls(path, manifest, shards, analyzer, ShardedBM25(bm25, params), sharded_dense, stats, encoder)
 
@@ -178,7 +183,11 @@ class ShardedIndex(IndexBase):
         flt = parse_filter(spec)
         if flt is None or flt.matches_all:
             return None
-        mask = np.concatenate([shard.masks.mask(flt) for shard in self.shards])
+        masks = []
+        for shard in self.shards:
+            with reading_corpus(shard.corpus.path):
+                masks.append(shard.masks.mask(flt))
+        mask = np.concatenate(masks)
         mask.flags.writeable = False
         return mask
 
@@ -193,31 +202,38 @@ class ShardedIndex(IndexBase):
 
     def close(self) -> None:
         self.corpus.close()
+        if isinstance(self.dense, LazyDense):
+            self.dense.close()
 
 
 def load_shard(
-    path: Path, manifest: IndexManifest, entry: ShardEntry, *, mmap: bool = True
-) -> tuple[Shard, BM25Index, DenseIndex | None]:
-    """Open one shard of the sharded index at ``path`` (read under :func:`reading`): its
-    corpus, id map and filter masks, its BM25 postings and its FAISS part (None: BM25 only)."""
+    path: Path, manifest: IndexManifest, entry: ShardEntry, *, mmap: bool = True, dense: bool = True
+) -> tuple[Shard, BM25Index, LazyDense | None]:
+    """Open one shard of the sharded index at ``path`` (read under :func:`reading`), with the
+    cheap integrity checks: its corpus, id map and filter masks, its BM25 postings and (with
+    ``dense``) its FAISS part, read on first use (None: BM25 only)."""
     root = path / entry.dir
     if root.resolve().parent.parent != path.resolve():
         raise IndexFormatError(f"index {path}: shard {entry.dir!r} is out of place")
-    doc_ids = load_array(root / IDS_FILE, mmap=mmap)
-    corpus = Corpus(root / CORPUS_FILE, readonly=True)
+    integrity.check_part(path, root / IDS_FILE, root / BM25_DIR, root / CORPUS_FILE, entry.count)
     try:
         bm25 = BM25Index.load(root / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
-        dense = None
-        if manifest.dense is not None:
-            dense = DenseIndex.load(root / DENSE_DIR, FaissParams(**manifest.dense.faiss), mmap=mmap)
-        if not len(doc_ids) == bm25.n_docs == entry.count or (
-            dense is not None and dense.ntotal != entry.count
-        ):
-            raise IndexFormatError(f"index {path}: shard {entry.dir!r} disagrees with the manifest")
-    except BaseException:
-        corpus.close()
-        raise
-    return Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids)), bm25, dense
+    except (ValueError, OSError, RecursionError, IndexError) as exc:
+        raise integrity.unreadable(path, root / BM25_DIR, exc) from exc
+    integrity.check_bm25(path, root / BM25_DIR, bm25, entry.count)
+    doc_ids = load_array(root / IDS_FILE, mmap=mmap)
+    corpus = Corpus(root / CORPUS_FILE, readonly=True)
+    shard = Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids))
+    if not dense or manifest.dense is None:
+        return shard, bm25, None
+    section = manifest.dense
+    params = FaissParams(**section.faiss)
+    files = DenseFiles(path, root / DENSE_DIR, manifest.files)
+
+    def load() -> DenseIndex:
+        return files.read(params, reason="", dim=section.dim, n=entry.count, mmap=mmap)
+
+    return shard, bm25, LazyDense(load, params, section.reason or "", [files])
 
 
 SearchIndex = Index | ShardedIndex

@@ -10,16 +10,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .analyzer import Analyzer, analyzer_from_config
+from . import integrity
+from .analyzer import Analyzer
 from .arrays import load_array
-from .atomic import reading, recover, write_lock
+from .atomic import changing, reading, recover, write_lock
 from .bm25 import BM25Index, BM25Params
-from .corpus import Corpus
-from .dense import DenseIndex, FaissParams
+from .checksums import rerecord, verify_recorded
+from .corpus import Corpus, reading_corpus
+from .dense import DenseIndex
 from .encoders import Encoder, encoder_from_config
-from .errors import ConfigError, IndexFormatError
+from .errors import ConfigError, IndexFormatError, damaged
 from .filters import FilterMasks, FilterSpec, MaskSource, json_path, parse_filter, unknown_field_warnings
 from .hit import Hit
+from .lazy_dense import LazyDense, open_dense
 from .manifest import IndexManifest
 from .records import Record
 
@@ -108,7 +111,7 @@ class Index(IndexBase):
         corpus: Corpus,
         analyzer: Analyzer,
         bm25: BM25Index,
-        dense: DenseIndex | None,
+        dense: DenseIndex | LazyDense | None,
         doc_ids: np.ndarray,
         encoder: Encoder | None = None,
     ) -> None:
@@ -121,6 +124,7 @@ class Index(IndexBase):
         self.doc_ids = doc_ids
         self._encoder = encoder
         self._masks = FilterMasks(corpus.db.conn, doc_ids)
+        self._corpus_path = corpus.path
 
     @classmethod
     def open(
@@ -141,19 +145,29 @@ class Index(IndexBase):
                 "or tansaku.index.open_index()"
             )
         try:
-            analyzer = analyzer_from_config(dict(manifest.analyzer))
-            bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
+            # cheap checks first (sizes, headers, analyzer): see integrity.py
+            integrity.check_recorded(path, manifest.files)
+            analyzer = integrity.load_analyzer(path, manifest)
+            n_docs = integrity.check_part(
+                path,
+                path / IDS_FILE,
+                path / BM25_DIR,
+                path / CORPUS_FILE,
+                (manifest.counts or {}).get("docs", manifest.bm25.docs),
+            )
+            try:
+                bm25 = BM25Index.load(path / BM25_DIR, BM25Params(**manifest.bm25.params), mmap=mmap)
+            except (ValueError, OSError, RecursionError, IndexError) as exc:
+                raise integrity.unreadable(path, path / BM25_DIR, exc) from exc
+            integrity.check_bm25(path, path / BM25_DIR, bm25, n_docs, manifest.bm25.terms)
             dense = None
             if manifest.dense is not None:
-                d = manifest.dense
-                dense = DenseIndex.load(
-                    path / DENSE_DIR, FaissParams(**d.faiss), reason=d.reason or "", mmap=mmap
-                )
+                dense = open_dense(path, [path / DENSE_DIR], manifest, [n_docs], mmap=mmap)
             doc_ids = load_array(path / IDS_FILE, mmap=mmap)
             corpus = Corpus(path / CORPUS_FILE, readonly=True)
         except (KeyError, TypeError, FileNotFoundError) as exc:
             raise IndexFormatError(f"index {path} is incomplete or inconsistent: {exc}") from exc
-        if len(doc_ids) != bm25.n_docs or (dense is not None and dense.ntotal != len(doc_ids)):
+        if len(doc_ids) != bm25.n_docs:
             raise IndexFormatError(f"index {path} is inconsistent: id map and matrices disagree")
         return cls(path, manifest, corpus, analyzer, bm25, dense, doc_ids, encoder)
 
@@ -176,13 +190,16 @@ class Index(IndexBase):
         flt = parse_filter(spec)
         if flt is None or flt.matches_all:
             return None
-        return self._masks.mask(flt)
+        with reading_corpus(self._corpus_path):
+            return self._masks.mask(flt)
 
     def filter_masks(self) -> Sequence[MaskSource]:
         return [self._masks]
 
     def close(self) -> None:
         self.corpus.close()
+        if isinstance(self.dense, LazyDense):
+            self.dense.close()
 
 
 def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: str) -> str:
@@ -211,12 +228,18 @@ def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: st
         directory = Path(index.path if isinstance(index, Index) else index)
         if not (directory / CORPUS_FILE).is_file():
             raise IndexFormatError(f"no index at {directory} (missing {CORPUS_FILE})")
-        with write_lock(directory):  # never while an update copies the corpus
+        # never while an update copies the corpus; readers opening meanwhile wait for the
+        # manifest to record the corpus's new size and checksum
+        with write_lock(directory), changing(directory):
+            problem = verify_recorded(directory, CORPUS_FILE)
+            if problem is not None:  # never record a damaged corpus as good
+                raise damaged(directory, CORPUS_FILE, problem)
             conn = sqlite3.connect(directory / CORPUS_FILE)
             try:
                 conn.execute(ddl)
             finally:
                 conn.close()
+            rerecord(directory, [CORPUS_FILE])
     except sqlite3.OperationalError as exc:
         raise IndexFormatError(f"cannot create an index on field {field!r}: {exc}") from exc
     return name

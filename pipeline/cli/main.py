@@ -13,6 +13,7 @@ from typing import Any
 from tansaku import __version__
 
 from .build import add_build
+from .check import add_check
 from .evaluate import add_eval
 from .models import add_models
 from .options import say
@@ -30,6 +31,7 @@ COMMANDS = (
     add_eval,
     add_add,
     add_delete,
+    add_check,
     add_serve,
     add_models,
     add_train_reranker,

@@ -10,7 +10,7 @@ the answers equal the in-process sharded index's.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tansaku.index.analyzer import analyzer_from_config
+from tansaku.index import integrity
 from tansaku.index.atomic import reading, recover
 from tansaku.index.bm25 import BM25Params, TermWeight
 from tansaku.index.bm25_shards import ShardedBM25
@@ -27,10 +27,11 @@ from tansaku.index.dense_shards import ShardedDense
 from tansaku.index.encoders import Encoder
 from tansaku.index.errors import IndexFormatError, TansakuError
 from tansaku.index.filters import Filter
+from tansaku.index.lazy_dense import LazyDense
 from tansaku.index.manifest import IndexManifest
 from tansaku.index.records import Record
 from tansaku.index.sharded import STATS_DIR, Shard, ShardedIndex
-from tansaku.index.stats import CorpusStats
+from tansaku.index.store import CORPUS_FILE
 
 from .shard_server import StaleVersionError, group_of, version_of
 
@@ -48,6 +49,13 @@ class ShardCall:
 
     def __call__(self, method: str, *args: Any) -> Any:
         return _result(getattr(self.handle, method).remote(self.version, self.number, *args))
+
+
+def _raiser(message: str) -> Callable[[], Any]:
+    def fail() -> Any:
+        raise IndexFormatError(message)
+
+    return fail
 
 
 def _result(response: Any) -> Any:
@@ -145,9 +153,10 @@ class RemoteDense:
 class RemoteCorpus:
     """One shard's records, read in its replica."""
 
-    def __init__(self, call: ShardCall, count: int) -> None:
+    def __init__(self, call: ShardCall, count: int, path: Path) -> None:
         self._call = call
         self._count = count
+        self.path = path  # the shard's corpus file, as every node sees it
 
     def __len__(self) -> int:
         return self._count
@@ -219,8 +228,9 @@ class RayShardedIndex(ShardedIndex):
                     f"index {path} is not sharded: Ray serves sharded indexes (build with --shards N)"
                 )
             version = version_of(path, manifest)
-            analyzer = analyzer_from_config(dict(manifest.analyzer))
-            stats = CorpusStats.load(path / STATS_DIR, dict(manifest.stats))
+            integrity.check_recorded(path, manifest.files)
+            analyzer = integrity.load_analyzer(path, manifest)
+            stats = integrity.load_stats(path, path / STATS_DIR, dict(manifest.stats))
         described: dict[int, dict[str, Any]] = {}
         for response in [h.describe.remote(version) for h in groups.handles]:
             described.update(_result(response))
@@ -234,13 +244,19 @@ class RayShardedIndex(ShardedIndex):
             if info["count"] != entry.count:
                 raise IndexFormatError(f"index {path}: shard {entry.dir!r} disagrees with the manifest")
             call = ShardCall(groups.owner(number), version, number)
-            shards.append(Shard(RemoteCorpus(call, info["count"]), info["doc_ids"], RemoteMasks(call)))
+            corpus = RemoteCorpus(call, info["count"], path / entry.dir / CORPUS_FILE)
+            shards.append(Shard(corpus, info["doc_ids"], RemoteMasks(call)))
             bm25.append(RemoteBM25(call, info["count"], info["postings"]))
-            if faiss is not None:
+            if faiss is not None and "error" not in info["dense"]:
                 dense.append(RemoteDense(call, info["dense"], faiss))
-        sharded_dense = None
+        sharded_dense: ShardedDense | LazyDense | None = None
         if faiss is not None and manifest.dense is not None:
-            sharded_dense = ShardedDense(dense, faiss, reason=manifest.dense.reason or "")
+            broken = [info["dense"]["error"] for info in described.values() if "error" in info["dense"]]
+            if broken:
+                # known by its parameters, an error on first use: BM25 searches go on working
+                sharded_dense = LazyDense(_raiser(broken[0]), faiss, manifest.dense.reason or "", [])
+            else:
+                sharded_dense = ShardedDense(dense, faiss, reason=manifest.dense.reason or "")
         params = BM25Params(**manifest.bm25.params)
         index = cls(
             path,

@@ -24,9 +24,9 @@ import numpy as np
 
 from tansaku.index.atomic import reading, recover
 from tansaku.index.bm25 import BM25Index
-from tansaku.index.dense import DenseIndex
 from tansaku.index.errors import IndexFormatError, TansakuError
 from tansaku.index.filters import Filter
+from tansaku.index.lazy_dense import LazyDense
 from tansaku.index.manifest import IndexManifest
 from tansaku.index.records import Record
 from tansaku.index.sharded import Shard, load_shard
@@ -55,7 +55,7 @@ class OpenShard:
 
     shard: Shard
     bm25: BM25Index
-    dense: DenseIndex | None
+    dense: LazyDense | None  # read on first use (a damaged FAISS file leaves BM25 working)
 
 
 def group_of(number: int, per_group: int, groups: int) -> int:
@@ -121,19 +121,11 @@ class ShardGroup:
         """Per shard of this group: its document count, id map, postings count and dense shape."""
         out: dict[int, dict[str, Any]] = {}
         for number, part in self._opened(version).items():
-            dense = part.dense
             out[number] = {
                 "count": len(part.shard.doc_ids),
                 "doc_ids": np.asarray(part.shard.doc_ids),
                 "postings": part.bm25.n_postings,
-                "dense": None
-                if dense is None
-                else {
-                    "dim": dense.dim,
-                    "ntotal": dense.ntotal,
-                    "nlist": dense.nlist,
-                    "has_vectors": dense.has_vectors,
-                },
+                "dense": None if part.dense is None else _dense_info(part.dense),
             }
         return out
 
@@ -178,8 +170,22 @@ class ShardGroup:
     def get_many(self, version: str, number: int, ids: list[str]) -> dict[str, Record]:
         return dict(self._shard(version, number).shard.corpus.get_many(ids))
 
-    def _dense(self, version: str, number: int) -> DenseIndex:
+    def _dense(self, version: str, number: int) -> Any:
         dense = self._shard(version, number).dense
         if dense is None:
             raise IndexFormatError(f"index {self.path} has no dense part")
-        return dense
+        return dense.loaded()
+
+
+def _dense_info(dense: LazyDense) -> dict[str, Any]:
+    """A shard's FAISS shape, or why it cannot be read (BM25 searches go on without it)."""
+    try:
+        loaded = dense.loaded()
+    except TansakuError as exc:
+        return {"error": str(exc)}
+    return {
+        "dim": loaded.dim,
+        "ntotal": loaded.ntotal,
+        "nlist": loaded.nlist,
+        "has_vectors": loaded.has_vectors,
+    }
