@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,17 +28,19 @@ from .encoders import Encoder, load_encoder
 from .encoders.corpus_encoder import load_corpus_encoder
 from .encoders.corpus_training import train_corpus_encoder
 from .errors import ConfigError, IngestError
-from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, UpdateRecord
+from .manifest import BM25Section, BuildSection, DenseSection, IndexManifest, ShardEntry, UpdateRecord
 from .paths import ENCODER_DIR, check_index_target
 from .records import Record
 from .shard_builder import (
     STAGING_CORPUS,
     build_dense_shards,
     build_shards,
+    encode_shard,
     shards_for_budget,
     write_sharded_manifest,
 )
 from .sharded import ShardedIndex
+from .stats import CorpusStats
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index
 from .tokenize_workers import resolve_workers, tokenize_all
 
@@ -153,24 +155,11 @@ def build_index(
     model path) overrides ``config.encoder``. On any error the previous index at ``path`` is
     left as it was.
     """
-    if isinstance(encoder, str):
-        config, encoder = replace(config, encoder=encoder), None
     # Refuse a path holding the user's files before any slow work; again under the lock.
     path = check_index_target(path)
     say = log or (lambda _msg: None)
     analyzer = get_analyzer(config.analyzer)
-    spec = (config.encoder or "none") if encoder is None else "object"
-    if spec.lower() not in ("none", "object", "auto", "corpus"):
-        # Load a named model before ingesting anything, so a bad name fails fast.
-        say(f"loading encoder {spec}")
-        encoder = load_encoder(
-            spec,
-            query_prefix=config.query_prefix,
-            document_prefix=config.document_prefix,
-            batch_size=config.encode_batch_size,
-        )
-    if spec.lower() == "none":
-        say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
+    config, spec, encoder = prepare_encoder(config, encoder, say)
     timings: dict[str, float] = {}
     with staged(path, check=check_index_target) as tmp:
         t0 = time.perf_counter()
@@ -196,6 +185,36 @@ def build_index(
     # A corpus encoder trained in the staged directory is reopened from its final place.
     reopen = ShardedIndex.open if config.sharded else Index.open
     return reopen(path, encoder=None if spec == "corpus" else encoder)
+
+
+def prepare_encoder(
+    config: BuildConfig, encoder: Encoder | str | None, say: Callable[[str], None]
+) -> tuple[BuildConfig, str, Encoder | None]:
+    """A build's encoder choice: (config, spec, encoder).
+
+    ``encoder`` (an object, or a spec overriding ``config.encoder``) as :func:`build_index`
+    takes it. The spec is "none", "object", "auto", "corpus" or a named model, which is
+    loaded now, before anything is ingested, so that a bad name fails fast.
+    """
+    if isinstance(encoder, str):
+        config, encoder = replace(config, encoder=encoder), None
+    spec = (config.encoder or "none") if encoder is None else "object"
+    if spec.lower() not in ("none", "object", "auto", "corpus"):
+        say(f"loading encoder {spec}")
+        encoder = load_named_encoder(spec, config)
+    if spec.lower() == "none":
+        say("dense index: none (BM25 only; pass --encoder e5-small|corpus|MODEL for hybrid search)")
+    return config, spec, encoder
+
+
+def load_named_encoder(spec: str, config: BuildConfig) -> Encoder:
+    """The named model ``spec`` (e5-small, a hub id, a directory) as a build uses it."""
+    return load_encoder(
+        spec,
+        query_prefix=config.query_prefix,
+        document_prefix=config.document_prefix,
+        batch_size=config.encode_batch_size,
+    )
 
 
 def _write_one(
@@ -310,13 +329,11 @@ def _write_sharded(
 ) -> tuple[str, Encoder | None]:
     """The files of a sharded index over the ingested staging corpus (see
     :mod:`tansaku.index.shard_builder`); (spec, encoder) used."""
-    choice = ""
-    params = config.bm25 or default_bm25(analyzer)
     entries, stats, workers = build_shards(
         tmp,
         n,
         analyzer=analyzer,
-        params=params,
+        params=config.bm25 or default_bm25(analyzer),
         shards=config.shards,
         shard_docs=config.shard_docs,
         workers=config.workers,
@@ -324,6 +341,50 @@ def _write_sharded(
         say=say,
         timings=timings,
     )
+    return finish_sharded(
+        tmp,
+        entries,
+        stats,
+        config,
+        analyzer,
+        spec,
+        encoder,
+        progress=progress,
+        say=say,
+        timings=timings,
+        tokenize_workers=workers,
+    )
+
+
+# encode_shards(spec, encoder): every shard's vectors written (see shard_builder.encode_shard)
+EncodeShards = Callable[[str, Encoder], None]
+
+
+def finish_sharded(
+    tmp: Path,
+    entries: list[ShardEntry],
+    stats: CorpusStats,
+    config: BuildConfig,
+    analyzer: Analyzer,
+    spec: str,
+    encoder: Encoder | None,
+    *,
+    progress: bool,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+    tokenize_workers: int,
+    encode_shards: EncodeShards | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[str, Encoder | None]:
+    """A sharded index's dense part and manifest, once its shards' corpora and BM25 files are
+    in ``tmp`` and ``stats`` are the corpus's; (spec, encoder) used.
+
+    Resolves ``auto``/``corpus`` (a corpus encoder is trained here on every shard's corpus),
+    encodes the shards with ``encode_shards(spec, encoder)`` (default: one after the other
+    in this process), trains FAISS once and writes the manifest; ``extra`` goes into its
+    build section.
+    """
+    choice = ""
     if spec.lower() in ("auto", "corpus"):
         corpora = [tmp / e.dir / CORPUS_FILE for e in entries]
         spec, choice, encoder = _resolve_encoder(
@@ -331,14 +392,24 @@ def _write_sharded(
         )
     dense = None
     if encoder is not None:
+
+        def in_process(_spec: str, enc: Encoder) -> None:
+            for entry in entries:
+                encode_shard(
+                    tmp / entry.dir,
+                    entry.count,
+                    lambda texts, count: encode_documents(
+                        enc, texts, count, config.encode_batch_size, progress, say
+                    ),
+                )
+
+        run = encode_shards or in_process
         dense = build_dense_shards(
             tmp,
             entries,
             encoder,
             config.faiss,
-            encode=lambda enc, texts, count: encode_documents(
-                enc, texts, count, config.encode_batch_size, progress, say
-            ),
+            encode_shards=lambda enc: run(spec, enc),
             say=say,
             timings=timings,
         )[2]
@@ -347,13 +418,14 @@ def _write_sharded(
         entries,
         stats,
         analyzer,
-        params,
+        config.bm25 or default_bm25(analyzer),
         None if dense is None or encoder is None else {"encoder": encoder.to_config(), **dense},
         build=BuildSection(
             config=_config_dict(config, encoder),
             seconds=timings,
             encoder_choice=choice or None,
-            tokenize_workers=workers,
+            tokenize_workers=tokenize_workers,
+            extra=dict(extra or {}),
         ),
     )
     return spec, encoder

@@ -156,7 +156,7 @@ def _field_hint(raw: Mapping[str, Any], name: str, option: str) -> str:
     return f" (the record has {others or 'no fields'}; {option} NAME reads it from another field)"
 
 
-def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, encoding: str, source: str) -> Iterator[tuple[int, str]]:
     """(line number, text) of every physical line, each decoded strictly on its own.
 
     Line by line, so a bad byte is reported on its own line (a buffered text stream fails a
@@ -165,7 +165,7 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise IngestError(f"unknown encoding {encoding!r}", source=str(path)) from None
+        raise IngestError(f"unknown encoding {encoding!r}", source=source) from None
     utf8 = codecs.lookup(encoding).name == "utf-8"
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
     with raw:
@@ -176,14 +176,13 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
                 hint = "; a file saved by Excel is often Shift-JIS: try --encoding cp932" if utf8 else ""
                 raise IngestError(
                     f"not valid {'UTF-8' if utf8 else encoding} (byte {exc.start}){hint}",
-                    source=str(path),
+                    source=source,
                     line=line_no,
                 ) from None
 
 
-def _read_jsonl(path: Path, fields: FieldMap, encoding: str) -> Iterator[Record]:
-    source = str(path)
-    for line_no, line in _lines(path, encoding):
+def _read_jsonl(path: Path, fields: FieldMap, encoding: str, source: str) -> Iterator[Record]:
+    for line_no, line in _lines(path, encoding, source):
         if not line.strip():
             continue
         try:
@@ -201,9 +200,10 @@ def _read_jsonl(path: Path, fields: FieldMap, encoding: str) -> Iterator[Record]
         yield to_record(obj, fields, source=source, line=line_no)
 
 
-def _read_delimited(path: Path, fields: FieldMap, delimiter: str, encoding: str) -> Iterator[Record]:
-    source = str(path)
-    lines = (text for _, text in _lines(path, encoding))
+def _read_delimited(
+    path: Path, fields: FieldMap, delimiter: str, encoding: str, source: str
+) -> Iterator[Record]:
+    lines = (text for _, text in _lines(path, encoding, source))
     try:
         reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
         header = reader.fieldnames or []
@@ -233,21 +233,25 @@ def read_file(
     fields: FieldMap = FieldMap(),
     fmt: str | None = None,
     encoding: str = "utf-8",
+    *,
+    source: str | None = None,
 ) -> Iterator[Record]:
     """Records of a JSONL/CSV/TSV file (optionally gzipped), validated one by one.
 
     ``encoding`` decodes the file strictly (e.g. ``cp932`` for Excel's Shift-JIS CSV); a bad
-    byte is an error naming its line.
+    byte is an error naming its line. ``source``: the file's name in errors and record
+    origins (default: ``path`` as given), for a reader that opens it by another path.
     """
     path = Path(path)
+    source = str(path) if source is None else source
     if not path.is_file():
-        raise IngestError("no such file", source=str(path))
-    fmt = fmt or detect_format(path)
+        raise IngestError("no such file", source=source)
+    fmt = fmt or detect_format(source)
     if fmt == "jsonl":
-        return _read_jsonl(path, fields, encoding)
+        return _read_jsonl(path, fields, encoding, source)
     if fmt in ("csv", "tsv"):
-        return _read_delimited(path, fields, "," if fmt == "csv" else "\t", encoding)
-    raise IngestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", source=str(path))
+        return _read_delimited(path, fields, "," if fmt == "csv" else "\t", encoding, source)
+    raise IngestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", source=source)
 
 
 def read_dicts(

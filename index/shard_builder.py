@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +128,11 @@ def build_shards(
         ids: list[str] = []
         texts = _texts_keeping_ids(corpus, ids)
         say(f"shard {number + 1}/{len(sizes)}: analysing {count:,} documents")
-        counted = BM25Index.build(
-            tokenize_all(analyzer, texts, total=count, progress=progress, workers=workers), params
-        )
+        tokens = tokenize_all(analyzer, texts, total=count, progress=progress, workers=workers)
+        own.append(count_shard(root, ids, tokens, params))
         corpus.close()
-        np.save(root / IDS_FILE, np.asarray(ids, dtype=str))
-        counted.save(root / _TF_DIR)
-        own.append(counted.corpus_stats())
         entries.append(ShardEntry(dir=shard_dir(number), start=start, count=count))
         start += count
-        del counted  # one shard's arrays at a time
         checkpoint("shard")
     staging.close()
     (tmp / STAGING_CORPUS).unlink()
@@ -146,14 +141,34 @@ def build_shards(
 
     t0 = time.perf_counter()
     for entry in tqdm(entries, desc="BM25 weights", unit="shard", disable=not progress):
-        root = tmp / entry.dir
-        counted = BM25Index.load(root / _TF_DIR, params, mmap=True)
-        weighed = BM25Index.from_doc_term(counted.doc_term(), counted.vocab, counted.doc_len, params, stats)
-        weighed.save(root / BM25_DIR)
-        del counted, weighed
-        shutil.rmtree(root / _TF_DIR)
+        weigh_shard(tmp / entry.dir, params, stats)
     timings["bm25"] = time.perf_counter() - t0
     return entries, stats, workers
+
+
+def count_shard(
+    root: Path, ids: Sequence[str], tokens: Iterable[list[str]], params: BM25Params
+) -> CorpusStats:
+    """Count one shard's terms and write its ids and term frequencies into ``root``.
+
+    ``tokens`` are the shard's documents analysed, in order; ``ids`` their ids (read once the
+    tokens are consumed, so a caller may fill it as the texts stream). :func:`weigh_shard`
+    turns the counts into BM25 weights once the corpus's statistics are known. Returns the
+    shard's own statistics.
+    """
+    counted = BM25Index.build(tokens, params)
+    np.save(root / IDS_FILE, np.asarray(ids, dtype=str))
+    counted.save(root / _TF_DIR)
+    return counted.corpus_stats()
+
+
+def weigh_shard(root: Path, params: BM25Params, stats: CorpusStats) -> None:
+    """The BM25 weights of a shard counted by :func:`count_shard`, with the corpus's ``stats``."""
+    counted = BM25Index.load(root / _TF_DIR, params, mmap=True)
+    weighed = BM25Index.from_doc_term(counted.doc_term(), counted.vocab, counted.doc_len, params, stats)
+    weighed.save(root / BM25_DIR)
+    del counted, weighed  # the memory maps, before their files go
+    shutil.rmtree(root / _TF_DIR)
 
 
 def _texts_keeping_ids(corpus: Corpus, ids: list[str]) -> Iterator[str]:
@@ -163,29 +178,35 @@ def _texts_keeping_ids(corpus: Corpus, ids: list[str]) -> Iterator[str]:
         yield record.indexed_text
 
 
+def encode_shard(root: Path, count: int, encode: Callable[[Iterable[str], int], np.ndarray]) -> None:
+    """Encode the ``count`` documents of the shard at ``root`` (its corpus, in order) with
+    ``encode(texts, n)``; the vectors wait beside the corpus until FAISS is trained."""
+    corpus = Corpus(root / CORPUS_FILE, readonly=True)
+    try:
+        vectors = encode((r.indexed_text for r in corpus.iter_records()), count)
+    finally:
+        corpus.close()
+    np.save(root / _VECTORS, vectors)
+
+
 def build_dense_shards(
     tmp: Path,
     entries: list[ShardEntry],
     encoder: Encoder,
     faiss: FaissParams,
     *,
-    encode: Callable[[Encoder, Iterable[str], int], np.ndarray],
+    encode_shards: Callable[[Encoder], None],
     say: Callable[[str], None],
     timings: dict[str, float],
 ) -> tuple[FaissParams, str, dict[str, object]]:
     """Encode every shard, train FAISS once, write each shard's FAISS files.
 
-    ``encode(encoder, texts, n)`` encodes one shard's texts (with the build's progress
-    reporting). Returns the resolved FAISS parameters, the reason for them and the
-    manifest's dense description.
+    ``encode_shards(encoder)`` encodes every shard with :func:`encode_shard` (in this
+    process, with the build's progress reporting, or on a cluster's workers). Returns the
+    resolved FAISS parameters, the reason for them and the manifest's dense description.
     """
     t0 = time.perf_counter()
-    for entry in entries:
-        corpus = Corpus(tmp / entry.dir / CORPUS_FILE, readonly=True)
-        vectors = encode(encoder, (r.indexed_text for r in corpus.iter_records()), entry.count)
-        corpus.close()
-        np.save(tmp / entry.dir / _VECTORS, vectors)
-        del vectors
+    encode_shards(encoder)
     timings["encode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     checkpoint("faiss")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .options import add_input_options, byte_size, emit_json, logger, read_inputs
+from .options import add_input_options, byte_size, emit_json, field_map, logger, read_inputs
+
+if TYPE_CHECKING:
+    from tansaku.index import Index, ShardedIndex
 
 
 def add_build(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +31,8 @@ when complete: if it fails or is interrupted, the previous index stays intact.
 INDEX must be new, an empty directory or an existing index: a file or a folder
 of anything else is refused, never replaced. A symlink is followed (the index
 is built where it points and the link stays a link).
-Bad input stops the build with the file, line and field at fault.""",
+Bad input stops the build with the file, line and field at fault.
+With --shards N --ray the same sharded index is built on a Ray cluster.""",
         epilog="""\
 examples:
   tansaku build my-index docs.jsonl
@@ -35,6 +40,8 @@ examples:
   tansaku build my-index faq.csv --id-field qid --text-field answer --title-field question
   tansaku build my-index docs.jsonl --encoder /models/multilingual-e5-small \\
       --query-prefix "query: " --document-prefix "passage: "
+  tansaku build my-index docs.jsonl --shards 8 --ray   # on a local Ray cluster
+  tansaku build /shared/my-index /shared/docs.jsonl --shards 64 --ray --address auto
 """,
     )
     p.add_argument("index", type=Path, help="index directory to create or replace")
@@ -101,6 +108,24 @@ examples:
         metavar="SIZE",
         help="without --shards/--shard-docs, shard when one index's build would need more memory "
         "than SIZE (e.g. 8G, 512M; default: half of this machine's memory); the choice is printed",
+    )
+    g = p.add_argument_group("cluster (Ray)")
+    g.add_argument(
+        "--ray",
+        action="store_true",
+        help="build on a Ray cluster (pip install 'tansaku[ray]'); needs --shards or --shard-docs. "
+        "Ray Data reads the inputs (a read task per file) and tokenises them in "
+        "a pool of actors (half a CPU each, so reads are never starved), a task per shard writes "
+        "it into the staging directory beside INDEX, this process reduces the statistics and "
+        "trains FAISS once, and encoder actors (a GPU each where the cluster has GPUs) encode "
+        "whole shards. The index equals the in-process build's. On several machines INDEX and the "
+        "inputs must be on storage every node mounts at the same path; --workers does not apply",
+    )
+    g.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster to build on: auto (the one this machine belongs to), HOST:PORT, or "
+        "ray://HOST:10001 (Ray Client); default: start a local one on this machine's CPUs",
     )
     g = p.add_argument_group("dense index")
     g.add_argument(
@@ -173,11 +198,29 @@ def run_build(args: argparse.Namespace) -> int:
     )
     from tansaku.index.paths import check_index_target
 
+    if args.address and not args.ray:
+        raise TansakuError("--address is for a build on Ray: add --ray")
     # Before reading anything: the index path must not hold the user's files or inputs.
     check_index_target(args.index, inputs)
     say = logger(args)
     start = time.perf_counter()
-    index = build_index(args.index, read_inputs(args, inputs), config, progress=not args.quiet, log=say)
+    index: Index | ShardedIndex
+    if args.ray:
+        from tansaku.pipeline.cluster.build import RayOptions, build_on_ray
+
+        index = build_on_ray(
+            args.index,
+            inputs,
+            config,
+            fields=field_map(args),
+            fmt=args.format,
+            encoding=args.encoding,
+            ray_options=RayOptions(address=args.address),
+            progress=not args.quiet,
+            log=say,
+        )
+    else:
+        index = build_index(args.index, read_inputs(args, inputs), config, progress=not args.quiet, log=say)
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in Path(index.path).rglob("*") if f.is_file())
     summary = {

@@ -63,15 +63,22 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def field_map(args: argparse.Namespace) -> Any:
+    """The FieldMap the input options ask for."""
+    from tansaku.index import FieldMap
+
+    return FieldMap(
+        id=args.id_field, text=args.text_field, title=args.title_field or None, max_chars=args.max_chars
+    )
+
+
 def read_inputs(args: argparse.Namespace, paths: Sequence[Path]) -> Any:
     """Validated records of every input file, in order (lazily)."""
     from itertools import chain
 
-    from tansaku.index import FieldMap, read_file
+    from tansaku.index import read_file
 
-    fields = FieldMap(
-        id=args.id_field, text=args.text_field, title=args.title_field or None, max_chars=args.max_chars
-    )
+    fields = field_map(args)
     return chain.from_iterable(read_file(path, fields, args.format, args.encoding) for path in paths)
 
 
