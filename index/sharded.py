@@ -139,7 +139,7 @@ class ShardedIndex(IndexBase):
                 expected_start += entry.count
                 doc_ids = load_array(root / IDS_FILE, mmap=mmap)
                 corpus = Corpus(root / CORPUS_FILE, readonly=True)
-                shards.append(Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids)))
+                shards.append(Shard(corpus, doc_ids, FilterMasks(corpus.conn, doc_ids)))
                 bm25.append(BM25Index.load(root / BM25_DIR, params, mmap=mmap))
                 if manifest.dense is not None:
                     faiss = FaissParams(**manifest.dense.faiss)

@@ -60,7 +60,6 @@ runs: TREC format, plain or .gz.""",
 def run_eval(args: argparse.Namespace) -> int:
     from tansaku.index.errors import TansakuError
 
-    from ..eval.evaluation import compare, evaluate_candidates, evaluate_pipeline, format_table
     from ..eval.metrics import per_query
     from ..eval.trec import read_qrels, read_queries, read_run, write_run
 
@@ -80,6 +79,8 @@ def run_eval(args: argparse.Namespace) -> int:
             "runs": [{"run": str(p), "metrics": m} for p, m in zip(args.run, means, strict=True)]
         }
         if len(runs) == 2:
+            from ..eval.evaluation import compare
+
             out["comparison"] = [compare(scores[0][m], scores[1][m], m).to_dict() for m in metrics]
         if args.json:
             emit_json(out)
@@ -93,7 +94,10 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"randomisation p = {c['randomization_p']:.4g}"
             )
         return 0
+    # Only here: scoring run files needs none of the search stack (numba, scipy) this loads.
     from tansaku.index.paths import check_output_dir
+
+    from ..eval.evaluation import evaluate_candidates, evaluate_pipeline, format_table
 
     # Checked before the (long) evaluation: --out only ever holds the stages' run files.
     out_dir = check_output_dir(
