@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import os
 import re
-import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ..errors import ModelLoadError
 
 # "name" or "owner/name" as the hub spells them; anything else can only be a path
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE = {"1", "true", "yes", "on"}
+# The proxy settings huggingface_hub honours; the reachability probe goes through them too.
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+DEFAULT_PROBE_TIMEOUT = 5.0
 
 
 def hub_offline() -> bool:
@@ -39,20 +43,45 @@ def looks_like_local_path(model: str | os.PathLike[str]) -> bool:
     return _HUB_ID.fullmatch(name) is None
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``) opens within ``timeout``.
+def hub_reachable(timeout: float | None = None) -> bool:
+    """Whether the hub endpoint (``HF_ENDPOINT``) answers an HTTP request within ``timeout`` s.
 
-    Behind a proxy a direct connection proves nothing, so the answer is then always True.
+    A TCP connection is not enough: a firewall or proxy that accepts it and never answers
+    makes huggingface_hub wait for minutes (some of its requests have no timeout at all). So
+    this sends one ``HEAD`` request through the same proxy settings, and the whole of it, DNS
+    included, gets ``timeout`` seconds (default: ``HF_HUB_ETAG_TIMEOUT`` when set, else 5).
+    Any answer below 500 counts, and so does a TLS server whose certificate this process does
+    not trust (huggingface_hub may be configured to); refused, reset, silent or 5xx does not.
     """
-    if any(os.environ.get(var) for var in _PROXY_VARS):
-        return True
-    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    if timeout is None:
+        timeout = _env_seconds("HF_HUB_ETAG_TIMEOUT", DEFAULT_PROBE_TIMEOUT)
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/") + "/"
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                answer.append(True)
+        except urllib.error.HTTPError as exc:
+            answer.append(exc.code < 500)
+        except urllib.error.URLError as exc:
+            answer.append(isinstance(exc.reason, ssl.SSLError))
+        except (OSError, ValueError):  # timeouts, resets, a malformed HF_ENDPOINT
+            answer.append(False)
+
+    # A thread, so that a resolver that never answers cannot hold the load up either.
+    thread = threading.Thread(target=probe, name="tansaku-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
+def _env_seconds(name: str, default: float) -> float:
     try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
-            return True
-    except OSError:
-        return False
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def offline_hint(model_id: str, option: str) -> str:
@@ -78,9 +107,9 @@ class ModelSource:
 def resolve(model: str | os.PathLike[str], *, what: str, option: str) -> ModelSource:
     """Check a model name before loading; a missing local path fails here, clearly.
 
-    With ``HF_HUB_OFFLINE`` set, or when the hub endpoint does not accept a connection,
-    only the local cache is used, so a model missing from it fails at once instead of
-    after a minute of download retries.
+    With ``HF_HUB_OFFLINE`` set, or when the hub endpoint does not answer within a few
+    seconds (:func:`hub_reachable`), only the local cache is used, so a model missing from it
+    fails at once instead of after minutes of retries (or never, behind a silent firewall).
     """
     name = os.fspath(model)
     if looks_like_local_path(model):
