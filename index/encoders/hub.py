@@ -2,7 +2,9 @@
 
 Search machines are often offline. A failed load says whether the name was taken for a
 local path or a hub id, what went wrong, and how to bring the model over by hand. Nothing
-here ever substitutes another model.
+here ever substitutes another model. While a model loads, transformers' and huggingface_hub's
+progress bars and load reports are hidden (:func:`quiet_loading`) unless asked for
+(:func:`set_verbose_loading`, ``tansaku --verbose``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ _TRUE = {"1", "true", "yes", "on"}
 # The proxy settings huggingface_hub honours; the reachability probe goes through them too.
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 DEFAULT_PROBE_TIMEOUT = 5.0
+_verbose = False
 
 
 def hub_offline() -> bool:
@@ -154,3 +160,48 @@ def load_failure(source: ModelSource, exc: BaseException, *, what: str, option: 
         f"could not load {what} model {source.name!r}: it looks like a hub id, but {why} "
         f"({cause}). To use it offline, {offline_hint(source.name, option)}"
     )
+
+
+def set_verbose_loading(verbose: bool) -> bool:
+    """Show (True) or hide (False, the default) the model libraries' output while models load:
+    transformers' "Loading weights" bars and load reports, huggingface_hub's download bars.
+    Returns the previous setting."""
+    global _verbose
+    previous, _verbose = _verbose, bool(verbose)
+    return previous
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Load a model without transformers' and huggingface_hub's progress bars and reports.
+
+    Their log levels drop to errors and their bars are switched off for the duration, then
+    restored as they were. A no-op after ``set_verbose_loading(True)``.
+    """
+    if _verbose:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    levels = hf_logging.get_verbosity(), hub_utils.logging.get_verbosity()
+    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    # huggingface_hub warns when HF_HUB_DISABLE_PROGRESS_BARS overrides a switch; it may.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_logging.set_verbosity_error()
+        hub_utils.logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # transformers' and huggingface_hub's
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf_logging.set_verbosity(levels[0])
+            hub_utils.logging.set_verbosity(levels[1])
+            if bars:
+                hf_logging.enable_progress_bar()  # switches huggingface_hub's on as well
+            if hub_bars:
+                hub_utils.enable_progress_bars()
+            elif bars:
+                hub_utils.disable_progress_bars()
