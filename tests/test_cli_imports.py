@@ -74,20 +74,19 @@ def loaded(report: list[dict[str, Any]], forbidden: set[str]) -> list[str]:
     return found
 
 
+COMMANDS = ("build", "search", "rerank", "eval", "add", "delete", "serve", "models", "train-reranker")
+
+
 def test_help_and_argument_errors_load_no_index_stack(tmp_path: Path) -> None:
-    report, _ = run_main(
-        tmp_path,
-        [
-            ["--help"],
-            ["search", "--help"],
-            ["build", "--help"],
-            ["serve", "--help"],
-            ["search"],  # missing arguments
-            ["search", "idx", "q", "--mode", "nope"],  # a bad choice
-            ["add", "idx", "docs.jsonl", "--max-chars", "many"],  # a bad number
-        ],
-    )
-    assert [entry["rc"] for entry in report] == [0, 0, 0, 0, 2, 2, 2]
+    helps = [["--help"]] + [[command, "--help"] for command in COMMANDS]
+    errors = [
+        ["search"],  # missing arguments
+        ["search", "idx", "q", "--mode", "nope"],  # a bad choice
+        ["add", "idx", "docs.jsonl", "--max-chars", "many"],  # a bad number
+        ["frobnicate"],  # no such command
+    ]
+    report, _ = run_main(tmp_path, helps + errors)
+    assert [entry["rc"] for entry in report] == [0] * len(helps) + [2] * len(errors)
     assert not loaded(report, INDEX_STACK)
 
 
