@@ -1,4 +1,8 @@
-"""The document store: one SQLite file with a ``docs`` table (sqlite-utils)."""
+"""The document store: one SQLite file with a ``docs`` table (sqlite-utils).
+
+Reading and writing go through :mod:`sqlite3` directly; sqlite-utils (which loads pandas) is
+imported only to create the table and for :attr:`Corpus.db`, so opening an index is cheap.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,16 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
 from tqdm.auto import tqdm
 
 from .atomic import disk_full
 from .errors import damaged
 from .records import Record, unique_ids
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 TABLE = "docs"
 _UPSERT = (
@@ -58,22 +64,36 @@ class Corpus:
         else:
             conn = sqlite3.connect(self.path, check_same_thread=False)
         conn.isolation_level = None  # explicit BEGIN/COMMIT: one transaction per ingest
-        self.db = sqlite_utils.Database(conn)
-        if not readonly and TABLE not in self.db.table_names():
+        self.conn = conn
+        self._db: sqlite_utils.Database | None = None
+        if not readonly and not self._has_table():
             self.db[TABLE].create(  # type: ignore[union-attr]
                 {"id": str, "title": str, "text": str, "metadata": str}, pk="id", not_null={"text"}
             )
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The connection as a sqlite-utils ``Database`` (made on first use)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
+    def _has_table(self) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.conn.execute(query, (TABLE,)).fetchone() is not None
+
     def __len__(self) -> int:
         with self._reading():
-            return self.db[TABLE].count
+            return int(self.conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
 
     def _reading(self) -> contextlib.AbstractContextManager[None]:
         # an index's corpus (opened read-only) names itself when damaged
         return reading_corpus(self.path) if self.readonly else contextlib.nullcontext()
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
     def ingest(
         self,
@@ -89,7 +109,7 @@ class Corpus:
         an error (they are almost always a data mistake); ids already in the corpus
         are replaced.
         """
-        conn = self.db.conn
+        conn = self.conn
         written = 0
         it = iter(tqdm(unique_ids(records), desc="ingest", unit="doc", total=total, disable=not progress))
         conn.execute("BEGIN IMMEDIATE")
@@ -112,7 +132,7 @@ class Corpus:
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete documents by id in one transaction; returns the ids that were not there."""
-        conn = self.db.conn
+        conn = self.conn
         missing = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -133,7 +153,7 @@ class Corpus:
         way). Returns the last rowid copied, where the next slice starts.
         """
         Corpus(target).close()  # the schema
-        conn = self.db.conn
+        conn = self.conn
         conn.execute("ATTACH DATABASE ? AS part", (os.fspath(target),))
         try:
             conn.execute("BEGIN")
@@ -154,13 +174,13 @@ class Corpus:
 
     def total_chars(self) -> int:
         """Characters of every title and text (what a build's memory grows with)."""
-        row = self.db.conn.execute(f"SELECT sum(length(text)) + sum(length(title)) FROM {TABLE}").fetchone()
+        row = self.conn.execute(f"SELECT sum(length(text)) + sum(length(title)) FROM {TABLE}").fetchone()
         return int(row[0] or 0)
 
     def iter_records(self) -> Iterator[Record]:
         """All records in rowid order."""
         with self._reading():
-            cursor = self.db.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
+            cursor = self.conn.execute(f"SELECT id, title, text, metadata FROM {TABLE} ORDER BY rowid")
             for doc_id, title, text, metadata in cursor:
                 yield Record(doc_id, text, title or "", json.loads(metadata or "{}"))
 
@@ -172,7 +192,7 @@ class Corpus:
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                for doc_id, title, text, metadata in self.db.conn.execute(
+                for doc_id, title, text, metadata in self.conn.execute(
                     f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})", chunk
                 ):
                     found[doc_id] = Record(doc_id, text, title or "", json.loads(metadata or "{}"))

@@ -2,6 +2,9 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. FAISS ids are
 document positions (the same positions as the BM25 matrix and ``ids.npy``).
+
+FAISS is imported inside the functions that use it, so that opening an index for a BM25
+search (or ``tansaku add`` without an encoder) never loads it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from .arrays import load_array
@@ -123,6 +125,8 @@ def train_points(n_total: int, resolved: FaissParams) -> int:
 
 def _trained_index(sample: np.ndarray, dim: int, resolved: FaissParams) -> Any:
     """An empty FAISS index for the resolved plan, its quantizers trained on ``sample``."""
+    import faiss
+
     if resolved.kind == "flat":
         return faiss.IndexFlatIP(dim)
     assert resolved.nlist is not None and resolved.m is not None
@@ -167,6 +171,8 @@ def empty_result(n_queries: int) -> Result:
 def id_selector(allowed: np.ndarray) -> tuple[Any, np.ndarray]:
     """A FAISS selector for the positions set in the boolean mask ``allowed``, and the bitmap
     it reads through a raw pointer: keep the bitmap alive until the searches are done."""
+    import faiss
+
     bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit (id & 7) of byte id >> 3
     return faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap)), bitmap
 
@@ -250,6 +256,8 @@ class DenseIndex:
         self.reason = reason
         self.vectors = vectors
         if params.kind == "ivfpq":
+            import faiss
+
             faiss.extract_index_ivf(index).nprobe = params.nprobe
 
     @property
@@ -263,6 +271,8 @@ class DenseIndex:
     @property
     def nlist(self) -> int:
         """IVF lists (0 for Flat)."""
+        import faiss
+
         return 0 if self.params.kind == "flat" else int(faiss.extract_index_ivf(self.index).nlist)
 
     @classmethod
@@ -319,6 +329,8 @@ class DenseIndex:
         ``nprobe`` is the number of IVF lists to visit (Flat ignores it); ``sel`` an optional
         FAISS id selector (see :func:`id_selector`). Missing slots have position -1.
         """
+        import faiss
+
         if self.params.kind == "flat":
             if sel is None:
                 return self.index.search(queries, n)  # type: ignore[no-any-return]
@@ -416,6 +428,8 @@ class DenseIndex:
 
         A read-only view, never a copy: valid while this index is alive.
         """
+        import faiss
+
         if self.params.kind == "flat":
             stored = faiss.rev_swig_ptr(self.index.get_xb(), self.ntotal * self.dim)
             view = np.asarray(stored).reshape(self.ntotal, self.dim)
@@ -427,6 +441,8 @@ class DenseIndex:
 
     def with_vectors(self, vectors: np.ndarray) -> DenseIndex:
         """A new index over ``vectors`` with this one's trained quantizers (no retraining)."""
+        import faiss
+
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.params.kind == "flat":
             index: Any = faiss.IndexFlatIP(self.dim)
@@ -440,6 +456,8 @@ class DenseIndex:
         )
 
     def describe(self) -> dict[str, Any]:
+        import faiss
+
         return {
             "faiss": asdict(self.params),
             "reason": self.reason,
@@ -449,6 +467,8 @@ class DenseIndex:
         }
 
     def save(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+        import faiss
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(directory / "faiss.index"))
@@ -461,6 +481,8 @@ class DenseIndex:
         cls, directory: str | os.PathLike[str], params: FaissParams, *, reason: str = "", mmap: bool = True
     ) -> DenseIndex:
         directory = Path(directory)
+        import faiss
+
         path = directory / "faiss.index"
         if not path.exists():
             raise IndexFormatError(f"dense index at {directory} is incomplete: missing faiss.index")

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-import faiss
 import numpy as np
 
 from .checks import check_int
@@ -183,6 +182,8 @@ class ShardedDense:
         return tuple(int(o) for o in self._offsets)
 
     def describe(self) -> dict[str, Any]:
+        import faiss  # imported where used: see tansaku.index.dense
+
         return {
             "faiss": asdict(self._params),
             "reason": self._reason,
@@ -326,6 +327,7 @@ class ShardedDense:
 def _check_shared_quantizers(shards: Sequence[DenseIndex]) -> None:
     """Shards of one IVFPQ index must share its coarse centroids and PQ codebooks, or a
     document's PQ score (phase 1) would depend on its shard."""
+    import faiss
 
     def trained(shard: DenseIndex) -> tuple[np.ndarray, np.ndarray]:
         ivf = faiss.extract_index_ivf(shard.index)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import faiss
 import numpy as np
 
 from .arrays import read_header
@@ -67,6 +66,8 @@ class DenseFiles:
 
     def read(self, params: FaissParams, *, reason: str, dim: int | None, n: int, mmap: bool) -> DenseIndex:
         """The checked :class:`DenseIndex` of these files (``n`` vectors of ``dim``)."""
+        import faiss  # here, not at the top: a BM25 search never loads FAISS
+
         index = self.index
         if self.missing is not None:
             raise damaged(index, self.missing, "is missing")
@@ -118,6 +119,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _ivf_ids_in_range(index: Any, n: int) -> bool:
     """Every id in an IVF index's lists lies in ``[0, n)`` and the lists hold ``n`` in all."""
+    import faiss
+
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:

@@ -223,7 +223,7 @@ def load_shard(
     integrity.check_bm25(path, root / BM25_DIR, bm25, entry.count)
     doc_ids = load_array(root / IDS_FILE, mmap=mmap)
     corpus = Corpus(root / CORPUS_FILE, readonly=True)
-    shard = Shard(corpus, doc_ids, FilterMasks(corpus.db.conn, doc_ids))
+    shard = Shard(corpus, doc_ids, FilterMasks(corpus.conn, doc_ids))
     if not dense or manifest.dense is None:
         return shard, bm25, None
     section = manifest.dense

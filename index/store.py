@@ -123,7 +123,7 @@ class Index(IndexBase):
         self.dense = dense
         self.doc_ids = doc_ids
         self._encoder = encoder
-        self._masks = FilterMasks(corpus.db.conn, doc_ids)
+        self._masks = FilterMasks(corpus.conn, doc_ids)
         self._corpus_path = corpus.path
 
     @classmethod
@@ -223,7 +223,7 @@ def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: st
     ddl = f"CREATE INDEX IF NOT EXISTS \"{name}\" ON docs (json_extract(metadata, '{path}'))"
     try:
         if isinstance(index, Corpus):
-            index.db.conn.execute(ddl)
+            index.conn.execute(ddl)
             return name
         directory = Path(index.path if isinstance(index, Index) else index)
         if not (directory / CORPUS_FILE).is_file():

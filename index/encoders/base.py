@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ModelLoadError
-from .hub import load_failure, resolve
+from .hub import load_failure, quiet_loading, resolve
 
 
 class Encoder(Protocol):
@@ -60,9 +60,10 @@ class SentenceTransformerEncoder:
         self.name = source.name
         self.batch_size = batch_size
         try:
-            self.model = SentenceTransformer(
-                self.name, device=device, local_files_only=source.local_files_only
-            )
+            with quiet_loading():
+                self.model = SentenceTransformer(
+                    self.name, device=device, local_files_only=source.local_files_only
+                )
         except Exception as exc:  # the library raises OSError, ValueError, HTTP errors...
             raise ModelLoadError(load_failure(source, exc, what="encoder", option="--encoder")) from exc
         if max_seq_length:

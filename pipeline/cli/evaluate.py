@@ -72,7 +72,6 @@ one that was not evaluated counting 0 (trec_eval -c).""",
 def run_eval(args: argparse.Namespace) -> int:
     from tansaku.index.errors import TansakuError
 
-    from ..eval.evaluation import compare, evaluate_candidates, evaluate_pipeline, format_table
     from ..eval.metrics import judged_subset, per_query
     from ..eval.trec import read_qrels, read_queries, read_run, write_run
 
@@ -98,6 +97,8 @@ def run_eval(args: argparse.Namespace) -> int:
         for entry in out["runs"]:
             _note_left_out(entry["judged_not_in_run"], len(qrels), f"not in {entry['run']}", args.complete)
         if len(runs) == 2:
+            from ..eval.evaluation import compare
+
             # both systems on the same queries: those either run evaluated (or all judged, -c)
             both = judged_subset(qrels, set(runs[0]) | set(runs[1]), args.complete)
             paired = [per_query(both, run, metrics) for run in runs]
@@ -114,7 +115,10 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"randomisation p = {c['randomization_p']:.4g}"
             )
         return 0
+    # Only here: scoring run files needs none of the search stack (numba, scipy) this loads.
     from tansaku.index.paths import check_output_dir
+
+    from ..eval.evaluation import evaluate_candidates, evaluate_pipeline, format_table
 
     # Checked before the (long) evaluation: --out only ever holds the stages' run files.
     out_dir = check_output_dir(

@@ -37,6 +37,11 @@ COMMANDS = (
     add_train_reranker,
 )
 
+VERBOSE_HELP = (
+    "show the model libraries' output while models load (transformers' 'Loading weights' "
+    "bars and load reports, huggingface_hub's download bars); hidden by default"
+)
+
 
 def make_parser() -> argparse.ArgumentParser:
     """The ``tansaku`` parser with every command registered (cheap: no command's imports run)."""
@@ -46,9 +51,14 @@ def make_parser() -> argparse.ArgumentParser:
         "Run `tansaku COMMAND --help` for each command.",
     )
     parser.add_argument("--version", action="version", version=f"tansaku {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    # Also after the command (`tansaku search ... --verbose`); SUPPRESS: a subcommand that is not
+    # given it must not reset the global one.
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -61,11 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tansaku ARGV``; the exit status (2: a TansakuError, said in one line on stderr)."""
     args = make_parser().parse_args(argv)
     handler: Handler = args.handler
-    # after parsing: tansaku.index imports numpy and faiss, which `--help` does not need
+    # after parsing: `--help` and argument errors import nothing of tansaku.index
+    from tansaku.index.encoders.hub import set_verbose_loading
     from tansaku.index.errors import TansakuError
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    verbose_before = set_verbose_loading(args.verbose)
     try:
         return handler(args)
     except TansakuError as exc:
@@ -78,3 +90,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `tansaku search ... | head`: the reader went away; not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        set_verbose_loading(verbose_before)  # main() may run again in this process

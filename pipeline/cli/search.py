@@ -61,13 +61,13 @@ examples:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    flt = parse_filter_arg(args)  # a bad --filter fails before the search stack loads
     from tansaku.retrieve import FusionConfig
 
     from ..api import open_index
     from ..search import default_rerank_k
     from .options import say
 
-    flt = parse_filter_arg(args)
     retrieve_k = args.retrieve_k or max(100, args.top_n)
     with open_index(
         args.index,
