@@ -30,7 +30,7 @@ from tansaku.index.filters import Filter
 from tansaku.index.lazy_dense import LazyDense
 from tansaku.index.manifest import IndexManifest
 from tansaku.index.records import Record
-from tansaku.index.sharded import STATS_DIR, Shard, ShardedIndex
+from tansaku.index.sharded import STATS_DIR, Shard, ShardedCorpus, ShardedIndex
 from tansaku.index.store import CORPUS_FILE
 
 from .shard_server import StaleVersionError, group_of, version_of
@@ -171,6 +171,22 @@ class RemoteCorpus:
         """The replica owns the corpus."""
 
 
+class ParallelCorpus(ShardedCorpus):
+    """The served shards' corpora read as one: a lookup asks every shard at once (one round
+    trip's latency, not one per shard)."""
+
+    def __init__(self, corpora: Sequence[RemoteCorpus], pool: ThreadPoolExecutor) -> None:
+        super().__init__(corpora)
+        self._pool = pool
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Record]:
+        wanted = list(ids)
+        found: dict[str, Record] = {}
+        for part in self._pool.map(lambda corpus: corpus.get_many(wanted), self.corpora):
+            found.update(part)
+        return found
+
+
 class RemoteMasks:
     """One shard's filter masks, computed (and cached) in its replica."""
 
@@ -270,9 +286,13 @@ class RayShardedIndex(ShardedIndex):
         )
         index.groups = groups
         index.version = version
+        # one thread per shard: the calls only wait on the replicas
+        index.pool = ThreadPoolExecutor(len(shards), thread_name_prefix="tansaku-ray-shards")
+        index.corpus = ParallelCorpus([s.corpus for s in shards], index.pool)  # type: ignore[misc]
         return index
 
     version: str
+    pool: ThreadPoolExecutor
 
     def __repr__(self) -> str:
         return f"RayShardedIndex({str(self.path)!r}, docs={len(self)}, shards={len(self.shards)})"
@@ -284,8 +304,7 @@ class RayShardedIndex(ShardedIndex):
         flt = parse_filter(spec)
         if flt is None or flt.matches_all:
             return None
-        with ThreadPoolExecutor(len(self.shards)) as pool:
-            parts = list(pool.map(lambda shard: shard.masks.mask(flt), self.shards))
+        parts = list(self.pool.map(lambda shard: shard.masks.mask(flt), self.shards))
         mask = np.concatenate(parts)
         mask.flags.writeable = False
         return mask
