@@ -14,6 +14,7 @@ unchanged and gets exactly the unsharded index's answers.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index, IndexBase
 
 STATS_DIR = "stats"
 SHARDS_DIR = "shards"
+_ROUTES = 1 << 17  # ids whose shard a ShardedIndex remembers for hydration (a few MB)
 
 
 def shard_dir(number: int) -> str:
@@ -61,6 +63,17 @@ class ShardedCorpus:
             if not wanted:
                 break
             found.update(corpus.get_many(wanted))
+            wanted = [i for i in wanted if i not in found]
+        return found
+
+    def rows(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None, str, str | None]]:
+        """:meth:`Corpus.rows` over the shards: each is asked for the ids not found yet."""
+        found: dict[str, tuple[str, str | None, str, str | None]] = {}
+        wanted = list(ids)
+        for corpus in self.corpora:
+            if not wanted:
+                break
+            found.update(corpus.rows(wanted))
             wanted = [i for i in wanted if i not in found]
         return found
 
@@ -106,6 +119,10 @@ class ShardedIndex(IndexBase):
         self.corpus = ShardedCorpus([s.corpus for s in self.shards])
         self.doc_ids = np.concatenate([s.doc_ids for s in self.shards])
         self._encoder = encoder
+        self._unread = weakref.WeakSet()
+        self._ends = np.cumsum([len(s.doc_ids) for s in self.shards])
+        # id -> shard of the ids ids_at handed out lately: hydration asks just that shard
+        self._shard_of: dict[str, int] = {}
 
     @classmethod
     def open(
@@ -167,6 +184,30 @@ class ShardedIndex(IndexBase):
         dense = self.dense.params.kind if self.dense else "none"
         return f"ShardedIndex({str(self.path)!r}, docs={len(self)}, shards={len(self.shards)}, dense={dense})"
 
+    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        ids = super().ids_at(positions)
+        shards = np.searchsorted(self._ends, np.asarray(positions, dtype=np.intp), side="right")
+        if len(self._shard_of) > _ROUTES:
+            self._shard_of.clear()  # bounded memory; an id forgotten is looked up in every shard
+        self._shard_of.update(zip(ids, shards.tolist(), strict=True))
+        return ids
+
+    def _rows(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None, str, str | None]]:
+        # Each shard is asked only for its own ids (a search's hits come from ids_at): one
+        # query per shard holding hits instead of every id tried in shard after shard.
+        by_shard: dict[int, list[str]] = {}
+        shard_of = self._shard_of.get
+        for doc_id in ids:
+            by_shard.setdefault(shard_of(doc_id, -1), []).append(doc_id)
+        found: dict[str, tuple[str, str | None, str, str | None]] = {}
+        for shard, wanted in by_shard.items():
+            if shard >= 0:
+                found.update(self.shards[shard].corpus.rows(wanted))
+        rest = [i for i in ids if i not in found]  # unknown ids, and any not where expected
+        if rest:
+            found.update(self.corpus.rows(rest))
+        return found
+
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
         """The documents a metadata filter allows, over global positions (None: no restriction)."""
         flt = parse_filter(spec)
@@ -181,9 +222,6 @@ class ShardedIndex(IndexBase):
         fresh = open_index(self.path)
         self.hand_over_encoder(fresh)
         return fresh
-
-    def close(self) -> None:
-        self.corpus.close()
 
 
 SearchIndex = Index | ShardedIndex

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +21,7 @@ from .dense import DenseIndex, FaissParams
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError
 from .filters import FilterMasks, FilterSpec, json_path, parse_filter
-from .hit import Hit
+from .hit import DeferredFields, Hit, with_fields
 from .manifest import IndexManifest
 from .records import Record
 
@@ -34,14 +36,16 @@ class RecordSource(Protocol):
 
     def get_many(self, ids: Sequence[str]) -> Mapping[str, Record]: ...
 
+    def rows(self, ids: Sequence[str]) -> Mapping[str, tuple[str, str | None, str, str | None]]: ...
+
     def close(self) -> None: ...
 
 
 class IndexBase:
     """What one index and a sharded one share: the query encoder, ids and hydration.
 
-    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``), ``dense``, ``doc_ids``
-    and ``_encoder``.
+    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``, ``rows``), ``dense``,
+    ``doc_ids``, ``_encoder`` and ``_unread`` (an empty WeakSet).
     """
 
     path: Path
@@ -50,6 +54,7 @@ class IndexBase:
     dense: Any
     doc_ids: np.ndarray
     _encoder: Encoder | None
+    _unread: weakref.WeakSet[DeferredFields]  # of hydrate_lazy's lists, until fetched or dropped
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -72,17 +77,47 @@ class IndexBase:
             fresh._encoder = self._encoder
 
     def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        return [str(self.doc_ids[int(p)]) for p in positions]
+        """The ids of documents at ``positions`` (one numpy gather, not a lookup per hit)."""
+        ids = np.asarray(self.doc_ids)[np.asarray(positions, dtype=np.intp)]
+        return ids.tolist() if ids.dtype.kind == "U" else [str(i) for i in ids]
 
     def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
-        """Hits with title, text and metadata filled in from the corpus."""
-        records = self.corpus.get_many([h.doc_id for h in hits])
+        """Hits with title, text and metadata filled in from the corpus (one query per corpus)."""
+        fields = self._fields([h.doc_id for h in hits])
         return [
-            hit
-            if (rec := records.get(hit.doc_id)) is None
-            else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
+            hit if (row := fields.get(hit.doc_id)) is None else with_fields(hit, row[0], row[1], dict(row[2]))
             for hit in hits
         ]
+
+    def hydrate_lazy(self, hits: Sequence[Hit]) -> list[Hit]:
+        """:meth:`hydrate`, deferred until a field is first read.
+
+        The hits equal, print and serialise as :meth:`hydrate`'s; reading any one's title, text
+        or metadata fetches those of the whole list, in the one query :meth:`hydrate` makes.
+        Closing the index fetches what is still unread first, so the hits outlive it.
+        """
+        if {type(h) for h in hits} != {Hit}:  # nothing to defer, or subclasses: no lazy copies
+            return self.hydrate(hits)
+        ids = [h.doc_id for h in hits]
+        source = DeferredFields(lambda: self._fields(ids), hits)
+        self._unread.add(source)
+        return source.hits()
+
+    def _fields(self, ids: Sequence[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+        """``{id: (title, text, metadata)}`` as a :class:`Record` holds them ("" for no title)."""
+        return {
+            doc_id: (title or "", text, {} if not meta or meta == "{}" else json.loads(meta))
+            for doc_id, title, text, meta in self._rows(ids).values()
+        }
+
+    def _rows(self, ids: Sequence[str]) -> Mapping[str, tuple[str, str | None, str, str | None]]:
+        return self.corpus.rows(ids)
+
+    def close(self) -> None:
+        """Close the corpus, after fetching the fields of lazily hydrated hits not yet read."""
+        for source in list(self._unread):
+            source.load()
+        self.corpus.close()
 
 
 class Index(IndexBase):
@@ -111,6 +146,7 @@ class Index(IndexBase):
         self.dense = dense
         self.doc_ids = doc_ids
         self._encoder = encoder
+        self._unread = weakref.WeakSet()
         self._masks = FilterMasks(corpus.db.conn, doc_ids)
 
     @classmethod
@@ -168,9 +204,6 @@ class Index(IndexBase):
         if flt is None or flt.matches_all:
             return None
         return self._masks.mask(flt)
-
-    def close(self) -> None:
-        self.corpus.close()
 
 
 def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: str) -> str:
