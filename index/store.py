@@ -96,12 +96,14 @@ class IndexBase:
         or metadata fetches those of the whole list, in the one query :meth:`hydrate` makes.
         Closing the index fetches what is still unread first, so the hits outlive it.
         """
-        if {type(h) for h in hits} != {Hit}:  # nothing to defer, or subclasses: no lazy copies
+        if set(map(type, hits)) != {Hit}:  # nothing to defer, or subclasses: no lazy copies
             return self.hydrate(hits)
-        ids = [h.doc_id for h in hits]
-        source = DeferredFields(lambda: self._fields(ids), hits)
+        source = DeferredFields(self._fields_of, hits)
         self._unread.add(source)
         return source.hits()
+
+    def _fields_of(self, hits: Sequence[Hit]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+        return self._fields([h.doc_id for h in hits])
 
     def _fields(self, ids: Sequence[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """``{id: (title, text, metadata)}`` as a :class:`Record` holds them ("" for no title)."""
