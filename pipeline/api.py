@@ -98,7 +98,7 @@ class Searcher:
         A swap replaces the directory, so its inode changes; one ``stat`` per search.
         """
         try:
-            current = self.index.path.stat().st_ino
+            current = os.stat(self.index.path).st_ino  # (os.stat: no Path.stat frame per search)
         except FileNotFoundError:
             return False
         if current == self._inode:
