@@ -35,7 +35,7 @@ from .filters import FilterMasks, FilterSpec, parse_filter
 from .manifest import IndexManifest
 from .records import Record
 from .stats import CorpusStats
-from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index, IndexBase
+from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Fields, Index, IndexBase, corpus_fields
 
 STATS_DIR = "stats"
 SHARDS_DIR = "shards"
@@ -63,17 +63,6 @@ class ShardedCorpus:
             if not wanted:
                 break
             found.update(corpus.get_many(wanted))
-            wanted = [i for i in wanted if i not in found]
-        return found
-
-    def rows(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None, str, str | None]]:
-        """:meth:`Corpus.rows` over the shards: each is asked for the ids not found yet."""
-        found: dict[str, tuple[str, str | None, str, str | None]] = {}
-        wanted = list(ids)
-        for corpus in self.corpora:
-            if not wanted:
-                break
-            found.update(corpus.rows(wanted))
             wanted = [i for i in wanted if i not in found]
         return found
 
@@ -192,20 +181,23 @@ class ShardedIndex(IndexBase):
         self._shard_of.update(zip(ids, shards.tolist(), strict=True))
         return ids
 
-    def _rows(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None, str, str | None]]:
+    def _fields(self, ids: Sequence[str]) -> Fields:
         # Each shard is asked only for its own ids (a search's hits come from ids_at): one
         # query per shard holding hits instead of every id tried in shard after shard.
         by_shard: dict[int, list[str]] = {}
         shard_of = self._shard_of.get
         for doc_id in ids:
             by_shard.setdefault(shard_of(doc_id, -1), []).append(doc_id)
-        found: dict[str, tuple[str, str | None, str, str | None]] = {}
+        found: Fields = {}
         for shard, wanted in by_shard.items():
             if shard >= 0:
-                found.update(self.shards[shard].corpus.rows(wanted))
+                found.update(corpus_fields(self.shards[shard].corpus, wanted))
         rest = [i for i in ids if i not in found]  # unknown ids, and any not where expected
-        if rest:
-            found.update(self.corpus.rows(rest))
+        for shard in self.shards:
+            if not rest:
+                break
+            found.update(corpus_fields(shard.corpus, rest))
+            rest = [i for i in rest if i not in found]
         return found
 
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:

@@ -36,16 +36,31 @@ class RecordSource(Protocol):
 
     def get_many(self, ids: Sequence[str]) -> Mapping[str, Record]: ...
 
-    def rows(self, ids: Sequence[str]) -> Mapping[str, tuple[str, str | None, str, str | None]]: ...
-
     def close(self) -> None: ...
+
+
+Fields = dict[str, tuple[str, str, dict[str, Any]]]
+"""``{doc_id: (title, text, metadata)}`` as a :class:`Record` holds them ("" for no title)."""
+
+
+def corpus_fields(corpus: Any, ids: Sequence[str]) -> Fields:
+    """The fields hydration copies into hits, by id, in one query: a :class:`Corpus`'s raw
+    rows (no :class:`Record` per row); any other source (a proxy) through ``get_many``."""
+    rows = getattr(corpus, "rows", None)
+    if rows is None:
+        return {i: (r.title, r.text, dict(r.metadata)) for i, r in corpus.get_many(ids).items()}
+    return {
+        doc_id: (title or "", text, {} if not meta or meta == "{}" else json.loads(meta))
+        for doc_id, title, text, meta in rows(ids).values()
+    }
 
 
 class IndexBase:
     """What one index and a sharded one share: the query encoder, ids and hydration.
 
-    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``, ``rows``), ``dense``,
-    ``doc_ids``, ``_encoder`` and ``_unread`` (an empty WeakSet).
+    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``; a :class:`Corpus`'s
+    ``rows`` when it has them), ``dense``, ``doc_ids``, ``_encoder`` and ``_unread`` (an
+    empty WeakSet).
     """
 
     path: Path
@@ -102,18 +117,11 @@ class IndexBase:
         self._unread.add(source)
         return source.hits()
 
-    def _fields_of(self, hits: Sequence[Hit]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    def _fields_of(self, hits: Sequence[Hit]) -> Fields:
         return self._fields([h.doc_id for h in hits])
 
-    def _fields(self, ids: Sequence[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
-        """``{id: (title, text, metadata)}`` as a :class:`Record` holds them ("" for no title)."""
-        return {
-            doc_id: (title or "", text, {} if not meta or meta == "{}" else json.loads(meta))
-            for doc_id, title, text, meta in self._rows(ids).values()
-        }
-
-    def _rows(self, ids: Sequence[str]) -> Mapping[str, tuple[str, str | None, str, str | None]]:
-        return self.corpus.rows(ids)
+    def _fields(self, ids: Sequence[str]) -> Fields:
+        return corpus_fields(self.corpus, ids)
 
     def close(self) -> None:
         """Close the corpus, after fetching the fields of lazily hydrated hits not yet read."""

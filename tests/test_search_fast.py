@@ -188,3 +188,29 @@ def test_search_reuses_its_pipeline_only_for_the_same_settings(index_dir):
         searcher.config = replace(searcher.config, top_n=2)
         assert len(searcher.search(QUERIES[0]).hits) == 2
         assert searcher.search(QUERIES[0]).hits == searcher.pipeline().search(QUERIES[0]).hits
+
+
+class RecordsOnly:
+    """A corpus proxy with ``get_many`` and no ``rows`` (as a Ray shard replica's)."""
+
+    def __init__(self, corpus) -> None:
+        self.corpus = corpus
+
+    def get_many(self, ids):
+        return self.corpus.get_many(ids)
+
+    def close(self) -> None:
+        self.corpus.close()
+
+
+def test_hydration_through_a_corpus_without_rows(index):
+    hits = plain_hits(index, QUERIES[3], 100)
+    expected = plain_hydrate(index, hits)
+    if isinstance(index, ShardedIndex):
+        for shard in index.shards:
+            shard.corpus = RecordsOnly(shard.corpus)
+    else:
+        index.corpus = RecordsOnly(index.corpus)
+    BM25Retriever(index).retrieve(QUERIES[3], 100)  # the sharded index routes these ids
+    same(index.hydrate(hits), expected)
+    same(index.hydrate_lazy(hits), expected)
