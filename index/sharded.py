@@ -189,9 +189,9 @@ class ShardedIndex(IndexBase):
         for doc_id in ids:
             by_shard.setdefault(shard_of(doc_id, -1), []).append(doc_id)
         found: Fields = {}
-        for shard, wanted in by_shard.items():
-            if shard >= 0:
-                found.update(corpus_fields(self.shards[shard].corpus, wanted))
+        for number, wanted in by_shard.items():
+            if number >= 0:
+                found.update(corpus_fields(self.shards[number].corpus, wanted))
         rest = [i for i in ids if i not in found]  # unknown ids, and any not where expected
         for shard in self.shards:
             if not rest:
