@@ -243,6 +243,12 @@ class JapaneseAnalyzer:
         ngram = self.options.ngram
         return ngram.weight if ngram is not None and term.startswith(NGRAM_PREFIX) else 1.0
 
+    @property
+    def weighs_terms(self) -> bool:
+        """Whether :meth:`term_weight` is anything but 1 for some term (weighted n-grams)."""
+        ngram = self.options.ngram
+        return ngram is not None and ngram.weight != 1.0
+
     def _words(self, norm: str) -> tuple[list[str], list[str]]:
         """Kept words, and the runs of consecutive kept surfaces (for ``ngram.source='words'``)."""
         if self._plain:

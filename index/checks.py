@@ -13,6 +13,8 @@ def check_int(name: str, value: object, minimum: int = 1, *, note: str = "") -> 
     Anything else is a :class:`ConfigError` naming ``name``: "k must be an integer >= 1,
     got 0". ``note`` follows the bound in the message, e.g. " (0 = automatic)".
     """
+    if type(value) is int and value >= minimum:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}{note}, got {value!r}")
     return int(value)

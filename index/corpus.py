@@ -30,6 +30,7 @@ _UPSERT = (
     "ON CONFLICT(id) DO UPDATE SET title = excluded.title, text = excluded.text, "
     "metadata = excluded.metadata"
 )
+_MAX_PARAMS = 999  # SQLite's cap on bound parameters in builds before 3.32
 
 
 @contextlib.contextmanager
@@ -196,6 +197,25 @@ class Corpus:
                     f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})", chunk
                 ):
                     found[doc_id] = Record(doc_id, text, title or "", json.loads(metadata or "{}"))
+        return found
+
+    def rows(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None, str, str | None]]:
+        """Raw ``(id, title, text, metadata JSON)`` rows by id (missing ids are left out).
+
+        What hydration reads per search: one query for up to 999 ids, and no :class:`Record`
+        per row.
+        """
+        found: dict[str, tuple[str, str | None, str, str | None]] = {}
+        with self._reading():  # a damaged file is IndexCorruptError naming it
+            for start in range(0, len(ids), _MAX_PARAMS):
+                chunk = list(ids[start : start + _MAX_PARAMS])
+                # Padded with a repeated id to a power of two, so a handful of statements serve
+                # every length from sqlite3's statement cache instead of being parsed per search.
+                size = max(8, 1 << (len(chunk) - 1).bit_length())
+                chunk += chunk[:1] * (min(size, _MAX_PARAMS) - len(chunk))
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id, title, text, metadata FROM {TABLE} WHERE id IN ({marks})"
+                found.update((row[0], row) for row in self.conn.execute(sql, chunk))
         return found
 
     def get(self, doc_id: str) -> Record | None:

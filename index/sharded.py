@@ -14,6 +14,7 @@ unchanged and gets exactly the unsharded index's answers.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,11 @@ from .lazy_dense import DenseFiles, LazyDense, open_dense
 from .manifest import IndexManifest, ShardEntry
 from .records import Record
 from .stats import CorpusStats
-from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Index, IndexBase
+from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Fields, Index, IndexBase, corpus_fields
 
 STATS_DIR = "stats"
 SHARDS_DIR = "shards"
+_ROUTES = 1 << 17  # ids whose shard a ShardedIndex remembers for hydration (a few MB)
 
 
 def shard_dir(number: int) -> str:
@@ -123,6 +125,10 @@ class ShardedIndex(IndexBase):
         self.corpus = ShardedCorpus([s.corpus for s in self.shards])
         self.doc_ids = np.concatenate([s.doc_ids for s in self.shards])
         self._encoder = encoder
+        self._unread = weakref.WeakSet()
+        self._ends = np.cumsum([len(s.doc_ids) for s in self.shards])
+        # id -> shard of the ids ids_at handed out lately: hydration asks just that shard
+        self._shard_of: dict[str, int] = {}
 
     @classmethod
     def open(
@@ -178,6 +184,33 @@ class ShardedIndex(IndexBase):
         dense = self.dense.params.kind if self.dense else "none"
         return f"ShardedIndex({str(self.path)!r}, docs={len(self)}, shards={len(self.shards)}, dense={dense})"
 
+    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        ids = super().ids_at(positions)
+        shards = np.searchsorted(self._ends, np.asarray(positions, dtype=np.intp), side="right")
+        if len(self._shard_of) > _ROUTES:
+            self._shard_of.clear()  # bounded memory; an id forgotten is looked up in every shard
+        self._shard_of.update(zip(ids, shards.tolist(), strict=True))
+        return ids
+
+    def _fields(self, ids: Sequence[str]) -> Fields:
+        # Each shard is asked only for its own ids (a search's hits come from ids_at): one
+        # query per shard holding hits instead of every id tried in shard after shard.
+        by_shard: dict[int, list[str]] = {}
+        shard_of = self._shard_of.get
+        for doc_id in ids:
+            by_shard.setdefault(shard_of(doc_id, -1), []).append(doc_id)
+        found: Fields = {}
+        for number, wanted in by_shard.items():
+            if number >= 0:
+                found.update(corpus_fields(self.shards[number].corpus, wanted))
+        rest = [i for i in ids if i not in found]  # unknown ids, and any not where expected
+        for shard in self.shards:
+            if not rest:
+                break
+            found.update(corpus_fields(shard.corpus, rest))
+            rest = [i for i in rest if i not in found]
+        return found
+
     def filter_mask(self, spec: FilterSpec) -> np.ndarray | None:
         """The documents a metadata filter allows, over global positions (None: no restriction)."""
         flt = parse_filter(spec)
@@ -199,11 +232,6 @@ class ShardedIndex(IndexBase):
         fresh = open_index(self.path)
         self.hand_over_encoder(fresh)
         return fresh
-
-    def close(self) -> None:
-        self.corpus.close()
-        if isinstance(self.dense, LazyDense):
-            self.dense.close()
 
 
 def load_shard(

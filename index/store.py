@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +23,7 @@ from .dense import DenseIndex
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError, damaged
 from .filters import FilterMasks, FilterSpec, MaskSource, json_path, parse_filter, unknown_field_warnings
-from .hit import Hit
+from .hit import DeferredFields, Hit, with_fields
 from .lazy_dense import LazyDense, open_dense
 from .manifest import IndexManifest
 from .records import Record
@@ -40,11 +42,28 @@ class RecordSource(Protocol):
     def close(self) -> None: ...
 
 
+Fields = dict[str, tuple[str, str, dict[str, Any]]]
+"""``{doc_id: (title, text, metadata)}`` as a :class:`Record` holds them ("" for no title)."""
+
+
+def corpus_fields(corpus: Any, ids: Sequence[str]) -> Fields:
+    """The fields hydration copies into hits, by id, in one query: a :class:`Corpus`'s raw
+    rows (no :class:`Record` per row); any other source (a proxy) through ``get_many``."""
+    rows = getattr(corpus, "rows", None)
+    if rows is None:
+        return {i: (r.title, r.text, dict(r.metadata)) for i, r in corpus.get_many(ids).items()}
+    return {
+        doc_id: (title or "", text, {} if not meta or meta == "{}" else json.loads(meta))
+        for doc_id, title, text, meta in rows(ids).values()
+    }
+
+
 class IndexBase:
     """What one index and a sharded one share: the query encoder, ids and hydration.
 
-    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``), ``dense``, ``doc_ids``
-    and ``_encoder``.
+    Subclasses set ``path``, ``manifest``, ``corpus`` (``get_many``; a :class:`Corpus`'s
+    ``rows`` when it has them), ``dense``, ``doc_ids``, ``_encoder`` and ``_unread`` (an
+    empty WeakSet).
     """
 
     path: Path
@@ -53,6 +72,7 @@ class IndexBase:
     dense: Any
     doc_ids: np.ndarray
     _encoder: Encoder | None
+    _unread: weakref.WeakSet[DeferredFields]  # of hydrate_lazy's lists, until fetched or dropped
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -84,17 +104,44 @@ class IndexBase:
         return unknown_field_warnings(parse_filter(spec), self.filter_masks())
 
     def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        return [str(self.doc_ids[int(p)]) for p in positions]
+        """The ids of documents at ``positions`` (one numpy gather, not a lookup per hit)."""
+        ids = np.asarray(self.doc_ids)[np.asarray(positions, dtype=np.intp)]
+        return ids.tolist() if ids.dtype.kind == "U" else [str(i) for i in ids]
 
     def hydrate(self, hits: Sequence[Hit]) -> list[Hit]:
-        """Hits with title, text and metadata filled in from the corpus."""
-        records = self.corpus.get_many([h.doc_id for h in hits])
+        """Hits with title, text and metadata filled in from the corpus (one query per corpus)."""
+        fields = self._fields([h.doc_id for h in hits])
         return [
-            hit
-            if (rec := records.get(hit.doc_id)) is None
-            else hit.replace(title=rec.title, text=rec.text, metadata=dict(rec.metadata))
+            hit if (row := fields.get(hit.doc_id)) is None else with_fields(hit, row[0], row[1], dict(row[2]))
             for hit in hits
         ]
+
+    def hydrate_lazy(self, hits: Sequence[Hit]) -> list[Hit]:
+        """:meth:`hydrate`, deferred until a field is first read.
+
+        The hits equal, print and serialise as :meth:`hydrate`'s; reading any one's title, text
+        or metadata fetches those of the whole list, in the one query :meth:`hydrate` makes.
+        Closing the index fetches what is still unread first, so the hits outlive it.
+        """
+        if set(map(type, hits)) != {Hit}:  # nothing to defer, or subclasses: no lazy copies
+            return self.hydrate(hits)
+        source = DeferredFields(self._fields_of, hits)
+        self._unread.add(source)
+        return source.hits()
+
+    def _fields_of(self, hits: Sequence[Hit]) -> Fields:
+        return self._fields([h.doc_id for h in hits])
+
+    def _fields(self, ids: Sequence[str]) -> Fields:
+        return corpus_fields(self.corpus, ids)
+
+    def close(self) -> None:
+        """Close the corpus, after fetching the fields of lazily hydrated hits not yet read."""
+        for source in list(self._unread):
+            source.load()
+        self.corpus.close()
+        if isinstance(self.dense, LazyDense):
+            self.dense.close()
 
 
 class Index(IndexBase):
@@ -123,6 +170,7 @@ class Index(IndexBase):
         self.dense = dense
         self.doc_ids = doc_ids
         self._encoder = encoder
+        self._unread = weakref.WeakSet()
         self._masks = FilterMasks(corpus.conn, doc_ids)
         self._corpus_path = corpus.path
 
@@ -195,11 +243,6 @@ class Index(IndexBase):
 
     def filter_masks(self) -> Sequence[MaskSource]:
         return [self._masks]
-
-    def close(self) -> None:
-        self.corpus.close()
-        if isinstance(self.dense, LazyDense):
-            self.dense.close()
 
 
 def create_field_index(index: str | os.PathLike[str] | Corpus | Index, field: str) -> str:

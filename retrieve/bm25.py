@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tansaku.index.filters import FilterSpec
-from tansaku.index.hit import Hit
+from tansaku.index.hit import Hit, ranked_hits
 from tansaku.index.sharded import SearchIndex
 
 from .base import check_k
@@ -20,8 +20,10 @@ class BM25Retriever:
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
-        # Analyzers with an n-gram stream weigh its query terms against words.
-        self._weight = getattr(index.analyzer, "term_weight", None)
+        # Analyzers with an n-gram stream weigh its query terms against words; when every
+        # token counts 1 the kernel counts them itself instead of calling back per token.
+        weight = getattr(index.analyzer, "term_weight", None)
+        self._weight = weight if getattr(index.analyzer, "weighs_terms", True) else None
 
     def retrieve(self, query: str, k: int = 100, *, filter: FilterSpec = None) -> list[Hit]:
         """The best ``k`` documents; a ``filter`` restricts them before the top-k (scores keep
@@ -36,6 +38,8 @@ class BM25Retriever:
         self, queries: Sequence[str], k: int = 100, *, filter: FilterSpec = None
     ) -> list[list[Hit]]:
         """All queries through the parallel top-k kernel (same results as :meth:`retrieve`)."""
+        if len(queries) == 1:  # one search (the API's): the single-query kernel, no batch set-up
+            return [self.retrieve(queries[0], k, filter=filter)]
         check_k(k)
         mask = self.index.filter_mask(filter)
         tokens = [self.index.analyzer.tokenize(q) for q in queries]
@@ -45,8 +49,4 @@ class BM25Retriever:
         ]
 
     def _hits(self, positions: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        ids = self.index.ids_at(positions)
-        return [
-            Hit(doc_id, float(s), rank, self.stage)
-            for rank, (doc_id, s) in enumerate(zip(ids, scores, strict=True), 1)
-        ]
+        return ranked_hits(self.index.ids_at(positions), scores.tolist(), self.stage)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tansaku.index.errors import ConfigError
 from tansaku.index.filters import FilterSpec
-from tansaku.index.hit import Hit
+from tansaku.index.hit import Hit, ranked_hits
 from tansaku.index.sharded import SearchIndex
 
 from .base import check_k
@@ -46,11 +46,5 @@ class DenseRetriever:
         out = []
         for row_scores, row_pos in zip(scores, positions, strict=True):
             keep = row_pos >= 0
-            ids = self.index.ids_at(row_pos[keep])
-            out.append(
-                [
-                    Hit(doc_id, float(s), rank, self.stage)
-                    for rank, (doc_id, s) in enumerate(zip(ids, row_scores[keep], strict=True), 1)
-                ]
-            )
+            out.append(ranked_hits(self.index.ids_at(row_pos[keep]), row_scores[keep].tolist(), self.stage))
         return out

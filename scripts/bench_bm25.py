@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from _bench_common import best_time, dir_size_mb, fmt_num, format_table, peak_rss_mb
+from _bench_layers import jsquad_records, report_lines, run_layers, write_input
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSQUAD = REPO.parent / "shared" / "data" / "jsquad" / "valid-v1.3.json"
@@ -71,6 +72,17 @@ synthetic document concatenates 3-6 sentences drawn with a seeded RNG (seed {SEE
 the cached per-sentence tokens (so generation is fast). Queries are the JSQuAD questions.
 rank-bm25 runs on fewer sampled queries there (scaled by corpus size, at least 20) and is
 skipped above {RANK_BM25_MAX_DOCS:,} documents.
+
+The layers above the kernel (JSQuAD only, when bm25s's numba backend is installed): one more
+process builds a tansaku index of the paragraphs (title and text, ja-surface, BM25 only) and a
+bm25s-numba index of the same tokens and times, rows taking turns, best of --repeat: the kernel
+on tokens (ours vs bm25s-numba), tokenising alone, the retriever on a raw question
+(BM25Retriever.retrieve: tokenise + kernel + hits) vs bm25s-numba on a raw question (the same
+ja-surface tokenising, since bm25s.tokenize cannot segment Japanese, + its retrieve), and the
+API, tansaku.open(...).search(q, mode="bm25", top_n=k), whose hits' title/text are fetched on
+first read (all at once, one SQLite query): unread, and with every hit's text read. Each
+query's results are dropped before the next, as a server does. Goals: the retriever within
+1.5x the time of tokenise + kernel; the API >= 0.5x bm25s-numba's raw-query rate.
 """
 
 
@@ -87,6 +99,8 @@ class Dataset:
     gold: list[int] | None
     tokenise: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # the records and raw questions the layers above the kernel are timed on (JSQuAD only)
+    layers_input: tuple[list[dict[str, str]], list[str]] | None = None
 
 
 def load_jsquad(path: Path) -> tuple[list[str], list[str], list[int]]:
@@ -345,6 +359,9 @@ def time_queries(
 
 def run_worker(engine_name: str, cache: Path) -> dict[str, Any]:
     """Build, save, load and query one engine; everything it measured, JSON-ready."""
+    if engine_name == "layers":
+        spec = json.loads((cache / "spec.json").read_text("utf-8"))
+        return run_layers(cache, spec["k"], spec["repeat"])
     engine = make_engine(engine_name)
     docs, queries, spec = read_cache(cache)
     k, repeat, threads = spec["k"], spec["repeat"], spec["threads"]
@@ -484,6 +501,10 @@ def bench_corpus(ds: Dataset, args: argparse.Namespace, n_rank: int) -> dict[str
     with tempfile.TemporaryDirectory(prefix="bench_bm25_cache_") as cache:
         write_cache(Path(cache), ds, spec)
         rows = [run_subprocess(name, Path(cache), args.threads) for name in names]
+        layers = None
+        if ds.layers_input is not None and "bm25s-numba" in names:
+            write_input(Path(cache), *ds.layers_input)
+            layers = run_subprocess("layers", Path(cache), args.threads)
     print("  [check] correctness ...", file=sys.stderr, flush=True)
     n_check = CHECK_QUERIES if ds.gold is not None else min(CHECK_QUERIES, n_rank)
     check = correctness(ds, args.k, n_check, "rank-bm25" in names)
@@ -496,6 +517,7 @@ def bench_corpus(ds: Dataset, args: argparse.Namespace, n_rank: int) -> dict[str
         "notes": ds.notes + notes,
         "rows": rows,
         "check": check,
+        "layers": layers,
     }
 
 
@@ -669,6 +691,10 @@ def print_report(run: dict[str, Any], args: argparse.Namespace) -> None:
     for line in [*note_lines(run), *ratio_lines(run, args.threads), *check_lines(run, args.k)]:
         print(f"- {line}")
     print(verdict(run, args.threads))
+    layers = run.get("layers")
+    if layers is not None:
+        lines = [f"layers above the kernel failed: {layers['error']}"] if "error" in layers else None
+        print("\n".join(lines or report_lines(layers, args.k, args.repeat)))
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -725,12 +751,18 @@ def jsquad_dataset(
     gold: list[int],
     tokenize: Callable[[str], list[str]],
     n_queries: int | None,
+    records: list[dict[str, str]] | None = None,
 ) -> Dataset:
     picked = sample_positions(len(questions), n_queries)
     docs, doc_s = timed_tokenise(tokenize, paragraphs)
     queries, query_s = timed_tokenise(tokenize, [questions[i] for i in picked])
     return Dataset(
-        "JSQuAD valid v1.3", docs, queries, [gold[i] for i in picked], {"docs": doc_s, "queries": query_s}
+        "JSQuAD valid v1.3",
+        docs,
+        queries,
+        [gold[i] for i in picked],
+        {"docs": doc_s, "queries": query_s},
+        layers_input=None if records is None else (records, [questions[i] for i in picked]),
     )
 
 
@@ -762,7 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     tokenize = get_analyzer("ja-surface").tokenize  # plain MeCab surface forms, as published
     paragraphs, questions, gold = load_jsquad(args.jsquad)
-    base = jsquad_dataset(paragraphs, questions, gold, tokenize, args.queries)
+    base = jsquad_dataset(paragraphs, questions, gold, tokenize, args.queries, jsquad_records(args.jsquad))
     runs = [bench_corpus(base, args, args.rank_bm25_queries)]
     if args.synthetic_docs:
         synth = synthetic_dataset(paragraphs, base, tokenize, args.synthetic_docs)

@@ -80,8 +80,10 @@ def run_search(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         rerank_fusion_weight=args.rerank_fusion,
     ) as searcher:
-        result = searcher.search(args.query, filter=flt)
-        mode = searcher.pipeline().retriever.stage
+        # eager: every hit is printed, and its fetch belongs in the timings shown
+        pipeline = searcher.pipeline()
+        result = pipeline.search(args.query, filter=flt)
+        mode = pipeline.retriever.stage
     for warning in result.warnings:
         say(f"warning: {warning}")
     if args.json:
