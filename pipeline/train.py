@@ -39,7 +39,7 @@ from .eval.fusion_tuning import (
     DEFAULT_GRID,
     MIN_HELD_OUT_QUERIES,
     RULE,
-    decide_weight,
+    fusion_record,
     sweep_per_query,
 )
 
@@ -310,26 +310,13 @@ def choose_fusion_weight(
         qrels,
         grid,
     )
-    decision = decide_weight(scores)
-    record = {
-        "weight": decision.weight,
-        "metric": "ndcg@10",
-        "by_weight": {f"{w:g}": round(sum(s.values()) / len(s), 6) for w, s in scores.items()},
-        "best_weight": decision.best,
-        "beat_first_stage": decision.beat_first_stage,
-        "reason": decision.reason,
-        "test": {
-            "wins": decision.wins,
-            "losses": decision.losses,
-            "ties": decision.ties,
-            "p_value": round(decision.p_value, 6),
-            "rule": RULE,
-        },
-        "first_stage": mode,
-        "rerank_k": rerank_k,
-        "held_out_queries": len(pairs),
-        "chosen_on": "queries held out of the training pairs (never trained on)",
-    }
+    record = fusion_record(
+        scores,
+        first_stage=mode,
+        rerank_k=rerank_k,
+        chosen_on="queries held out of the training pairs (never trained on)",
+    )
+    record["held_out_queries"] = len(pairs)
     _record_fusion(model_dir, record)
     return record
 

@@ -47,7 +47,12 @@ import tansaku
 from tansaku.index import BuildConfig, Hit, Index, build_index, read_dicts
 from tansaku.index.analyzer import get_analyzer
 from tansaku.pipeline.eval.datasets import RetrievalDataset, load_jsquad
-from tansaku.pipeline.eval.fusion_tuning import best_weight, sweep_fusion_weights
+from tansaku.pipeline.eval.fusion_tuning import (
+    best_weight,
+    fusion_record,
+    sweep_fusion_weights,
+    sweep_per_query,
+)
 from tansaku.pipeline.eval.metrics import evaluate
 from tansaku.pipeline.rerank_fusion import fuse
 from tansaku.pipeline.train import (
@@ -324,15 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     # the partner whose fused pipeline is best on tune is what the model recommends
     best_stage = max(sweeps, key=lambda st: (round(sweeps[st][weights[st]], 10), st == "bm25"))
     if "fusion" not in manifest and not args.model:
-        manifest["fusion"] = {
-            "weight": weights[best_stage],
-            "metric": "ndcg@10",
-            "by_weight": {f"{w:g}": round(v, 6) for w, v in sweeps[best_stage].items()},
-            "first_stage": best_stage,
-            "rerank_k": args.rerank_k,
-            "held_out_queries": len(tune_q),
-            "chosen_on": "JSQuAD tune articles (held out of training; not evaluation)",
-        }
+        # recorded by the rule train-reranker applies: a default only when the tune queries
+        # resolve the margin over the first stage (else 0)
+        reranked = {q: restrict(union[q], runs[best_stage][q][: args.rerank_k]) for q in scored_q}
+        per_query = sweep_per_query(runs[best_stage], reranked, tune_qrels)
+        manifest["fusion"] = fusion_record(
+            per_query,
+            first_stage=best_stage,
+            rerank_k=args.rerank_k,
+            chosen_on="JSQuAD tune articles (held out of training; not evaluation)",
+        )
         write_manifest(model_dir, manifest)
     rows, out = [], []
     for name, lists in systems:

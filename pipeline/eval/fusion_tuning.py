@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
@@ -127,6 +128,33 @@ def decide_weight(per_query_scores: Mapping[float, Mapping[str, float]]) -> Fusi
     else:
         return FusionDecision(best, best, n, wins, losses, n - wins - losses, p, True, tally)
     return FusionDecision(0.0, best, n, wins, losses, n - wins - losses, p, False, reason)
+
+
+def fusion_record(
+    per_query_scores: Mapping[float, Mapping[str, float]], *, first_stage: str, rerank_k: int, chosen_on: str
+) -> dict[str, Any]:
+    """The ``fusion`` record a reranker's manifest keeps: the default weight by :data:`RULE`
+    (:func:`decide_weight`), the sweep's means, the test behind the choice and its context."""
+    decision = decide_weight(per_query_scores)
+    return {
+        "weight": decision.weight,
+        "metric": "ndcg@10",
+        "by_weight": {f"{w:g}": round(_mean(s), 6) for w, s in per_query_scores.items()},
+        "best_weight": decision.best,
+        "beat_first_stage": decision.beat_first_stage,
+        "reason": decision.reason,
+        "test": {
+            "wins": decision.wins,
+            "losses": decision.losses,
+            "ties": decision.ties,
+            "p_value": round(decision.p_value, 6),
+            "rule": RULE,
+        },
+        "first_stage": first_stage,
+        "rerank_k": rerank_k,
+        "held_out_queries": decision.queries,
+        "chosen_on": chosen_on,
+    }
 
 
 def _mean(values: Mapping[str, float]) -> float:
