@@ -132,6 +132,25 @@ def document_texts(docs: Sequence[Hit | str]) -> list[str]:
     return texts
 
 
+def rerank_by_score(
+    reranker: Reranker, query: str, docs: Sequence[Hit | str], top_n: int | None
+) -> list[Hit]:
+    """:meth:`Reranker.rerank` through ``reranker.score``: the arguments checked, each doc's
+    text scored against ``query``, the docs ranked (what a reranker scoring pairs needs)."""
+    if not isinstance(query, str):
+        raise ConfigError(f"query must be a string, got {type(query).__name__}")
+    check_top_n(top_n)
+    texts = document_texts(docs)
+    return ranked_hits(docs, reranker.score([(query, text) for text in texts]), top_n)
+
+
+def is_single_pair(pairs: Any) -> bool:
+    """Whether ``pairs`` is one ``(query, document)`` pair rather than a sequence of them."""
+    return (
+        isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(part, str) for part in pairs)
+    )
+
+
 def ranked_hits(docs: Sequence[Hit | str], scores: np.ndarray, top_n: int | None = None) -> list[Hit]:
     """Sort ``docs`` by ``scores`` (descending, stable) into ranked rerank-stage Hits."""
     if len(scores) != len(docs):

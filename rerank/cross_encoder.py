@@ -14,7 +14,7 @@ import torch
 from tansaku.index.checks import check_int
 from tansaku.index.errors import ConfigError, ModelLoadError
 from tansaku.index.hit import Hit
-from tansaku.rerank.base import check_top_n, document_texts, ranked_hits
+from tansaku.rerank.base import is_single_pair, rerank_by_score
 from tansaku.rerank.loading import load_cross_encoder
 from tansaku.rerank.packing import pack_encoder
 from tansaku.rerank.quantize import Quantize, check_quantize, quantize_int8
@@ -199,12 +199,7 @@ class CrossEncoderReranker:
 
     def rerank(self, query: str, docs: Sequence[Hit | str], top_n: int | None = None) -> list[Hit]:
         """Score ``docs`` against ``query`` and return them as ranked rerank-stage Hits."""
-        if not isinstance(query, str):
-            raise ConfigError(f"query must be a string, got {type(query).__name__}")
-        check_top_n(top_n)
-        texts = document_texts(docs)
-        scores = self.score([(query, text) for text in texts])
-        return ranked_hits(docs, scores, top_n)
+        return rerank_by_score(self, query, docs, top_n)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """One score per ``(query, document)`` pair (float32), in input order."""
@@ -225,7 +220,7 @@ class CrossEncoderReranker:
         A single ``(query, document)`` pair gives a float, a list of pairs a list of floats
         (even a one-pair list, unlike FlagEmbedding, so callers need no special case).
         """
-        single = _is_single_pair(pairs)
+        single = is_single_pair(pairs)
         raw = self._raw_scores([pairs] if single else pairs)
         values = (_sigmoid(raw) if normalize else raw).tolist()
         return values[0] if single else values
@@ -374,14 +369,8 @@ def _check_truncation_side(side: Any) -> None:
         raise ConfigError(f"truncation_side must be one of {_TRUNCATION_SIDES}, got {side!r}")
 
 
-def _is_single_pair(pairs: Any) -> bool:
-    return (
-        isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(part, str) for part in pairs)
-    )
-
-
 def _check_pairs(pairs: Sequence[Any]) -> list[tuple[str, str]]:
-    if isinstance(pairs, (str, bytes)) or _is_single_pair(pairs):
+    if isinstance(pairs, (str, bytes)) or is_single_pair(pairs):
         raise ConfigError("pass a sequence of (query, document) pairs, not a single pair")
     checked: list[tuple[str, str]] = []
     for position, pair in enumerate(pairs):

@@ -17,9 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from ray import serve
 
-from tansaku.index.errors import ConfigError
 from tansaku.index.hit import Hit
-from tansaku.rerank.base import check_top_n, document_texts, ranked_hits
+from tansaku.rerank.base import is_single_pair, rerank_by_score
 
 from ..serve.errors import ApiError
 
@@ -172,13 +171,9 @@ class RemoteReranker:
         return np.asarray(self._scores(SCORE, pairs), dtype=np.float32)
 
     def compute_score(self, pairs: Any, normalize: bool = False) -> Any:
-        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs)
+        single = is_single_pair(pairs)
         values = self._scores(NORMALIZED if normalize else RAW, [pairs] if single else list(pairs))
         return values[0] if single else values
 
     def rerank(self, query: str, docs: Sequence[Hit | str], top_n: int | None = None) -> list[Hit]:
-        if not isinstance(query, str):
-            raise ConfigError(f"query must be a string, got {type(query).__name__}")
-        check_top_n(top_n)
-        texts = document_texts(docs)
-        return ranked_hits(docs, self.score([(query, t) for t in texts]), top_n)
+        return rerank_by_score(self, query, docs, top_n)
