@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from .manifest import IndexManifest, ShardEntry
 from .records import Record
 from .stats import CorpusStats
 from .store import BM25_DIR, CORPUS_FILE, DENSE_DIR, IDS_FILE, Fields, Index, IndexBase, corpus_fields
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 STATS_DIR = "stats"
 SHARDS_DIR = "shards"
@@ -200,9 +203,9 @@ class ShardedIndex(IndexBase):
         for doc_id in ids:
             by_shard.setdefault(shard_of(doc_id, -1), []).append(doc_id)
         found: Fields = {}
-        for number, wanted in by_shard.items():
-            if number >= 0:
-                found.update(corpus_fields(self.shards[number].corpus, wanted))
+        owned = [(number, wanted) for number, wanted in by_shard.items() if number >= 0]
+        for part in self.each_shard(lambda item: corpus_fields(self.shards[item[0]].corpus, item[1]), owned):
+            found.update(part)
         rest = [i for i in ids if i not in found]  # unknown ids, and any not where expected
         for shard in self.shards:
             if not rest:
@@ -216,13 +219,19 @@ class ShardedIndex(IndexBase):
         flt = parse_filter(spec)
         if flt is None or flt.matches_all:
             return None
-        masks = []
-        for shard in self.shards:
+
+        def shard_mask(shard: Shard) -> np.ndarray:
             with reading_corpus(shard.corpus.path):
-                masks.append(shard.masks.mask(flt))
-        mask = np.concatenate(masks)
+                return shard.masks.mask(flt)
+
+        mask = np.concatenate(self.each_shard(shard_mask, self.shards))
         mask.flags.writeable = False
         return mask
+
+    def each_shard(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``fn`` over per-shard ``items``, one after another here; an index whose shards live
+        elsewhere overrides this to ask them all at once."""
+        return [fn(item) for item in items]
 
     def filter_masks(self) -> Sequence[MaskSource]:
         return [shard.masks for shard in self.shards]

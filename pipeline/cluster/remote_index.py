@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,10 +30,13 @@ from tansaku.index.filters import Filter
 from tansaku.index.lazy_dense import LazyDense
 from tansaku.index.manifest import IndexManifest
 from tansaku.index.records import Record
-from tansaku.index.sharded import STATS_DIR, Shard, ShardedCorpus, ShardedIndex
+from tansaku.index.sharded import STATS_DIR, Shard, ShardedIndex
 from tansaku.index.store import CORPUS_FILE
 
 from .shard_server import StaleVersionError, group_of, version_of
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # How often opening retries when an update swaps the index in between.
 OPEN_ATTEMPTS = 5
@@ -171,22 +174,6 @@ class RemoteCorpus:
         """The replica owns the corpus."""
 
 
-class ParallelCorpus(ShardedCorpus):
-    """The served shards' corpora read as one: a lookup asks every shard at once (one round
-    trip's latency, not one per shard)."""
-
-    def __init__(self, corpora: Sequence[RemoteCorpus], pool: ThreadPoolExecutor) -> None:
-        super().__init__(corpora)
-        self._pool = pool
-
-    def get_many(self, ids: Sequence[str]) -> dict[str, Record]:
-        wanted = list(ids)
-        found: dict[str, Record] = {}
-        for part in self._pool.map(lambda corpus: corpus.get_many(wanted), self.corpora):
-            found.update(part)
-        return found
-
-
 class RemoteMasks:
     """One shard's filter masks, computed (and cached) in its replica."""
 
@@ -288,7 +275,6 @@ class RayShardedIndex(ShardedIndex):
         index.version = version
         # one thread per shard: the calls only wait on the replicas
         index.pool = ThreadPoolExecutor(len(shards), thread_name_prefix="tansaku-ray-shards")
-        index.corpus = ParallelCorpus([s.corpus for s in shards], index.pool)  # type: ignore[misc]
         return index
 
     version: str
@@ -297,17 +283,10 @@ class RayShardedIndex(ShardedIndex):
     def __repr__(self) -> str:
         return f"RayShardedIndex({str(self.path)!r}, docs={len(self)}, shards={len(self.shards)})"
 
-    def filter_mask(self, spec: Any) -> np.ndarray | None:
-        # Every shard's mask at once: one round trip's latency, not one per shard.
-        from tansaku.index.filters import parse_filter
-
-        flt = parse_filter(spec)
-        if flt is None or flt.matches_all:
-            return None
-        parts = list(self.pool.map(lambda shard: shard.masks.mask(flt), self.shards))
-        mask = np.concatenate(parts)
-        mask.flags.writeable = False
-        return mask
+    def each_shard(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        # every shard asked at once (filter masks, a search's records): one round trip's
+        # latency, not one per shard
+        return list(self.pool.map(fn, items))
 
     def reopen(self) -> RayShardedIndex:
         """The version now on disk, served by the same deployments (the query encoder kept)."""
