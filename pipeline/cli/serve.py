@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from ..serve.limits import (
     DEFAULT_BODY_TIMEOUT,
@@ -293,8 +294,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Load the index and reranker, then serve until interrupted (errors: TansakuError)."""
     _check_serve_args(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    options = _app_options(args, api_key)
     if args.ray:
-        return run_on_ray(args, api_key, allowed_hosts(args.host, args.allowed_hosts))
+        return run_on_ray(args, options)
     reranker = make_reranker(args, log=say)
     searcher = None
     if not args.no_index:
@@ -310,21 +312,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..serve.connections import ConnectionLimits
     from ..serve.server import serve
 
-    app = create_app(
-        searcher,
-        reranker,
-        api_key=api_key,
-        max_documents=args.max_documents,
-        max_body_bytes=args.max_body_bytes,
-        model_name=args.model_name,
-        worker_threads=args.workers_threads,
-        max_queue=args.max_queue,
-        strict_model_name=args.strict_model_name,
-        request_timeout=args.request_timeout,
-        max_pairs=args.max_pairs,
-        max_tokens=args.max_tokens,
-        allowed_hosts=allowed_hosts(args.host, args.allowed_hosts),
-    )
+    app = create_app(searcher, reranker, worker_threads=args.workers_threads, **options)
     if args.host not in _LOOPBACK_HOSTS and not api_key:
         say(
             f"warning: listening on {args.host} without an API key; anyone who can reach "
@@ -348,6 +336,23 @@ def run_serve(args: argparse.Namespace) -> int:
         if searcher is not None:
             searcher.close()
     return 0
+
+
+def _app_options(args: argparse.Namespace, api_key: str | None) -> dict[str, Any]:
+    """The :func:`~tansaku.pipeline.serve.create_app` keywords the options give, in this
+    process or at a Ray ingress (which sizes its own inference threads)."""
+    return {
+        "api_key": api_key,
+        "max_documents": args.max_documents,
+        "max_body_bytes": args.max_body_bytes,
+        "model_name": args.model_name,
+        "max_queue": args.max_queue,
+        "strict_model_name": args.strict_model_name,
+        "request_timeout": args.request_timeout,
+        "max_pairs": args.max_pairs,
+        "max_tokens": args.max_tokens,
+        "allowed_hosts": allowed_hosts(args.host, args.allowed_hosts),
+    }
 
 
 def _check_serve_args(args: argparse.Namespace) -> None:

@@ -57,8 +57,9 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run_on_ray(args: argparse.Namespace, api_key: str | None, allowed_hosts: list[str]) -> int:
-    """Deploy the app on Ray Serve and serve until interrupted."""
+def run_on_ray(args: argparse.Namespace, app_options: dict[str, Any]) -> int:
+    """Deploy the app on Ray Serve and serve until interrupted; ``app_options`` are the
+    ingress app's :func:`~tansaku.pipeline.serve.create_app` keywords."""
     from tansaku.index.errors import TansakuError
 
     from ..cluster.session import connect, require_ray
@@ -88,18 +89,6 @@ def run_on_ray(args: argparse.Namespace, api_key: str | None, allowed_hosts: lis
         reranker_options=reranker_options(args),
     )
     connect(args.address)
-    options: dict[str, Any] = {
-        "api_key": api_key,
-        "max_documents": args.max_documents,
-        "max_body_bytes": args.max_body_bytes,
-        "model_name": args.model_name,
-        "max_queue": args.max_queue,
-        "strict_model_name": args.strict_model_name,
-        "request_timeout": args.request_timeout,
-        "max_pairs": args.max_pairs,
-        "max_tokens": args.max_tokens,
-        "allowed_hosts": allowed_hosts,
-    }
     say(f"Ray Serve: http://{args.host}:{args.port} (ingress, shard deployments, reranker {spec or 'none'})")
     run(
         None if args.no_index else args.index,
@@ -107,7 +96,7 @@ def run_on_ray(args: argparse.Namespace, api_key: str | None, allowed_hosts: lis
         host=args.host,
         port=args.port,
         config=config,
-        app_options=options,
+        app_options=app_options,
         blocking=True,
     )
     return 0
