@@ -49,3 +49,16 @@ def reranker(tiny_bert_reranker_dir: Path):  # type: ignore[no-untyped-def]
     from tansaku.rerank import CrossEncoderReranker
 
     return CrossEncoderReranker(tiny_bert_reranker_dir, max_length=128)
+
+
+@pytest.fixture(scope="module")
+def searcher(tmp_path_factory, reranker):  # type: ignore[no-untyped-def]
+    """The sample corpus's index opened with the tiny reranker (retrieve 30, rerank 20, top 5),
+    as the HTTP server tests serve it."""
+    import tansaku
+    from tansaku.index import SAMPLE_CORPUS, build_index, read_file
+
+    path = tmp_path_factory.mktemp("sample-searcher") / "idx"
+    build_index(path, read_file(SAMPLE_CORPUS), progress=False).close()
+    with tansaku.open(path, reranker=reranker, retrieve_k=30, rerank_k=20, top_n=5) as opened:
+        yield opened

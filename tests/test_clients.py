@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 # LiteLLM otherwise downloads its model price list on import; Haystack would send telemetry.
@@ -25,11 +24,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-import tansaku  # noqa: E402
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
 from loopback import Served  # noqa: E402
-from tansaku.index import SAMPLE_CORPUS, build_index, read_file  # noqa: E402
-from tansaku.pipeline.api import Searcher  # noqa: E402
 from tansaku.pipeline.serve import create_app  # noqa: E402
 from tansaku.rerank import CrossEncoderReranker  # noqa: E402
 
@@ -51,14 +47,6 @@ CLIENT_DEFAULT_MODELS = [
     "jina-reranker-v1-base-en",  # rerankers' jina provider
     "BAAI/bge-reranker-base",  # rerankers' TEI provider
 ]
-
-
-@pytest.fixture(scope="module")
-def searcher(tmp_path_factory, reranker) -> Iterator[Searcher]:
-    path = tmp_path_factory.mktemp("clients") / "idx"
-    build_index(path, read_file(SAMPLE_CORPUS), progress=False).close()
-    with tansaku.open(path, reranker=reranker, retrieve_k=30, rerank_k=20, top_n=5) as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,9 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import tansaku  # noqa: E402
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
 from loopback import LoopbackServers, Served  # noqa: E402
-from tansaku.index import SAMPLE_CORPUS, ConfigError, TansakuError, build_index, read_file  # noqa: E402
-from tansaku.pipeline.api import Searcher  # noqa: E402
+from tansaku.index import ConfigError, TansakuError  # noqa: E402
 from tansaku.pipeline.cli.serve import add_serve, run_serve  # noqa: E402
 from tansaku.pipeline.serve import ApiError, InferenceQueue, RerankService, create_app  # noqa: E402
 from tansaku.rerank import CrossEncoderReranker  # noqa: E402
@@ -52,14 +50,6 @@ def serve() -> Iterator[Callable[[Any], Served]]:
     servers = LoopbackServers()
     yield servers.start
     servers.close()
-
-
-@pytest.fixture(scope="module")
-def searcher(tmp_path_factory, reranker) -> Iterator[Searcher]:
-    path = tmp_path_factory.mktemp("serve") / "idx"
-    build_index(path, read_file(SAMPLE_CORPUS), progress=False).close()
-    with tansaku.open(path, reranker=reranker, retrieve_k=30, rerank_k=20, top_n=5) as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")
