@@ -13,7 +13,7 @@ What runs where::
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +198,3 @@ def run(
     serve.start(http_options={"host": host, "port": port})
     app = build_application(index, reranker, config=config, search=search, app_options=app_options)
     return serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
-
-
-def describe(config: RayServeConfig) -> dict[str, Any]:
-    """The configuration as plain data (for logs and ``--json``)."""
-    return asdict(config)
