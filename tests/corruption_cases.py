@@ -12,7 +12,6 @@ dense search did. One JSON line per case on stdout, a ``start`` line before it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import random
@@ -25,30 +24,14 @@ from typing import Any
 
 import numpy as np
 
-DIM = 16
+from helpers import HashEncoder
+
 QUERY = "東京の人口と富士山の高さ 日本 歴史 科学 Mount Fuji Tokyo"
 
 
-class HashEncoder:
-    """Words and characters hashed into DIM signed buckets, L2-normalised: deterministic."""
-
-    name = "hash-test"
-    dim = DIM
-
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in (*text.split(), *text):
-                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
-                out[row, digest[0] % DIM] += 1.0 if digest[1] & 1 else -1.0
-            out[row] /= max(float(np.linalg.norm(out[row])), 1e-6)
-        return out
-
-    encode_queries = _encode
-    encode_documents = _encode
-
-    def to_config(self) -> dict[str, Any]:
-        return {"type": "hash-test", "dim": DIM}
+def case_encoder() -> HashEncoder:
+    """The encoder every case builds and searches with: words and characters hashed."""
+    return HashEncoder(characters=True)
 
 
 def _rng(path: Path, kind: str) -> random.Random:
@@ -150,7 +133,7 @@ def _dense(path: Path) -> str:
     from tansaku.index import TansakuError, open_index
 
     try:
-        index = open_index(path, encoder=HashEncoder())
+        index = open_index(path, encoder=case_encoder())
     except TansakuError as exc:
         return f"error: {exc}"
     except Exception as exc:
@@ -158,7 +141,7 @@ def _dense(path: Path) -> str:
     try:
         if index.dense is None:
             return "none"
-        _, positions = index.dense.search(HashEncoder().encode_queries([QUERY]), 5)
+        _, positions = index.dense.search(case_encoder().encode_queries([QUERY]), 5)
         if ((positions < -1) | (positions >= len(index))).any():
             return f"traceback: positions out of range {positions.tolist()}"
         return "ok"

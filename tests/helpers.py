@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tansaku.index import SAMPLE_CORPUS
 
@@ -27,3 +30,36 @@ def tree_snapshot(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
     }
+
+
+class HashEncoder:
+    """A deterministic test encoder: the words of a text (with ``characters``, also each of its
+    characters) hashed into ``dim`` signed buckets, L2-normalised; ``spread`` adds each unit
+    half a count in a second bucket."""
+
+    name = "hash-test"
+
+    def __init__(self, dim: int = 16, *, characters: bool = False, spread: bool = False) -> None:
+        self.dim = dim
+        self.characters = characters
+        self.spread = spread
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for unit in (*text.split(), *text) if self.characters else text.split():
+                digest = hashlib.blake2b(unit.encode(), digest_size=4).digest()
+                out[row, digest[0] % self.dim] += 1.0 if digest[1] & 1 else -1.0
+                if self.spread:
+                    out[row, digest[2] % self.dim] += 0.5
+            out[row] /= max(float(np.linalg.norm(out[row])), 1e-6)
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": "hash-test", "dim": self.dim}

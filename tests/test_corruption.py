@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from corruption_cases import DAMAGE, KINDS, QUERY, HashEncoder, pristine_answers, run_case, sqlite_pages
+from corruption_cases import DAMAGE, KINDS, QUERY, case_encoder, pristine_answers, run_case, sqlite_pages
 from helpers import sample_rows
 from tansaku.index import (
     BuildConfig,
@@ -101,10 +101,10 @@ def indexes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A Flat index and a two-shard IVFPQ one (with vectors.npy) over the sample corpus."""
     root = tmp_path_factory.mktemp("damage")
     rows = sample_rows()
-    build_index(root / "one", read_dicts(rows), encoder=HashEncoder(), progress=False).close()
+    build_index(root / "one", read_dicts(rows), encoder=case_encoder(), progress=False).close()
     ivfpq = FaissParams(kind="ivfpq", nlist=2, nbits=4, nprobe=2)
     config = BuildConfig(shards=2, faiss=ivfpq)
-    build_index(root / "two", read_dicts(rows), config, encoder=HashEncoder(), progress=False).close()
+    build_index(root / "two", read_dicts(rows), config, encoder=case_encoder(), progress=False).close()
     return {"one": root / "one", "two": root / "two"}
 
 
@@ -302,7 +302,7 @@ def test_the_server_answers_damage_in_json_and_keeps_serving(indexes, tmp_path, 
     shutil.copytree(indexes["one"], path)
     DAMAGE["header"](path / "dense" / "faiss.index")
     sqlite_pages(path / "corpus.sqlite")  # both beyond what an open checks
-    searcher = Searcher(open_index(path, encoder=HashEncoder()), SearchConfig(mode="bm25"))
+    searcher = Searcher(open_index(path, encoder=case_encoder()), SearchConfig(mode="bm25"))
     served = servers.start(create_app(searcher, None))
     with httpx.Client(base_url=served.url, timeout=60) as http:
         for mode, file in (("dense", "dense/faiss.index"), ("bm25", "corpus.sqlite"), ("hybrid", "faiss")):

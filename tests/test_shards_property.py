@@ -12,42 +12,16 @@ document; tests/test_dense_shards.py checks short top-k lists over untied vector
 
 from __future__ import annotations
 
-import hashlib
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
+from helpers import HashEncoder
 from tansaku.index import BuildConfig, FaissParams, build_index, open_index, read_dicts
 from tansaku.index.update import update_index
 from tansaku.retrieve import BM25Retriever, make_retriever
-
-DIM = 16
-
-
-class HashEncoder:
-    """Words hashed into DIM signed buckets, L2-normalised: deterministic per text."""
-
-    name = "hash-test"
-    dim = DIM
-
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in text.split():
-                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
-                out[row, digest[0] % DIM] += 1.0 if digest[1] & 1 else -1.0
-                out[row, digest[2] % DIM] += 0.5
-            out[row] /= max(float(np.linalg.norm(out[row])), 1e-6)
-        return out
-
-    encode_queries = _encode
-    encode_documents = _encode
-
-    def to_config(self) -> dict[str, Any]:
-        return {"type": "hash-test", "dim": DIM}
 
 
 def corpus(seed: int, n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -93,7 +67,7 @@ def compare(one: Any, many: Any, seed: int) -> None:
         for q in qs:
             assert_same(ra.retrieve(q, n), rb.retrieve(q, n))
             assert_same(ra.retrieve(q, n, filter={"g": "a"}), rb.retrieve(q, n, filter={"g": "a"}))
-    vectors = HashEncoder().encode_queries(qs)
+    vectors = HashEncoder(spread=True).encode_queries(qs)
     for rescore in (0, 4):  # PQ-only (FAISS's own order) and re-scored
         got = [d.search(vectors, n, rescore=rescore, nprobe=nlist) for d in (one.dense, many.dense)]
         assert np.array_equal(got[0][1], got[1][1]) and np.array_equal(got[0][0], got[1][0])
@@ -104,7 +78,7 @@ def compare(one: Any, many: Any, seed: int) -> None:
 @pytest.mark.parametrize(("seed", "shards"), [(1, 1), (2, 2), (3, 3), (4, 7)])
 def test_sharded_equals_one_index_before_and_after_updates(tmp_path, faiss_kind, seed, shards):
     rows = corpus(seed, 220)
-    encoder = HashEncoder()
+    encoder = HashEncoder(spread=True)
     faiss = (
         FaissParams(kind=faiss_kind, nlist=4, m=4, nbits=4)
         if faiss_kind == "ivfpq"
