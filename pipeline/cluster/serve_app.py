@@ -80,19 +80,10 @@ class RayServeConfig:
 class Ingress:
     """The Ray Serve deployment class of the ingress: tansaku's own FastAPI app."""
 
-    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
-        self,
-        index: str | None,
-        groups: list[Any],
-        per_group: int,
-        reranker: Any,
-        search: dict[str, Any],
-        app_options: dict[str, Any],
-    ) -> None:
-        # Opening waits on the other deployments: blocking calls, so off the replica's loop.
-        self._app = await asyncio.to_thread(
-            _ingress_app, index, groups, per_group, reranker, search, app_options
-        )
+    async def __init__(self, *args: Any) -> None:  # type: ignore[misc]  # Serve awaits it
+        # ``args``: _ingress_app's. Opening waits on the other deployments: blocking calls, so
+        # off the replica's event loop.
+        self._app = await asyncio.to_thread(_ingress_app, *args)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self._app
