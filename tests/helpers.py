@@ -12,6 +12,16 @@ import numpy as np
 
 from tansaku.index import SAMPLE_CORPUS
 
+# A query and documents the rerank and server tests score (the first answers the query).
+RERANK_QUERY = "東京の人口"
+RERANK_DOCS = (
+    "東京は日本の首都であり、人口はおよそ千四百万人です。",
+    "富士山は日本で一番高い山です。",
+    "猫はネズミを捕まえるのが得意です。",
+    "Tokyo is the capital of Japan and one of the largest cities in the world.",
+    "新幹線は東京と大阪を約二時間半で結ぶ高速鉄道です。",
+)
+
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any] | str]) -> Path:
     with open(path, "w", encoding="utf-8") as fh:

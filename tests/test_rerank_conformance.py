@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
+from helpers import RERANK_DOCS, RERANK_QUERY  # noqa: E402
 from loopback import Served  # noqa: E402
 from tansaku.index.hit import Hit  # noqa: E402
 from tansaku.pipeline.serve import create_app  # noqa: E402
@@ -25,15 +26,8 @@ from tansaku.rerank import CrossEncoderReranker, ranked_hits  # noqa: E402
 from tansaku.rerank.base import document_texts  # noqa: E402
 
 MODEL = "tiny-reranker"
-QUERY = "東京の人口"
-DOCS = [
-    "東京は日本の首都であり、人口はおよそ千四百万人です。",
-    "富士山は日本で一番高い山です。",
-    "猫はネズミを捕まえるのが得意です。",
-    "Tokyo is the capital of Japan and one of the largest cities in the world.",
-    "新幹線は東京と大阪を約二時間半で結ぶ高速鉄道です。",
-    "京都には古い寺や神社が多く、毎年たくさんの観光客が訪れます。",
-]
+QUERY = RERANK_QUERY
+DOCS = [*RERANK_DOCS, "京都には古い寺や神社が多く、毎年たくさんの観光客が訪れます。"]
 COHERE_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 LONG_DOC = "".join(JA_PARAGRAPHS)  # ~480 tokens: several 128-token windows
 MAX_LENGTH = 128

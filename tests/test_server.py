@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fixtures_models import JA_PARAGRAPHS  # noqa: E402
+from helpers import RERANK_DOCS, RERANK_QUERY  # noqa: E402
 from loopback import LoopbackServers, Served  # noqa: E402
 from tansaku.index import ConfigError, TansakuError  # noqa: E402
 from tansaku.pipeline.cli.serve import add_serve, run_serve  # noqa: E402
@@ -31,14 +32,8 @@ from tansaku.rerank import CrossEncoderReranker  # noqa: E402
 
 MODEL = "tiny-reranker"
 KEY = "test-key-123"
-QUERY = "東京の人口"
-DOCS = [
-    "東京は日本の首都であり、人口はおよそ千四百万人です。",
-    "富士山は日本で一番高い山です。",
-    "猫はネズミを捕まえるのが得意です。",
-    "Tokyo is the capital of Japan and one of the largest cities in the world.",
-    "新幹線は東京と大阪を約二時間半で結ぶ高速鉄道です。",
-]
+QUERY = RERANK_QUERY
+DOCS = list(RERANK_DOCS)
 LONG_DOC = "".join(JA_PARAGRAPHS)  # ~480 tokens: several 128-token windows
 GUARD_MAX_DOCUMENTS = 5
 GUARD_MAX_BODY = 4096
