@@ -33,7 +33,8 @@ from .dense import DenseIndex, FaissParams
 from .dense_shards import ShardedDense
 from .encoders import Encoder
 from .errors import IndexFormatError
-from .filters import FilterMasks, FilterSpec, MaskSource, parse_filter
+from .filter_fields import MaskSource
+from .filters import FilterMasks, FilterSpec, parse_filter
 from .lazy_dense import DenseFiles, LazyDense, open_dense
 from .manifest import IndexManifest, ShardEntry
 from .records import Record

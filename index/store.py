@@ -22,7 +22,8 @@ from .corpus import Corpus, reading_corpus
 from .dense import DenseIndex
 from .encoders import Encoder, encoder_from_config
 from .errors import ConfigError, IndexFormatError, damaged
-from .filters import FilterMasks, FilterSpec, MaskSource, json_path, parse_filter, unknown_field_warnings
+from .filter_fields import MaskSource, unknown_field_warnings
+from .filters import FilterMasks, FilterSpec, json_path, parse_filter
 from .hit import DeferredFields, Hit, with_fields
 from .lazy_dense import LazyDense, open_dense
 from .manifest import IndexManifest
