@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 # The fields a hit may store only on their first read: the defaults of one ranked_hits
@@ -91,6 +92,7 @@ class Hit:
 del Hit.title, Hit.text
 
 _new = object.__new__
+_doc_id = attrgetter("doc_id")
 _set = object.__setattr__
 _COMPACT = 4  # fields a ranked_hits hit stores up front
 
@@ -150,13 +152,19 @@ Rows = Mapping[str, tuple[str | None, str | None, Mapping[str, Any]]]
 class DeferredFields:
     """Title, text and metadata of a list of hits, fetched when the first of them is read.
 
-    ``load(originals)`` returns their :data:`Rows` (ids it does not find are left out: those
-    hits keep their original's fields). Thread-safe; loads at most once.
+    ``load(ids)`` returns the :data:`Rows` of the hits' ids (ids it does not find are left
+    out: those hits keep their original's fields). Thread-safe; loads at most once. Give it
+    its hits once, through :meth:`hits` (lazy copies) or :meth:`adopt` (the hits themselves
+    made lazy).
     """
 
-    def __init__(self, load: Callable[[Sequence[Hit]], Rows], originals: Sequence[Hit]) -> None:
-        self._load: Callable[[Sequence[Hit]], Rows] | None = load
-        self._originals = list(originals)
+    def __init__(self, load: Callable[[Sequence[str]], Rows]) -> None:
+        self._load: Callable[[Sequence[str]], Rows] | None = load
+        self._ids: list[str] = []
+        # per hit, what it keeps for an id the corpus lacks: the original, or None for a hit
+        # adopted with its defaults (holding it here would make a cycle through the hit);
+        # None for all of them
+        self._originals: list[Hit | None] | None = None
         self._rows: Rows | None = None
         self._lock = threading.Lock()
 
@@ -165,7 +173,7 @@ class DeferredFields:
         with self._lock:
             if self._rows is None:
                 assert self._load is not None
-                self._rows = self._load(self._originals)
+                self._rows = self._load(self._ids)
                 self._load = None  # drop the corpus it read from
             return self._rows
 
@@ -175,25 +183,53 @@ class DeferredFields:
         rows = self._rows
         row = (self.load() if rows is None else rows).get(values["doc_id"])
         if row is None:
-            original = next(h for h in self._originals if h.doc_id == values["doc_id"])
-            row = (original.title, original.text, original.metadata)
+            row = self._original_fields(values["doc_id"])
         values["title"] = row[0]
         values["text"] = row[1]
         values["metadata"] = dict(row[2]) if row[2] else {}
         values.pop(_SOURCE, None)  # after the fields: a concurrent reader finds one or the other
 
-    def hits(self) -> list[Hit]:
-        """Lazy copies of the original hits: they read their fields from here when first asked."""
-        hits = []
-        for h in self._originals:
-            values = h.__dict__.copy()  # a compact hit's: doc_id, score, rank, stage
-            if len(values) != _COMPACT:
-                values = {"doc_id": h.doc_id, "score": h.score, "rank": h.rank, "stage": h.stage}
-            values[_SOURCE] = self
-            hit = _new(Hit)
-            _set(hit, "__dict__", values)
-            hits.append(hit)
+    def _original_fields(self, doc_id: str) -> tuple[str | None, str | None, Mapping[str, Any]]:
+        # an id the corpus lacks keeps the fields of its first hit: a compact one's defaults
+        original = None if self._originals is None else self._originals[self._ids.index(doc_id)]
+        if original is None or "title" not in original.__dict__ and _SOURCE not in original.__dict__:
+            return None, None, {}
+        return original.title, original.text, original.metadata
+
+    def hits(self, originals: Sequence[Hit]) -> list[Hit]:
+        """Lazy copies of ``originals``: they read their fields from here when first asked."""
+        self._originals = list(originals)
+        self._ids = list(map(_doc_id, originals))
+        return [self._lazy_copy(h) for h in originals]
+
+    def adopt(self, originals: Sequence[Hit]) -> list[Hit]:
+        """``originals`` themselves made lazy, for a caller that holds the only references to
+        them (it has just made them): each compact one (fields never read) starts reading its
+        fields from here, the rest are copied as by :meth:`hits`. One object per hit instead
+        of two; nobody can tell, as no one else can have read them."""
+        hits = list(originals)
+        self._ids = list(map(_doc_id, hits))
+        copies = False
+        for h in hits:
+            values = h.__dict__
+            if len(values) == _COMPACT:
+                values[_SOURCE] = self
+            else:
+                copies = True
+        adopted = [h.__dict__.get(_SOURCE) is self for h in hits] if copies else None
+        self._originals = [None if a else h for h, a in zip(hits, adopted, strict=True)] if adopted else None
+        if adopted:
+            hits = [h if a else self._lazy_copy(h) for h, a in zip(hits, adopted, strict=True)]
         return hits
+
+    def _lazy_copy(self, h: Hit) -> Hit:
+        values = h.__dict__.copy()  # a compact hit's: doc_id, score, rank, stage
+        if len(values) != _COMPACT:
+            values = {"doc_id": h.doc_id, "score": h.score, "rank": h.rank, "stage": h.stage}
+        values[_SOURCE] = self
+        hit = _new(Hit)
+        _set(hit, "__dict__", values)
+        return hit
 
 
 def with_fields(hit: Hit, title: str | None, text: str | None, metadata: Mapping[str, Any]) -> Hit:

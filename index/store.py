@@ -117,21 +117,23 @@ class IndexBase:
             for hit in hits
         ]
 
-    def hydrate_lazy(self, hits: Sequence[Hit]) -> list[Hit]:
+    def hydrate_lazy(self, hits: Sequence[Hit], *, owned: bool = False) -> list[Hit]:
         """:meth:`hydrate`, deferred until a field is first read.
 
         The hits equal, print and serialise as :meth:`hydrate`'s; reading any one's title, text
         or metadata fetches those of the whole list, in the one query :meth:`hydrate` makes.
         Closing the index fetches what is still unread first, so the hits outlive it.
+
+        ``owned=True`` says the caller holds the only references to ``hits`` (it has just had
+        them from a retriever of its own): hits whose fields were never read then become
+        lazy themselves instead of being copied (half the objects; a search's hits and the
+        head of its candidates are then the same objects).
         """
         if set(map(type, hits)) != {Hit}:  # nothing to defer, or subclasses: no lazy copies
             return self.hydrate(hits)
-        source = DeferredFields(self._fields_of, hits)
+        source = DeferredFields(self._fields)
         self._unread.add(source)
-        return source.hits()
-
-    def _fields_of(self, hits: Sequence[Hit]) -> Fields:
-        return self._fields([h.doc_id for h in hits])
+        return source.adopt(hits) if owned else source.hits(hits)
 
     def _fields(self, ids: Sequence[str]) -> Fields:
         return corpus_fields(self.corpus, ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,8 @@ class Searcher:
             top_n=cfg.top_n,
             # Without a rerank stage nothing here reads the hits' text: with ``lazy`` it is
             # fetched (for all of them at once) when the caller first reads it.
-            prepare=index.hydrate_lazy if lazy and reranker is None else index.hydrate,
+            # The retriever made here hands its fresh hits to this pipeline alone: owned.
+            prepare=partial(index.hydrate_lazy, owned=True) if lazy and reranker is None else index.hydrate,
             rerank_fusion_weight=1.0 if weight is None else weight,
             filter_warnings=index.filter_warnings,
         )

@@ -43,7 +43,9 @@ def check_ks(retrieve_k: int, rerank_k: int, top_n: int, *, reranking: bool = Tr
 class SearchResult:
     """The hits of one query, with per-stage timings (ms) and candidate counts.
 
-    ``candidates`` is the first stage's full list (before reranking and top_n).
+    ``candidates`` is the first stage's full list (before reranking and top_n), its first
+    stage's scores and ranks; those the search joined with the corpus (the returned ones, or
+    the ``rerank_k`` a reranker read) carry their title, text and metadata.
     ``warnings`` says what may be wrong with the request, e.g. a filter on a field no
     document has (a typo such as ``yaer``), which otherwise silently returns nothing.
     """
@@ -140,16 +142,14 @@ class SearchPipeline:
             timings = {"retrieve": retrieve_ms}
             counts = {"retrieved": len(candidates)}
             if self.reranker is None:
-                hits = candidates[:top_n]
                 t0 = time.perf_counter()
-                if self.prepare:
-                    hits = self.prepare(hits)
+                candidates = self._prepare(candidates, top_n)
+                hits = candidates[:top_n]
                 timings["fetch"] = (time.perf_counter() - t0) * 1000
             else:
-                head = candidates[:rerank_k]
                 t0 = time.perf_counter()
-                if self.prepare:
-                    head = self.prepare(head)
+                candidates = self._prepare(candidates, rerank_k)
+                head = candidates[:rerank_k]
                 timings["fetch"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
                 hits = self._rerank(query, head, top_n)
@@ -159,6 +159,16 @@ class SearchPipeline:
             timings["total"] = sum(timings.values())
             results.append(SearchResult(query, hits, timings, counts, candidates, list(warnings)))
         return results
+
+    def _prepare(self, candidates: list[Hit], n: int) -> list[Hit]:
+        """The candidates with the first ``n`` joined with their fields (when ``prepare`` is set
+        and keeps one hit per hit), so the result's candidates carry what the search fetched."""
+        if self.prepare is None:
+            return candidates
+        head = self.prepare(candidates[:n])
+        if len(head) != min(n, len(candidates)):
+            return candidates  # a prepare that drops or adds hits: the first stage's own list
+        return head + candidates[n:] if n < len(candidates) else head
 
     def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:
         # The reranker reads each hit's "title text" (Hit.indexed_text) itself.

@@ -10,7 +10,9 @@ index, single and sharded.
 from __future__ import annotations
 
 import copy
+import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from typing import Any
@@ -134,6 +136,30 @@ def test_hydration_equals_the_plain_one(index):
     assert "changed" not in lazy[-2].metadata and lazy[0] == lazy[-2]
 
 
+def test_owned_hits_become_lazy_themselves(index):
+    """``owned=True``: a retriever's fresh hits are made lazy in place (one object per hit),
+    others copied; the result equals the plain hydration, and nothing keeps the hits alive."""
+    retriever = BM25Retriever(index)
+    expected = plain_hydrate(index, plain_hits(index, QUERIES[0], 100))
+    fresh = retriever.retrieve(QUERIES[0], 100)
+    lazy = index.hydrate_lazy(fresh, owned=True)
+    assert all(a is b for a, b in zip(lazy, fresh, strict=True))
+    same(lazy, expected)
+    extra = Hit("no-such-id", 1.0, 1, "x", title="kept", text="kept text", metadata={"a": 1})
+    head = retriever.retrieve(QUERIES[0], 5)
+    mixed = [*head, extra, Hit("no-such-id-2", 2.0, 2, "x"), head[0]]
+    lazy = index.hydrate_lazy(mixed, owned=True)
+    assert lazy[0] is head[0] and lazy[len(head)] is not extra
+    plain = plain_hits(index, QUERIES[0], 5)
+    same(lazy, plain_hydrate(index, [*plain, *mixed[len(head) : -1], plain[0]]))
+    gc.disable()  # no reference cycle: the hits go as soon as the result is dropped
+    try:
+        probe = weakref.ref(index.hydrate_lazy(retriever.retrieve(QUERIES[1], 10), owned=True)[0])
+        assert probe() is None
+    finally:
+        gc.enable()
+
+
 def test_search_fetches_text_in_one_query_when_first_read(index_dir):
     with tansaku.open(index_dir) as searcher:
         index = searcher.index
@@ -150,6 +176,7 @@ def test_search_fetches_text_in_one_query_when_first_read(index_dir):
             same(eager.hits, expected)
             assert result.to_dict()["hits"] == eager.to_dict()["hits"]
             assert result.candidates == eager.candidates
+            assert all(a is b for a, b in zip(result.hits, result.candidates, strict=False))
 
 
 def test_lazy_hits_outlive_the_index_and_copy(index_dir):
