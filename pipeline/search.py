@@ -143,13 +143,11 @@ class SearchPipeline:
             counts = {"retrieved": len(candidates)}
             if self.reranker is None:
                 t0 = time.perf_counter()
-                candidates = self._prepare(candidates, top_n)
-                hits = candidates[:top_n]
+                hits, candidates = self._prepare(candidates, top_n)
                 timings["fetch"] = (time.perf_counter() - t0) * 1000
             else:
                 t0 = time.perf_counter()
-                candidates = self._prepare(candidates, rerank_k)
-                head = candidates[:rerank_k]
+                head, candidates = self._prepare(candidates, rerank_k)
                 timings["fetch"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
                 hits = self._rerank(query, head, top_n)
@@ -160,15 +158,17 @@ class SearchPipeline:
             results.append(SearchResult(query, hits, timings, counts, candidates, list(warnings)))
         return results
 
-    def _prepare(self, candidates: list[Hit], n: int) -> list[Hit]:
-        """The candidates with the first ``n`` joined with their fields (when ``prepare`` is set
-        and keeps one hit per hit), so the result's candidates carry what the search fetched."""
+    def _prepare(self, candidates: list[Hit], n: int) -> tuple[list[Hit], list[Hit]]:
+        """The first ``n`` candidates joined with their fields by ``prepare``, and the
+        candidates with those in their place (so a result's candidates carry what the search
+        fetched; kept as they were if ``prepare`` does not return one hit per hit)."""
+        head = candidates[:n]
         if self.prepare is None:
-            return candidates
-        head = self.prepare(candidates[:n])
-        if len(head) != min(n, len(candidates)):
-            return candidates  # a prepare that drops or adds hits: the first stage's own list
-        return head + candidates[n:] if n < len(candidates) else head
+            return head, candidates
+        prepared = self.prepare(head)
+        if len(prepared) != len(head):
+            return prepared, candidates
+        return prepared, prepared + candidates[n:]
 
     def _rerank(self, query: str, head: list[Hit], top_n: int) -> list[Hit]:
         # The reranker reads each hit's "title text" (Hit.indexed_text) itself.

@@ -55,6 +55,23 @@ def test_no_reranker_is_explicit_and_candidates_kept(index_path):
     assert [h.doc_id for h in res.hits] == [h.doc_id for h in res.candidates[:3]]
 
 
+def test_candidates_carry_what_the_search_fetched(index_path, reranker):
+    index = tansaku.index.Index.open(index_path)
+    retriever = BM25Retriever(index)
+    first = retriever.retrieve("東京の電波塔", 30)
+    for rerank, n in ((None, 4), (reranker, 10)):
+        res = SearchPipeline(retriever, rerank, retrieve_k=30, rerank_k=10, top_n=4).search("東京の電波塔")
+        assert [(h.doc_id, h.score, h.rank) for h in res.candidates] == [
+            (h.doc_id, h.score, h.rank) for h in first
+        ]
+        assert res.candidates[:n] == index.hydrate(first[:n]) and res.candidates[n:] == first[n:]
+    # a prepare that drops hits: its hits are returned, the candidates stay the first stage's
+    drop = SearchPipeline(retriever, retrieve_k=30, top_n=4, prepare=lambda hits: index.hydrate(hits[1:]))
+    res = drop.search("東京の電波塔")
+    assert res.hits == index.hydrate(first[1:4]) and res.candidates == first
+    index.close()
+
+
 def test_k_values_validated(index_path, reranker):
     retriever = BM25Retriever(tansaku.index.Index.open(index_path))
     with pytest.raises(ConfigError, match=r"rerank_k \(50\) cannot exceed retrieve_k \(10\)"):
