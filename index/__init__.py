@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .analyzer import Analyzer, JapaneseAnalyzer, WordAnalyzer, get_analyzer
     from .bm25 import BM25Index, BM25Params
-    from .builder import BuildConfig, build_index
+    from .build_config import BuildConfig
+    from .builder import build_index
     from .corpus import Corpus
     from .dense import DenseIndex, FaissParams
     from .encoders import Encoder, SentenceTransformerEncoder, load_encoder
@@ -45,7 +46,7 @@ _EXPORTS = {
     "get_analyzer": "analyzer",
     "BM25Index": "bm25",
     "BM25Params": "bm25",
-    "BuildConfig": "builder",
+    "BuildConfig": "build_config",
     "build_index": "builder",
     "Corpus": "corpus",
     "DenseIndex": "dense",

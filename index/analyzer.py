@@ -325,7 +325,7 @@ class WordAnalyzer:
 
 JA_SURFACE = AnalyzerOptions(normalize=Normalizer(prolonged=False), form="surface", drop_pos=(), ngram=None)
 # Chosen on JSQuAD's tune half (scripts/tune_bm25.py, README "Evaluation") with BM25 k1 0.3,
-# b 0.6 (index/builder.py PRESET_BM25): lemmas, pronouns (何, これ, どこ...) and light verbs
+# b 0.6 (index/build_config.py PRESET_BM25): lemmas, pronouns (何, これ, どこ...) and light verbs
 # (する, ある, いる, なる...) dropped as well, character bigrams of the text counting 0.3.
 JA = AnalyzerOptions(
     form="lemma",

@@ -22,7 +22,8 @@ import numpy as np
 
 from .atomic import checkpoint, staged
 from .bm25 import BM25Index
-from .builder import encode_documents, write_parts
+from .build_encoder import encode_documents
+from .builder import write_parts
 from .corpus import Corpus, copy_corpus
 from .counts import merged_counts
 from .encoders import Encoder

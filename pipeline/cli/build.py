@@ -174,7 +174,7 @@ def run_build(args: argparse.Namespace) -> int:
     if not inputs:
         raise TansakuError("nothing to index: give document files or --sample")
     from tansaku.index.analyzer import get_analyzer
-    from tansaku.index.builder import default_bm25
+    from tansaku.index.build_config import default_bm25
 
     tuned = default_bm25(get_analyzer(args.analyzer))  # a bad --analyzer fails here, early
     config = BuildConfig(

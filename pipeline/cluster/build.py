@@ -35,7 +35,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 from tansaku.index.analyzer import get_analyzer
 from tansaku.index.atomic import staged
-from tansaku.index.builder import BuildConfig, finish_sharded, prepare_encoder
+from tansaku.index.build_config import BuildConfig
+from tansaku.index.build_encoder import prepare_encoder
+from tansaku.index.build_sharded import finish_sharded
 from tansaku.index.encoders import Encoder
 from tansaku.index.errors import ConfigError, TansakuError
 from tansaku.index.paths import check_index_target

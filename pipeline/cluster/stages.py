@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from tansaku.index.analyzer import Analyzer
 from tansaku.index.atomic import checkpoint
-from tansaku.index.builder import BuildConfig, default_bm25
+from tansaku.index.build_config import BuildConfig, default_bm25
 from tansaku.index.encoders import Encoder
 from tansaku.index.errors import IngestError
 from tansaku.index.manifest import ShardEntry

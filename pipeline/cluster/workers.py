@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from tansaku.index.analyzer import analyzer_from_config
 from tansaku.index.bm25 import BM25Params
-from tansaku.index.builder import BuildConfig, encode_documents, load_named_encoder
+from tansaku.index.build_config import BuildConfig
+from tansaku.index.build_encoder import encode_documents, load_named_encoder
 from tansaku.index.corpus import Corpus
 from tansaku.index.encoders import Encoder
 from tansaku.index.encoders.corpus_encoder import load_corpus_encoder
