@@ -78,9 +78,9 @@ class RayBuild:
     def read_and_tokenise(
         self, files: Sequence[InputFile], fields: FieldMap, fmt: str | None, encoding: str
     ) -> list[tuple[int, Any]]:
-        """Every record read, validated and tokenised on the cluster, checked here in input
-        order, and cut into shards: (documents, materialized dataset of its rows) per shard."""
-        t0 = time.perf_counter()
+        """Every record read and validated on the cluster and checked here in input order,
+        then read again, tokenised on the cluster and cut into shards: (documents, materialized
+        dataset of its rows) per shard."""
         fixed = self.options.tokenize_actors
         pool = (
             ActorPoolStrategy(size=fixed)
@@ -93,31 +93,46 @@ class RayBuild:
             f"({ACTOR_CPUS:g} CPU each, {self.options.block_rows:,} documents a call)"
         )
         source = InputFiles(files, fields, fmt, encoding, self.options.block_rows)
-        tokenised = (
-            self.ray.data.read_datasource(source, override_num_blocks=len(files), num_cpus=ACTOR_CPUS)
-            .map_batches(
-                Tokeniser,
-                fn_constructor_kwargs={"analyzer": self.analyzer.to_config()},
-                batch_format="pyarrow",
-                batch_size=self.options.block_rows,
-                compute=pool,
-                num_cpus=ACTOR_CPUS,
-            )
-            .materialize()
-        )
-        self.timings["read+tokenize"] = time.perf_counter() - t0
+        read = self.ray.data.read_datasource(source, override_num_blocks=len(files), num_cpus=ACTOR_CPUS)
+        # Bad input stops the build before any tokenising, as the in-process build's ingest
+        # does: a first pass streams only the checked columns here (the files are read twice;
+        # reading is a small part of tokenising).
+        n = self._checked(read, "check")
         t0 = time.perf_counter()
-        n = check_rows(
-            tokenised.select_columns(CHECKED).iter_batches(batch_format="pyarrow", batch_size=None)
-        )
-        if n == 0:
-            raise IngestError("no documents to index")
-        self.timings["check"] = time.perf_counter() - t0
+        tokenised = read.map_batches(
+            Tokeniser,
+            fn_constructor_kwargs={"analyzer": self.analyzer.to_config()},
+            batch_format="pyarrow",
+            batch_size=self.options.block_rows,
+            compute=pool,
+            num_cpus=ACTOR_CPUS,
+        ).materialize()
+        self.timings["read+tokenize"] = time.perf_counter() - t0
+        if self._checked(tokenised, "recheck") != n:
+            raise IngestError("the input files changed during the build: build again")
         sizes = shard_sizes(n, self.config.shards, self.config.shard_docs)
         self.say(f"shards: {len(sizes)} of {min(sizes):,}-{max(sizes):,} documents ({n:,} in all)")
         cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
         parts = tokenised.split_at_indices(cuts) if cuts else [tokenised]
         return list(zip(sizes, parts, strict=True))
+
+    def _checked(self, rows: Any, stage: str) -> int:
+        """The number of records ``rows`` hold, checked in input order (the first bad record's
+        or duplicate id's error raised as the in-process build raises it)."""
+        t0 = time.perf_counter()
+        batches = iter(rows.select_columns(CHECKED).iter_batches(batch_format="pyarrow", batch_size=None))
+        try:
+            n = check_rows(batches)
+        finally:
+            # a pass stopped by an error ends now, inside the build's quiet logging, not
+            # whenever the iterator is collected
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        if n == 0:
+            raise IngestError("no documents to index")
+        self.timings[stage] = time.perf_counter() - t0
+        return n
 
     def write(self, parts: list[tuple[int, Any]]) -> tuple[list[ShardEntry], list[CorpusStats]]:
         """Every shard's corpus, ids and term counts, each written by a task on some node;
