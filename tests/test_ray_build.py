@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import sample_rows, tree_snapshot, write_jsonl
-from tansaku.index import BuildConfig, IngestError, ShardedIndex, build_index, read_file
+from tansaku.index import BuildConfig, IngestError, ShardedIndex, build_index, read_dicts, read_file
 from tansaku.index.corpus import Corpus
 from tansaku.pipeline.cli import main
 from tansaku.retrieve import BM25Retriever, make_retriever
@@ -163,6 +163,29 @@ def test_bad_input_fails_as_in_process_and_keeps_the_index(tmp_path, ray_cluster
     assert str(on_ray.value) == str(local.value)
     assert (on_ray.value.source, on_ray.value.line, on_ray.value.field) == (str(bad), 2, "text")
     assert f"{bad}, line 2, field 'text': text must be a string, got int" == str(on_ray.value)
+
+
+def test_input_changed_after_the_check_stops_the_build(tmp_path, ray_cluster, monkeypatch):
+    from tansaku.pipeline.cluster.build import build_on_ray
+    from tansaku.pipeline.cluster.stages import RayBuild
+
+    index = tmp_path / "idx"
+    build_index(index, read_dicts(ROWS[:6]), BuildConfig(shards=2), progress=False).close()
+    before = tree_snapshot(index)
+    source = write_jsonl(tmp_path / "docs.jsonl", ROWS[:8])
+    checked = RayBuild._checked
+
+    def then_grow(self, rows, stage):  # the file gains a record once the first pass has read it
+        n = checked(self, rows, stage)
+        if stage == "check":
+            with open(source, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(ROWS[8], ensure_ascii=False) + "\n")
+        return n
+
+    monkeypatch.setattr(RayBuild, "_checked", then_grow)
+    with pytest.raises(IngestError, match="changed during the build"):
+        build_on_ray(index, [source], BuildConfig(shards=2), progress=False)
+    assert tree_snapshot(index) == before
 
 
 def test_ray_build_needs_shards(tmp_path, capsys):
