@@ -220,6 +220,8 @@ class DeferredFields:
                 values[_SOURCE] = self
             else:
                 copies = True
+        # the usual list (all compact) takes only the tight loop above; a mixed one is sorted
+        # out here (a hit listed twice was adopted on its first sight)
         adopted = [h.__dict__.get(_SOURCE) is self for h in hits] if copies else None
         self._originals = [None if a else h for h, a in zip(hits, adopted, strict=True)] if adopted else None
         if adopted:

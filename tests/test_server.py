@@ -230,14 +230,16 @@ class HeldReranker:
         self.started = threading.Event()
         self.gate = threading.Event()
 
-    def score(self, pairs: Any) -> np.ndarray:
+    def _hold(self) -> None:
         self.started.set()
         assert self.gate.wait(60), "the test never opened the gate"
+
+    def score(self, pairs: Any) -> np.ndarray:
+        self._hold()
         return self.inner.score(pairs)
 
     def rerank(self, query: str, docs: Any, top_n: int | None = None) -> Any:
-        self.started.set()
-        assert self.gate.wait(60), "the test never opened the gate"
+        self._hold()
         return self.inner.rerank(query, docs, top_n=top_n)
 
 
